@@ -1,0 +1,107 @@
+"""The ``fp8block`` torch.compile backend.
+
+``torch.compile(model, backend="fp8block", mode=..., options={...})`` finds this function through
+the ``torch_dynamo_backends`` entry point. It runs Inductor (``compile_fx``) with freezing on and
+``FP8BlockPass`` as the joint-graph pre-pass, so matmuls against parameters become
+``fp8inductor::block_linear`` with weights quantized once at compile time.
+
+Importing this module turns Inductor freezing on globally (``torch._inductor.config.freezing``).
+Dynamo decides at *trace* time, before any backend runs, whether parameters become frozen graph
+constants guarded by identity; only the global flag does that. (``prepare_freezing`` alone omits
+the identity guards, and two same-class modules compiled one after the other then silently share
+the first one's FP8 weights.) Side effect: ``backend="inductor"`` under ``no_grad`` in the same
+process freezes parameters too, as it would with ``freezing=True``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import warnings
+from collections import deque
+from typing import Any
+
+import torch
+import torch._inductor.config as inductor_config
+
+from . import _compat
+from .config import FP8BlockConfig, split_options
+from .passes import FP8BlockPass, compile_scope
+from .report import RewriteReport
+
+log = logging.getLogger("fp8inductor")
+
+inductor_config.freezing = True
+
+_REPORTS: deque[RewriteReport] = deque(maxlen=64)
+
+
+def reports() -> list[RewriteReport]:
+    """Rewrite reports of the most recent fp8block compilations (oldest first, at most 64)."""
+    return list(_REPORTS)
+
+
+def last_report() -> RewriteReport | None:
+    """The rewrite report of the most recent fp8block compilation, or None."""
+    return _REPORTS[-1] if _REPORTS else None
+
+
+@functools.cache
+def _warn_grad_enabled() -> None:
+    warnings.warn(
+        "fp8block: compiled with gradients enabled, so weights cannot be frozen and quantized; the "
+        "model runs as plain Inductor (high precision). Call it under torch.inference_mode() or "
+        "torch.no_grad() to get FP8.",
+        stacklevel=3,
+    )
+
+
+@functools.cache
+def _warn_reference_path(reason: str) -> None:
+    warnings.warn(f"fp8block: {reason}; FP8 linears run through the reference implementation (correct, slow)", stacklevel=3)
+
+
+def _param_names(gm: torch.fx.GraphModule) -> list[str]:
+    """FQNs of gm's parameters then buffers, in AOTAutograd's placeholder order."""
+    to_fqn = gm.meta.get("dynamo_flat_name_to_original_fqn", {})
+    names = list(dict(gm.named_parameters(remove_duplicate=False)))
+    names += list(dict(gm.named_buffers(remove_duplicate=False)))
+    return [to_fqn.get(n, n) for n in names]
+
+
+def _check_devices(gm: torch.fx.GraphModule) -> None:
+    devices = {p.device for p in gm.parameters()}
+    if any(d.type == "cpu" for d in devices):
+        _warn_reference_path("the model's weights are on the CPU")
+    for d in devices:
+        if d.type == "cuda" and torch.cuda.get_device_capability(d) < (8, 9):
+            _warn_reference_path(f"GPU {d} has compute capability < 8.9")
+
+
+def fp8block(
+    gm: torch.fx.GraphModule,
+    example_inputs: list[Any],
+    mode: str | None = None,
+    options: dict[str, Any] | None = None,
+):
+    """Dynamo backend: Inductor with FP8 block-scaled linears. See the module docstring."""
+    config, inductor_patches = split_options(options)
+    patches: dict[str, Any] = {**(torch._inductor.list_mode_options(mode) if mode else {}), **inductor_patches}
+    if torch.is_grad_enabled():
+        _warn_grad_enabled()
+        return _compat.compile_fx(gm, example_inputs, patches)
+    _check_devices(gm)
+    patches.update(freezing=True, joint_custom_pre_pass=FP8BlockPass(config))
+    with compile_scope(config, _param_names(gm)) as scope:
+        compiled = _compat.compile_fx(gm, example_inputs, patches)
+    _publish(scope.report)
+    return compiled
+
+
+def _publish(report: RewriteReport) -> None:
+    _REPORTS.append(report)
+    log.info("%s", report)
+
+
+def default_config() -> FP8BlockConfig:
+    return FP8BlockConfig()

@@ -1,0 +1,100 @@
+"""``FP8BlockConfig``: every option the ``fp8block`` backend takes, validated once."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from .reference import SCALE_FMTS
+
+# Inductor options that the backend sets itself; a user passing them would silently lose them.
+_RESERVED_INDUCTOR_KEYS = ("freezing", "joint_custom_pre_pass")
+
+
+@dataclasses.dataclass(frozen=True)
+class FP8BlockConfig:
+    """Options of the ``fp8block`` backend (``torch.compile(..., options={...})``).
+
+    Attributes:
+        weight_block_size: (block_n, block_k) of the weight scales. Only (128, 128) is implemented
+            by the GEMM kernels (the DeepSeek-V3 / transformers FineGrainedFP8 layout).
+        group_size: activation group along K, per token. Must equal block_k (128).
+        scale_fmt: "float" (fp32 scales, DeepSeek-V3) or "ue8m0" (power-of-two scales, V3.1).
+        modules_to_not_convert: module paths left in high precision. An entry matches whole
+            dot-separated path components anywhere in the path ("mlp.gate" matches
+            "model.layers.0.mlp.gate" but not "model.layers.0.mlp.gate_proj").
+        min_in_features / min_out_features: smaller linears are skipped (too small to gain).
+    """
+
+    weight_block_size: tuple[int, int] = (128, 128)
+    group_size: int = 128
+    scale_fmt: str = "float"
+    modules_to_not_convert: tuple[str, ...] = ("lm_head",)
+    min_in_features: int = 128
+    min_out_features: int = 128
+
+    def __post_init__(self) -> None:
+        bs = tuple(self.weight_block_size)
+        if bs != (128, 128):
+            raise ValueError(f"weight_block_size must be (128, 128) (the only layout the kernels implement), got {bs}")
+        object.__setattr__(self, "weight_block_size", bs)
+        if self.group_size != bs[1]:
+            raise ValueError(f"group_size must equal the weight block's K size {bs[1]}, got {self.group_size}")
+        if self.scale_fmt not in SCALE_FMTS:
+            raise ValueError(f"scale_fmt must be one of {SCALE_FMTS}, got {self.scale_fmt!r}")
+        mods = self.modules_to_not_convert
+        if isinstance(mods, str) or not all(isinstance(m, str) and m for m in mods):
+            raise TypeError(f"modules_to_not_convert must be a list of non-empty strings, got {mods!r}")
+        object.__setattr__(self, "modules_to_not_convert", tuple(mods))
+        for name in ("min_in_features", "min_out_features"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+
+    def skips_module(self, path: str) -> str | None:
+        """The ``modules_to_not_convert`` entry matching module ``path``, or None."""
+        parts = path.split(".") if path else []
+        for entry in self.modules_to_not_convert:
+            want = entry.split(".")
+            for i in range(len(parts) - len(want) + 1):
+                if parts[i : i + len(want)] == want:
+                    return entry
+        return None
+
+
+_FIELDS = {f.name for f in dataclasses.fields(FP8BlockConfig)}
+
+
+def split_options(options: Mapping[str, Any] | None) -> tuple[FP8BlockConfig, dict[str, Any]]:
+    """Split ``torch.compile(options=...)`` into our config and Inductor config patches.
+
+    Keys naming an ``FP8BlockConfig`` field go to the config; keys naming an Inductor config entry
+    pass through to Inductor; anything else is a clear error (never silently ignored).
+    """
+    import torch._inductor.config as inductor_config
+
+    ours: dict[str, Any] = {}
+    inductor: dict[str, Any] = {}
+    for key, value in (options or {}).items():
+        if key in _FIELDS:
+            ours[key] = value
+        elif key in _RESERVED_INDUCTOR_KEYS:
+            raise ValueError(f"fp8block sets Inductor option {key!r} itself; remove it from options")
+        elif _is_inductor_option(inductor_config, key):
+            inductor[key] = value
+        else:
+            raise ValueError(
+                f"unknown fp8block option {key!r}: expected one of {sorted(_FIELDS)} or an Inductor config key"
+            )
+    if "modules_to_not_convert" in ours and ours["modules_to_not_convert"] is None:
+        ours["modules_to_not_convert"] = ()
+    return FP8BlockConfig(**ours), inductor
+
+
+def _is_inductor_option(inductor_config: Any, key: str) -> bool:
+    try:
+        inductor_config.get_config_copy()  # ensures the module is a ConfigModule
+        return key in inductor_config._config  # dotted names such as "triton.cudagraphs" included
+    except AttributeError:
+        return hasattr(inductor_config, key)

@@ -1,0 +1,216 @@
+"""The ``torch.ops.fp8inductor`` custom ops: the only place ops are registered.
+
+| op | inputs -> outputs |
+|---|---|
+| ``quantize_activation(x, group_size, scale_fmt)`` | x [..., K] -> (q [..., K] fp8, s [..., ceil(K/g)] fp32) |
+| ``quantize_weight(w, block_n, block_k, scale_fmt)`` | w [N, K] -> (q [N, K] fp8, s [ceil(N/bn), ceil(K/bk)] fp32) |
+| ``block_linear(x, wq, ws, bias, group_size, scale_fmt)`` | x [..., K] -> y [..., N] in x.dtype |
+
+Each op has a fake (meta) implementation, a CPU implementation (``fp8inductor.reference``) and a
+CUDA implementation (the Triton kernels in ``fp8inductor.kernels``; on GPUs without FP8 support,
+compute capability < 8.9, the reference runs on the GPU after one warning). All are functional and
+accept any input strides (pass-inserted ops get no stride constraints from Inductor).
+
+The ops are opaque to Inductor (``custom_op``, not ``triton_op``): freezing's constant folding must
+be able to evaluate ``quantize_weight`` on the frozen weights at compile time, and the CPU CI has no
+Triton driver for Inductor's own Triton codegen.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import torch
+
+from . import reference as ref
+
+log = logging.getLogger("fp8inductor")
+
+_NS = "fp8inductor"
+FP8_MIN_CAPABILITY = (8, 9)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation shared by every implementation (fake included, so bad shapes fail at trace time).
+# ---------------------------------------------------------------------------------------------
+
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _check_float(t: torch.Tensor, what: str) -> None:
+    if t.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"fp8inductor: {what} must be float32, float16 or bfloat16, got {t.dtype}")
+
+
+def _check_block_linear_args(
+    x: torch.Tensor, wq: torch.Tensor, ws: torch.Tensor, bias: torch.Tensor | None, group_size: int
+) -> None:
+    _check_float(x, "x")
+    if x.dim() < 1:
+        raise ValueError("fp8inductor.block_linear: x must have at least one dimension [..., K]")
+    ref.check_weight_scale(wq, ws, (128, group_size), name="block_linear weight")
+    if x.shape[-1] != wq.shape[1]:
+        raise ValueError(
+            f"fp8inductor.block_linear: x has K={x.shape[-1]} but the weight is [N, K] = {tuple(wq.shape)}"
+        )
+    if bias is not None:
+        _check_float(bias, "bias")
+        if tuple(bias.shape) != (wq.shape[0],):
+            raise ValueError(f"fp8inductor.block_linear: bias must be [N] = [{wq.shape[0]}], got {tuple(bias.shape)}")
+    devices = {t.device for t in (x, wq, ws, bias) if t is not None}
+    if len(devices) > 1:
+        raise ValueError(f"fp8inductor.block_linear: all tensors must be on one device, got {sorted(map(str, devices))}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Device dispatch helpers.
+# ---------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _cuda_has_fp8(index: int) -> bool:
+    return torch.cuda.get_device_capability(index) >= FP8_MIN_CAPABILITY
+
+
+@functools.cache
+def _warn_no_fp8(index: int) -> None:
+    cap = torch.cuda.get_device_capability(index)
+    log.warning(
+        "fp8inductor: GPU %d has compute capability %d.%d < 8.9 (no FP8 tensor cores); "
+        "running the reference path on it (correct, slow)",
+        index,
+        *cap,
+    )
+
+
+def _use_triton(t: torch.Tensor) -> bool:
+    index = t.device.index if t.device.index is not None else torch.cuda.current_device()
+    if _cuda_has_fp8(index):
+        return True
+    _warn_no_fp8(index)
+    return False
+
+
+# ---------------------------------------------------------------------------------------------
+# quantize_activation
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op(f"{_NS}::quantize_activation", mutates_args=())
+def quantize_activation_op(x: torch.Tensor, group_size: int = 128, scale_fmt: str = "float") -> tuple[torch.Tensor, torch.Tensor]:
+    """x [..., K] -> (q [..., K] fp8 contiguous, s [..., ceil(K/group_size)] fp32 contiguous)."""
+    _check_float(x, "x")
+    return ref.quantize_activation_ref(x, group_size, scale_fmt)
+
+
+@quantize_activation_op.register_kernel("cuda")
+def _(x: torch.Tensor, group_size: int = 128, scale_fmt: str = "float") -> tuple[torch.Tensor, torch.Tensor]:
+    _check_float(x, "x")
+    if group_size != 128 or not _use_triton(x) or x.dim() == 0:
+        return ref.quantize_activation_ref(x, group_size, scale_fmt)
+    from .kernels.act_quant import act_quant_1x128
+
+    *lead, k = x.shape
+    q, s = act_quant_1x128(x.reshape(-1, k), scale_fmt)
+    return q.reshape(*lead, k), s.reshape(*lead, s.shape[-1])
+
+
+@quantize_activation_op.register_fake
+def _(x: torch.Tensor, group_size: int = 128, scale_fmt: str = "float") -> tuple[torch.Tensor, torch.Tensor]:
+    _check_float(x, "x")
+    *lead, k = x.shape
+    q = x.new_empty(x.shape, dtype=ref.FP8_DTYPE)
+    s = x.new_empty((*lead, ref.ceil_div(k, group_size)), dtype=torch.float32)
+    return q, s
+
+
+# ---------------------------------------------------------------------------------------------
+# quantize_weight
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op(f"{_NS}::quantize_weight", mutates_args=())
+def quantize_weight_op(
+    w: torch.Tensor, block_n: int = 128, block_k: int = 128, scale_fmt: str = "float"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """w [N, K] -> (q [N, K] fp8 contiguous, s [ceil(N/block_n), ceil(K/block_k)] fp32 contiguous)."""
+    return ref.quantize_weight_ref(w, (block_n, block_k), scale_fmt)
+
+
+@quantize_weight_op.register_kernel("cuda")
+def _(w: torch.Tensor, block_n: int = 128, block_k: int = 128, scale_fmt: str = "float") -> tuple[torch.Tensor, torch.Tensor]:
+    if (block_n, block_k) != (128, 128) or w.dim() != 2 or not _use_triton(w):
+        return ref.quantize_weight_ref(w, (block_n, block_k), scale_fmt)
+    _check_float(w, "weight")
+    from .kernels.weight_quant import weight_quant_128x128
+
+    return weight_quant_128x128(w, scale_fmt)
+
+
+@quantize_weight_op.register_fake
+def _(w: torch.Tensor, block_n: int = 128, block_k: int = 128, scale_fmt: str = "float") -> tuple[torch.Tensor, torch.Tensor]:
+    _check_float(w, "weight")
+    if w.dim() != 2:
+        raise ValueError(f"fp8inductor.quantize_weight: weight must be 2-D [N, K], got shape {tuple(w.shape)}")
+    n, k = w.shape
+    q = w.new_empty((n, k), dtype=ref.FP8_DTYPE)
+    s = w.new_empty((ref.ceil_div(n, block_n), ref.ceil_div(k, block_k)), dtype=torch.float32)
+    return q, s
+
+
+# ---------------------------------------------------------------------------------------------
+# block_linear: quantize x per 1x128 group, 128x128 block-scaled GEMM, + bias; y in x.dtype.
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op(f"{_NS}::block_linear", mutates_args=())
+def block_linear_op(
+    x: torch.Tensor,
+    wq: torch.Tensor,
+    ws: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    group_size: int = 128,
+    scale_fmt: str = "float",
+) -> torch.Tensor:
+    """x [..., K] (any float dtype/strides), wq [N, K] fp8, ws [ceil(N/128), ceil(K/128)] fp32,
+    bias [N] or None -> y [..., N] in x.dtype, contiguous."""
+    _check_block_linear_args(x, wq, ws, bias, group_size)
+    return ref.block_fp8_linear_ref(x, wq, ws, bias, group_size, scale_fmt)
+
+
+@block_linear_op.register_kernel("cuda")
+def _(
+    x: torch.Tensor,
+    wq: torch.Tensor,
+    ws: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    group_size: int = 128,
+    scale_fmt: str = "float",
+) -> torch.Tensor:
+    _check_block_linear_args(x, wq, ws, bias, group_size)
+    if not _use_triton(x):
+        return ref.block_fp8_linear_ref(x, wq, ws, bias, group_size, scale_fmt)
+    from .kernels.block_gemm import fp8_block_linear
+
+    *lead, k = x.shape
+    y = fp8_block_linear(x.reshape(-1, k), wq, ws, bias, scale_fmt)
+    return y.reshape(*lead, wq.shape[0])
+
+
+@block_linear_op.register_fake
+def _(
+    x: torch.Tensor,
+    wq: torch.Tensor,
+    ws: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    group_size: int = 128,
+    scale_fmt: str = "float",
+) -> torch.Tensor:
+    _check_block_linear_args(x, wq, ws, bias, group_size)
+    return x.new_empty((*x.shape[:-1], wq.shape[0]))
+
+
+quantize_activation = torch.ops.fp8inductor.quantize_activation.default
+quantize_weight = torch.ops.fp8inductor.quantize_weight.default
+block_linear = torch.ops.fp8inductor.block_linear.default

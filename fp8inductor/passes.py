@@ -1,0 +1,361 @@
+"""The fp8block graph pass: rewrite matmuls against frozen weights into FP8 block linears.
+
+Runs as Inductor's ``joint_custom_pre_pass`` on the inference (forward) graph, functional ATen,
+where the weights are the first ``len(TracingContext.params_flat)`` placeholders (the backend
+turns Inductor freezing on, so they are frozen afterwards). For each match of a pattern in
+``fp8inductor.patterns`` it checks eligibility, then replaces
+
+    mm(x, permute(W, [1, 0]))           ->  block_linear(x, *quantize_weight(W), None)
+    addmm(b, x, permute(W, [1, 0]))     ->  block_linear(x, *quantize_weight(W), b)
+    mm(x, W_kn) / addmm(b, x, W_kn)     ->  block_linear(x, *quantize_weight(permute(W_kn)), b)
+
+``quantize_weight`` depends only on the frozen weight, so freezing's constant folding evaluates it
+once at compile time and stores the FP8 weight and scales as constants; the high-precision weight
+is then unused by the compiled graph. One ``quantize_weight`` per weight, however many users.
+
+Invariants: the pass never mutates tensors, adds no aliasing, and leaves ineligible matmuls as they
+are, recording a reason for each one that involves a parameter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import functools
+import itertools
+import operator
+import os
+import re
+from collections.abc import Iterator
+
+import torch
+import torch.fx as fx
+from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
+from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+from . import ops  # noqa: F401  (registers torch.ops.fp8inductor)
+from .config import FP8BlockConfig
+from .patterns import ALL_PATTERNS, LinearMatch
+from .report import LinearDecision, RewriteReport
+
+aten = torch.ops.aten
+fp8_ops = torch.ops.fp8inductor
+
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# Ops that pass a weight through unchanged in shape role (used to explain unmatched forms).
+_PASS_THROUGH = {
+    aten.permute.default,
+    aten.t.default,
+    aten.view.default,
+    aten.reshape.default,
+    aten.expand.default,
+    aten.clone.default,
+    aten._to_copy.default,
+    torch.ops.prims.convert_element_type.default,
+}
+_MATMULS = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default}
+
+
+@dataclasses.dataclass
+class CompileScope:
+    """Per-compile facts the backend knows and the pass needs.
+
+    param_names: fully qualified names of the parameters/buffers, in the order AOTAutograd lifts
+        them as the first placeholders (``named_parameters`` then ``named_buffers``).
+    """
+
+    config: FP8BlockConfig
+    param_names: list[str]
+    report: RewriteReport
+
+
+_ACTIVE_SCOPE: contextvars.ContextVar[CompileScope | None] = contextvars.ContextVar("fp8block_scope", default=None)
+_graph_ids = itertools.count()
+
+
+@contextlib.contextmanager
+def compile_scope(config: FP8BlockConfig, param_names: list[str]) -> Iterator[CompileScope]:
+    scope = CompileScope(config, param_names, RewriteReport(graph_id=next(_graph_ids)))
+    token = _ACTIVE_SCOPE.set(scope)
+    try:
+        yield scope
+    finally:
+        _ACTIVE_SCOPE.reset(token)
+
+
+@functools.cache
+def _source_hash() -> bytes:
+    """Hash of every source file that shapes the rewritten graph (pass, patterns, ops, config)."""
+    import fp8inductor.patterns as patterns_pkg
+
+    roots = [os.path.dirname(__file__), os.path.dirname(patterns_pkg.__file__)]
+    files = sorted(
+        os.path.join(dirpath, f)
+        for root in roots
+        for dirpath, _, names in os.walk(root)
+        for f in names
+        if f.endswith((".py", ".json"))
+    )
+    return get_hash_for_files(tuple(files))
+
+
+class FP8BlockPass(CustomGraphPass):
+    """``joint_custom_pre_pass`` object; ``uuid()`` keys Inductor's FX graph cache."""
+
+    def __init__(self, config: FP8BlockConfig) -> None:
+        self.config = config
+
+    def __call__(self, graph: fx.Graph) -> None:
+        scope = _ACTIVE_SCOPE.get()
+        if scope is None:  # used outside the backend (e.g. set by hand in inductor config)
+            scope = CompileScope(self.config, [], RewriteReport(graph_id=next(_graph_ids)))
+        _Rewriter(graph, self.config, scope).run()
+
+    def uuid(self) -> bytes:
+        return _source_hash() + repr(self.config).encode()
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def module_path_from_stack(node: fx.Node) -> str | None:
+    """Innermost module path of ``node`` from Dynamo's ``nn_module_stack``, as a dotted FQN.
+
+    Dynamo writes paths like ``L['self'].model.layers[0].self_attn.q_proj`` or
+    ``L['self']._modules['lm_head']``; this returns ``model.layers.0.self_attn.q_proj``.
+    """
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return None
+    path = list(stack.values())[-1][0]
+    path = re.sub(r"^L\['[^']*'\]\.?", "", path)
+    path = re.sub(r"\._modules\['([^']*)'\]", r".\1", path)
+    path = re.sub(r"\[(\d+)\]", r".\1", path)
+    path = re.sub(r"\['([^']*)'\]", r".\1", path)
+    return path.strip(".")
+
+
+def _val(node: fx.Node | None) -> torch.Tensor | None:
+    return None if node is None else node.meta.get("val")
+
+
+class _Rewriter:
+    def __init__(self, graph: fx.Graph, config: FP8BlockConfig, scope: CompileScope) -> None:
+        from torch._guards import TracingContext
+
+        self.graph = graph
+        self.config = config
+        self.scope = scope
+        ctx = TracingContext.try_get()
+        self.params_flat = list(ctx.params_flat) if ctx is not None and ctx.params_flat is not None else []
+        self.fake_mode = ctx.fake_mode if ctx is not None else None
+        self.placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+        self.quantized: dict[tuple[fx.Node, str], tuple[fx.Node, fx.Node]] = {}
+        self.seen_anchors: set[fx.Node] = set()
+
+    # -- weight identity ------------------------------------------------------------------------
+
+    def _param_index(self, node: fx.Node) -> int | None:
+        if node.op != "placeholder":
+            return None
+        i = self.placeholders.index(node)
+        return i if i < len(self.params_flat) else None
+
+    def _weight_name(self, node: fx.Node) -> str:
+        i = self._param_index(node)
+        if i is not None and i < len(self.scope.param_names):
+            return self.scope.param_names[i]
+        return str(node.target)
+
+    def _real_weight(self, node: fx.Node) -> torch.Tensor | None:
+        i = self._param_index(node)
+        if i is not None:
+            return self.params_flat[i]
+        if node.op == "get_attr":
+            return getattr(self.graph.owning_module, node.target, None)
+        return None
+
+    def _is_frozen_weight(self, node: fx.Node) -> bool:
+        return self._param_index(node) is not None or node.op == "get_attr"
+
+    # -- main loop ------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        for node in list(self.graph.nodes):
+            if node.op != "call_function" or node.target not in (aten.mm.default, aten.addmm.default):
+                continue
+            match = self._match(node)
+            if match is not None:
+                self.seen_anchors.add(node)
+                self._handle(match)
+        self._report_unmatched()
+        self.graph.lint()
+
+    def _match(self, node: fx.Node) -> LinearMatch | None:
+        for pattern in ALL_PATTERNS:
+            m = pattern.expr.match(node)
+            if not m:
+                continue
+            w = m.kwargs["w"]
+            if not isinstance(w, fx.Node) or not self._is_frozen_weight(w):
+                continue  # activation @ activation, or a weight in a form we do not handle
+            return LinearMatch(pattern, node, m.kwargs["x"], w, m.kwargs.get("bias"))
+        return None
+
+    def _handle(self, match: LinearMatch) -> None:
+        w_val = _val(match.weight)
+        n, k = (w_val.shape if match.pattern.weight_layout == "NK" else w_val.shape[::-1]) if w_val is not None and w_val.dim() == 2 else (0, 0)
+        weight_name = self._weight_name(match.weight)
+        module = weight_name.rsplit(".", 1)[0] if "." in weight_name else ""
+        reason = self._ineligible(match, module, int(n), int(k))
+        elem = w_val.element_size() if w_val is not None else 0
+        numel = int(n) * int(k)
+        scale_bytes = 4 * -(-int(n) // 128) * -(-int(k) // 128)
+        self.scope.report.decisions.append(
+            LinearDecision(
+                module=module or (module_path_from_stack(match.anchor) or ""),
+                weight=weight_name,
+                pattern=match.pattern.name,
+                out_features=int(n),
+                in_features=int(k),
+                has_bias=match.bias is not None,
+                converted=reason is None,
+                reason=reason,
+                bytes_before=numel * elem,
+                bytes_after=numel + scale_bytes if reason is None else numel * elem,
+            )
+        )
+        if reason is None:
+            self._rewrite(match)
+            torch._dynamo.utils.counters["fp8inductor"]["linears_converted"] += 1
+        else:
+            torch._dynamo.utils.counters["fp8inductor"]["linears_skipped"] += 1
+
+    def _ineligible(self, match: LinearMatch, module: str, n: int, k: int) -> str | None:
+        """Why this match must stay as it is, or None if it converts."""
+        cfg = self.config
+        for path in (module, module_path_from_stack(match.anchor)):
+            if path is not None:
+                entry = cfg.skips_module(path)
+                if entry is not None:
+                    return f"modules_to_not_convert entry {entry!r}"
+        w_val, x_val = _val(match.weight), _val(match.x)
+        if w_val is None or x_val is None:
+            return "no shape information on the graph nodes"
+        if w_val.dim() != 2:
+            return f"weight is {w_val.dim()}-D, not 2-D"
+        if w_val.dtype not in _FLOAT_DTYPES:
+            return f"weight dtype {w_val.dtype} is not float32/float16/bfloat16"
+        if x_val.dtype not in _FLOAT_DTYPES:
+            return f"activation dtype {x_val.dtype} is not float32/float16/bfloat16"
+        if x_val.dtype != w_val.dtype:
+            return f"activation dtype {x_val.dtype} differs from weight dtype {w_val.dtype}"
+        if k < cfg.min_in_features:
+            return f"in_features {k} < min_in_features {cfg.min_in_features}"
+        if n < cfg.min_out_features:
+            return f"out_features {n} < min_out_features {cfg.min_out_features}"
+        if match.bias is not None:
+            if len(match.anchor.args) > 3 or match.anchor.kwargs:
+                return "addmm with beta/alpha"
+            b_val = _val(match.bias)
+            if b_val is None or tuple(b_val.shape) != (n,):
+                return f"bias of shape {None if b_val is None else tuple(b_val.shape)} is not [N]"
+            if b_val.dtype not in _FLOAT_DTYPES:
+                return f"bias dtype {b_val.dtype} is not a float dtype"
+        real = self._real_weight(match.weight)
+        if real is not None:
+            with unset_fake_temporarily():  # the pass runs under the compile's fake mode
+                finite = bool(torch.isfinite(real).all())
+            if not finite:
+                return "weight contains NaN or Inf"
+        return None
+
+    # -- rewriting ------------------------------------------------------------------------------
+
+    def _fake(self, fn, *args):
+        vals = [_val(a) if isinstance(a, fx.Node) else a for a in args]
+        ctx = self.fake_mode if self.fake_mode is not None else contextlib.nullcontext()
+        with ctx:
+            return fn(*vals)
+
+    def _call(self, fn, args: tuple, val=None) -> fx.Node:
+        node = self.graph.call_function(fn, args)
+        node.meta["val"] = self._fake(fn, *args) if val is None else val
+        return node
+
+    def _quantized_weight(self, match: LinearMatch) -> tuple[fx.Node, fx.Node]:
+        """(q [N, K] fp8, s [ceil(N/128), ceil(K/128)] fp32) nodes for the match's weight, made once."""
+        key = (match.weight, match.pattern.weight_layout)
+        if key in self.quantized:
+            return self.quantized[key]
+        cfg = self.config
+        # Insert right after the weight so that later matches of the same weight can reuse it.
+        with self.graph.inserting_after(self._last_placeholder_or(match.weight)):
+            w_nk = match.weight
+            if match.pattern.weight_layout == "KN":
+                w_nk = self._call(aten.permute.default, (match.weight, [1, 0]))
+            with self.graph.inserting_after(w_nk):
+                qs = self._call(fp8_ops.quantize_weight.default, (w_nk, *cfg.weight_block_size, cfg.scale_fmt))
+            with self.graph.inserting_after(qs):
+                q = self._call(operator.getitem, (qs, 0), val=qs.meta["val"][0])
+            with self.graph.inserting_after(q):
+                s = self._call(operator.getitem, (qs, 1), val=qs.meta["val"][1])
+        self.quantized[key] = (q, s)
+        return q, s
+
+    def _last_placeholder_or(self, node: fx.Node) -> fx.Node:
+        return self.placeholders[-1] if node.op == "placeholder" and self.placeholders else node
+
+    def _rewrite(self, match: LinearMatch) -> None:
+        q, s = self._quantized_weight(match)
+        anchor = match.anchor
+        with self.graph.inserting_before(anchor):
+            y = self._call(
+                fp8_ops.block_linear.default,
+                (match.x, q, s, match.bias, self.config.group_size, self.config.scale_fmt),
+            )
+        y.meta.update({k: v for k, v in anchor.meta.items() if k not in ("val", "tensor_meta")})
+        anchor.replace_all_uses_with(y)
+        operands = list(anchor.all_input_nodes)
+        self.graph.erase_node(anchor)
+        for op in operands:  # the permute of W, if nothing else uses it
+            if op.op == "call_function" and op.target is aten.permute.default and not op.users:
+                self.graph.erase_node(op)
+
+    # -- report matmuls on parameters that no pattern covers --------------------------------------
+
+    def _report_unmatched(self) -> None:
+        for node in self.graph.nodes:
+            if node.op != "call_function" or node.target not in _MATMULS or node in self.seen_anchors:
+                continue
+            for operand in node.all_input_nodes:
+                param, chain = self._trace_to_param(operand)
+                if param is None:
+                    continue
+                name = self._weight_name(param)
+                v = _val(param)
+                self.scope.report.decisions.append(
+                    LinearDecision(
+                        module=name.rsplit(".", 1)[0] if "." in name else (module_path_from_stack(node) or ""),
+                        weight=name,
+                        pattern="unmatched",
+                        out_features=0,
+                        in_features=0,
+                        has_bias=False,
+                        converted=False,
+                        reason=f"unsupported form: {node.target}({' <- '.join(chain) or 'param'})",
+                        bytes_before=v.numel() * v.element_size() if v is not None else 0,
+                        bytes_after=v.numel() * v.element_size() if v is not None else 0,
+                    )
+                )
+                torch._dynamo.utils.counters["fp8inductor"]["linears_skipped"] += 1
+
+    def _trace_to_param(self, node: fx.Node) -> tuple[fx.Node | None, list[str]]:
+        chain: list[str] = []
+        while node.op == "call_function" and node.target in _PASS_THROUGH and node.args:
+            chain.append(str(node.target).split(".")[-2] if "." in str(node.target) else str(node.target))
+            node = node.args[0]
+            if not isinstance(node, fx.Node):
+                return None, chain
+        return (node, chain) if self._param_index(node) is not None else (None, chain)

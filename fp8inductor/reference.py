@@ -1,0 +1,244 @@
+"""Reference numerics: the executable form of SPEC section 2, and the CPU implementation.
+
+Every other implementation (Triton kernels, the custom ops' CUDA paths) is tested against the
+functions in this module: quantized bytes and scales bit-exact, GEMMs within bf16 rounding of
+``block_gemm_ref`` on the same quantized inputs.
+
+The scheme (DeepSeek-V3 fine-grained FP8, transformers ``FineGrainedFP8Config``):
+
+* weights ``W [N, K]`` in blocks of ``128 x 128``; the last block row/column may be partial
+  (padded with zeros for the amax, never read out of bounds);
+* activations ``x [..., K]`` in groups of 128 consecutive elements of ``K`` per token;
+* per block/group ``s = max(amax, 1e-4) / 448`` (fp32), ``q = rne_e4m3(clamp(v / s, -448, 448))``;
+  with ``scale_fmt="ue8m0"`` the scale is then rounded *up* to a power of two;
+* the scale is a *multiplier*: ``v ~= q * s`` (it is stored as ``weight_scale_inv`` in checkpoints);
+* GEMM: ``y[m, n] = sum_kb s_x[m, kb] * s_w[n // 128, kb] * sum_{k in kb} q_x[m, k] q_w[n, k]``
+  with fp32 accumulation, then ``+ bias[n]``, output in the activation's dtype.
+
+Arithmetic details that the kernels must reproduce exactly:
+
+* the amax and the division ``v / s`` are done in fp32 (inputs upcast exactly), the division is
+  IEEE round-to-nearest (``tl.math.div_rn`` in Triton, not the approximate ``/``);
+* ``s = amax_clamped / 448`` is also an IEEE fp32 division;
+* the fp32 -> e4m3 cast is round-to-nearest-even, saturated by the clamp before it;
+* NaN in a group gives a NaN scale and NaN codes for that group (so NaN reaches only the rows
+  that contain it); Inf in a group gives an Inf scale, NaN for the Inf element, 0 elsewhere.
+"""
+
+from __future__ import annotations
+
+import torch
+
+FP8_DTYPE = torch.float8_e4m3fn
+FP8_E4M3_MAX = 448.0  # largest finite float8_e4m3fn
+SCALE_EPS = 1e-4  # lower bound on the amax, so all-zero groups get a finite, non-zero scale
+SCALE_FMTS = ("float", "ue8m0")
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _check_scale_fmt(scale_fmt: str) -> None:
+    if scale_fmt not in SCALE_FMTS:
+        raise ValueError(f"scale_fmt must be one of {SCALE_FMTS}, got {scale_fmt!r}")
+
+
+def round_scale_ue8m0(s: torch.Tensor) -> torch.Tensor:
+    """``2 ** ceil(log2(s))`` for positive normal fp32 ``s``, computed exactly.
+
+    ``frexp`` writes ``s = m * 2**e`` with ``m`` in [0.5, 1): ``s`` is a power of two iff ``m == 0.5``.
+    NaN and Inf pass through unchanged.
+    """
+    mantissa, exponent = torch.frexp(s)
+    up = torch.ldexp(torch.ones_like(s), exponent)
+    exact = torch.ldexp(torch.ones_like(s), exponent - 1)
+    out = torch.where(mantissa == 0.5, exact, up)
+    return torch.where(torch.isfinite(s), out, s)
+
+
+def amax_to_scale(amax: torch.Tensor, scale_fmt: str = "float") -> torch.Tensor:
+    """fp32 amax -> fp32 multiplier scale ``max(amax, 1e-4) / 448`` (ue8m0: rounded up to 2**k).
+
+    NaN amax stays NaN (``torch.clamp`` propagates it), so NaN input never gets a finite scale.
+    """
+    _check_scale_fmt(scale_fmt)
+    s = torch.clamp(amax.float(), min=SCALE_EPS) / FP8_E4M3_MAX
+    if scale_fmt == "ue8m0":
+        s = round_scale_ue8m0(s)
+    return s
+
+
+def _cast_e4m3(v: torch.Tensor) -> torch.Tensor:
+    # clamp keeps finite values in range (e4m3fn has no Inf: 480+ would round to NaN); NaN stays NaN.
+    return torch.clamp(v, -FP8_E4M3_MAX, FP8_E4M3_MAX).to(FP8_DTYPE)
+
+
+def _check_float(t: torch.Tensor, what: str) -> None:
+    if not t.is_floating_point() or t.dtype == FP8_DTYPE or t.element_size() < 2:
+        raise TypeError(f"{what} must be float32, float16 or bfloat16, got {t.dtype}")
+
+
+def quantize_weight_ref(
+    w: torch.Tensor, block: tuple[int, int] = (128, 128), scale_fmt: str = "float"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blockwise weight quantization.
+
+    Args:
+        w: [N, K] float32/float16/bfloat16, any strides.
+        block: (block_n, block_k).
+    Returns:
+        q: [N, K] float8_e4m3fn, contiguous.
+        scale_inv: [ceil(N / block_n), ceil(K / block_k)] float32, contiguous (a multiplier).
+    """
+    _check_float(w, "weight")
+    if w.dim() != 2:
+        raise ValueError(f"weight must be 2-D [N, K], got shape {tuple(w.shape)}")
+    bn, bk = block
+    n, k = w.shape
+    nb, kb = ceil_div(n, bn), ceil_div(k, bk)
+    wf = w.float()
+    # Zero padding to whole blocks: zeros never raise the amax and are cut off afterwards.
+    padded = wf.new_zeros(nb * bn, kb * bk)
+    padded[:n, :k] = wf
+    blocks = padded.view(nb, bn, kb, bk)
+    amax = blocks.abs().amax(dim=(1, 3))  # [nb, kb]
+    scale = amax_to_scale(amax, scale_fmt)
+    q = _cast_e4m3(blocks / scale[:, None, :, None]).view(nb * bn, kb * bk)[:n, :k].contiguous()
+    return q, scale.contiguous()
+
+
+def quantize_activation_ref(
+    x: torch.Tensor, group: int = 128, scale_fmt: str = "float"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token, per-group activation quantization.
+
+    Args:
+        x: [..., K] float32/float16/bfloat16, any strides.
+    Returns:
+        q: [..., K] float8_e4m3fn, contiguous.
+        scale: [..., ceil(K / group)] float32, contiguous (a multiplier: x ~= q * scale).
+    """
+    _check_float(x, "activation")
+    if x.dim() == 0:
+        raise ValueError("activation must have at least one dimension")
+    *lead, k = x.shape
+    kb = ceil_div(k, group)
+    xf = x.float().reshape(-1, k)
+    padded = xf.new_zeros(xf.shape[0], kb * group)
+    padded[:, :k] = xf
+    groups = padded.view(-1, kb, group)
+    amax = groups.abs().amax(dim=2) if groups.numel() else groups.new_zeros(groups.shape[:2])
+    scale = amax_to_scale(amax, scale_fmt)  # [M, kb]
+    q = _cast_e4m3(groups / scale[:, :, None]).view(-1, kb * group)[:, :k]
+    return q.reshape(*lead, k).contiguous(), scale.reshape(*lead, kb).contiguous()
+
+
+def dequantize_weight_ref(
+    q: torch.Tensor,
+    scale_inv: torch.Tensor,
+    block: tuple[int, int] = (128, 128),
+    dtype: torch.dtype = torch.bfloat16,
+) -> torch.Tensor:
+    """Inverse of ``quantize_weight_ref``: ``q * scale_inv`` blockwise, in fp32, then cast to ``dtype``.
+
+    Args:
+        q: [N, K] float8_e4m3fn.
+        scale_inv: [ceil(N / block_n), ceil(K / block_k)] float32 (multiplier).
+    Returns:
+        [N, K] ``dtype``.
+    """
+    bn, bk = block
+    check_weight_scale(q, scale_inv, block, name="weight")
+    n, k = q.shape
+    s = scale_inv.float().repeat_interleave(bn, dim=0)[:n].repeat_interleave(bk, dim=1)[:, :k]
+    return (q.float() * s).to(dtype)
+
+
+def dequantize_activation_ref(
+    q: torch.Tensor, scale: torch.Tensor, group: int = 128, dtype: torch.dtype = torch.bfloat16
+) -> torch.Tensor:
+    """Inverse of ``quantize_activation_ref``. q: [..., K] fp8; scale: [..., ceil(K / group)] fp32."""
+    k = q.shape[-1]
+    s = scale.float().repeat_interleave(group, dim=-1)[..., :k]
+    return (q.float() * s).to(dtype)
+
+
+def check_weight_scale(
+    q: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int] = (128, 128), name: str = "weight"
+) -> None:
+    """Clear errors for a malformed (FP8 weight, block scale) pair; ``name`` says which tensor."""
+    if q.dtype != FP8_DTYPE:
+        raise TypeError(f"{name}: FP8 weight must be {FP8_DTYPE}, got {q.dtype}")
+    if q.dim() != 2:
+        raise ValueError(f"{name}: FP8 weight must be 2-D [N, K], got shape {tuple(q.shape)}")
+    if scale_inv.dtype != torch.float32:
+        raise TypeError(f"{name}: weight_scale_inv must be float32, got {scale_inv.dtype}")
+    n, k = q.shape
+    want = (ceil_div(n, block[0]), ceil_div(k, block[1]))
+    if tuple(scale_inv.shape) != want:
+        raise ValueError(
+            f"{name}: weight_scale_inv has shape {tuple(scale_inv.shape)}, expected {want} "
+            f"for a [{n}, {k}] weight in {block[0]}x{block[1]} blocks"
+        )
+
+
+def block_gemm_ref(
+    xq: torch.Tensor,
+    xs: torch.Tensor,
+    wq: torch.Tensor,
+    ws: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.bfloat16,
+    block: tuple[int, int] = (128, 128),
+) -> torch.Tensor:
+    """Block-scaled FP8 GEMM with fp32 accumulation (one scale product per 128-wide K block).
+
+    Args:
+        xq: [M, K] float8_e4m3fn activations.
+        xs: [M, ceil(K / block_k)] float32 activation scales (multipliers).
+        wq: [N, K] float8_e4m3fn weights.
+        ws: [ceil(N / block_n), ceil(K / block_k)] float32 weight scales (multipliers).
+        bias: [N] or None; added in fp32 after the scaled sum.
+    Returns:
+        [M, N] ``out_dtype``.
+    """
+    bn, bk = block
+    m, k = xq.shape
+    n = wq.shape[0]
+    kb = ceil_div(k, bk)
+    acc = torch.zeros(m, n, dtype=torch.float32, device=xq.device)
+    ws_rows = ws.float().repeat_interleave(bn, dim=0)[:n]  # [N, kb]
+    for b in range(kb):
+        lo, hi = b * bk, min(k, (b + 1) * bk)
+        # fp32 partial sum of one K block, then one scale product per (row, K block), as the kernels do.
+        part = xq[:, lo:hi].float() @ wq[:, lo:hi].float().t()
+        acc += part * (xs[:, b : b + 1].float() * ws_rows[None, :, b])
+    if bias is not None:
+        acc += bias.float()
+    return acc.to(out_dtype)
+
+
+def block_fp8_linear_ref(
+    x: torch.Tensor,
+    wq: torch.Tensor,
+    ws: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    group: int = 128,
+    scale_fmt: str = "float",
+) -> torch.Tensor:
+    """Quantize ``x`` per group, block-scaled GEMM against (wq, ws), add bias; y in x.dtype.
+
+    Args:
+        x: [..., K] float32/float16/bfloat16.
+        wq: [N, K] float8_e4m3fn; ws: [ceil(N/128), ceil(K/128)] float32.
+        bias: [N] or None.
+    Returns:
+        [..., N] in x.dtype.
+    """
+    *lead, k = x.shape
+    if wq.shape[1] != k:
+        raise ValueError(f"x has K={k} but the weight is {tuple(wq.shape)} ([N, K])")
+    xq, xs = quantize_activation_ref(x.reshape(-1, k), group, scale_fmt)
+    y = block_gemm_ref(xq, xs, wq, ws, bias, out_dtype=x.dtype, block=(128, group))
+    return y.reshape(*lead, wq.shape[0])

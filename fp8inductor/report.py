@@ -1,0 +1,98 @@
+"""The structured rewrite report: which linears became FP8, which were skipped and why, bytes."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearDecision:
+    """What happened to one matmul against a weight.
+
+    Attributes:
+        module: module path of the linear (e.g. ``model.layers.0.mlp.up_proj``), or of the module
+            whose forward holds the matmul for ``x @ W`` forms.
+        weight: fully qualified name of the weight parameter.
+        pattern: which pattern matched (``mm_nk``, ``addmm_nk``, ``mm_kn``, ``addmm_kn``) or
+            ``unmatched`` for a matmul against a parameter in a form no pattern covers.
+        out_features / in_features: N and K.
+        converted: True if it now runs as an FP8 block linear.
+        reason: why it was skipped (None when converted).
+        bytes_before / bytes_after: weight storage in the compiled graph (after: FP8 + fp32 scales).
+    """
+
+    module: str
+    weight: str
+    pattern: str
+    out_features: int
+    in_features: int
+    has_bias: bool
+    converted: bool
+    reason: str | None
+    bytes_before: int
+    bytes_after: int
+
+
+@dataclasses.dataclass
+class RewriteReport:
+    """All decisions of one compiled graph. ``str(report)`` is a readable table."""
+
+    graph_id: int
+    decisions: list[LinearDecision] = dataclasses.field(default_factory=list)
+    note: str | None = None
+
+    @property
+    def converted(self) -> list[LinearDecision]:
+        return [d for d in self.decisions if d.converted]
+
+    @property
+    def skipped(self) -> list[LinearDecision]:
+        return [d for d in self.decisions if not d.converted]
+
+    def _unique_weights(self, converted: bool) -> dict[str, LinearDecision]:
+        # A weight shared by several matmuls is stored (and quantized) once.
+        return {d.weight: d for d in self.decisions if d.converted == converted}
+
+    @property
+    def weight_bytes_before(self) -> int:
+        """Bytes of the converted weights in their original dtype."""
+        return sum(d.bytes_before for d in self._unique_weights(True).values())
+
+    @property
+    def weight_bytes_after(self) -> int:
+        """Bytes of the same weights as FP8 + fp32 block scales."""
+        return sum(d.bytes_after for d in self._unique_weights(True).values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "graph_id": self.graph_id,
+            "note": self.note,
+            "converted": len(self.converted),
+            "skipped": len(self.skipped),
+            "weight_bytes_before": self.weight_bytes_before,
+            "weight_bytes_after": self.weight_bytes_after,
+            "decisions": [dataclasses.asdict(d) for d in self.decisions],
+        }
+
+    def __str__(self) -> str:
+        lines = [
+            f"fp8block graph {self.graph_id}: {len(self.converted)} linear(s) converted to FP8, "
+            f"{len(self.skipped)} skipped; converted weights "
+            f"{_mib(self.weight_bytes_before)} -> {_mib(self.weight_bytes_after)}"
+        ]
+        if self.note:
+            lines.append(f"  note: {self.note}")
+        for d in self.decisions:
+            status = "fp8 " if d.converted else "skip"
+            why = "" if d.converted else f"  ({d.reason})"
+            bias = "+bias" if d.has_bias else ""
+            lines.append(
+                f"  [{status}] {d.module or d.weight:<48} {d.pattern:<9} "
+                f"[{d.out_features}x{d.in_features}]{bias}{why}"
+            )
+        return "\n".join(lines)
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB"
