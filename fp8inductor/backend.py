@@ -16,6 +16,7 @@ process freezes parameters too, as it would with ``freezing=True``.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import warnings
 from collections import deque
@@ -25,7 +26,7 @@ import torch
 import torch._inductor.config as inductor_config
 
 from . import _compat
-from .config import FP8BlockConfig, split_options
+from .config import split_options
 from .passes import FP8BlockPass, compile_scope
 from .report import RewriteReport
 
@@ -34,6 +35,7 @@ log = logging.getLogger("fp8inductor")
 inductor_config.freezing = True
 
 _REPORTS: deque[RewriteReport] = deque(maxlen=64)
+_graph_ids = itertools.count()
 
 
 def reports() -> list[RewriteReport]:
@@ -85,6 +87,9 @@ def fp8block(
     options: dict[str, Any] | None = None,
 ):
     """Dynamo backend: Inductor with FP8 block-scaled linears. See the module docstring."""
+    options = dict(options or {})
+    # torch.compile refuses mode= together with options=, so options may carry the mode too.
+    mode = options.pop("mode", None) if mode is None else mode
     config, inductor_patches = split_options(options)
     patches: dict[str, Any] = {**(torch._inductor.list_mode_options(mode) if mode else {}), **inductor_patches}
     if torch.is_grad_enabled():
@@ -99,9 +104,6 @@ def fp8block(
 
 
 def _publish(report: RewriteReport) -> None:
+    report.graph_id = next(_graph_ids)
     _REPORTS.append(report)
     log.info("%s", report)
-
-
-def default_config() -> FP8BlockConfig:
-    return FP8BlockConfig()

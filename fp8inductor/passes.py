@@ -23,7 +23,6 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
-import itertools
 import operator
 import os
 import re
@@ -32,17 +31,16 @@ from collections.abc import Iterator
 import torch
 import torch.fx as fx
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
-from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from . import ops  # noqa: F401  (registers torch.ops.fp8inductor)
 from .config import FP8BlockConfig
+from .eligibility import FLOAT_DTYPES, skip_reason
 from .patterns import ALL_PATTERNS, LinearMatch
 from .report import LinearDecision, RewriteReport
 
 aten = torch.ops.aten
 fp8_ops = torch.ops.fp8inductor
 
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Ops that pass a weight through unchanged in shape role (used to explain unmatched forms).
 _PASS_THROUGH = {
     aten.permute.default,
@@ -71,12 +69,11 @@ class CompileScope:
 
 
 _ACTIVE_SCOPE: contextvars.ContextVar[CompileScope | None] = contextvars.ContextVar("fp8block_scope", default=None)
-_graph_ids = itertools.count()
 
 
 @contextlib.contextmanager
 def compile_scope(config: FP8BlockConfig, param_names: list[str]) -> Iterator[CompileScope]:
-    scope = CompileScope(config, param_names, RewriteReport(graph_id=next(_graph_ids)))
+    scope = CompileScope(config, param_names, RewriteReport())
     token = _ACTIVE_SCOPE.set(scope)
     try:
         yield scope
@@ -109,7 +106,7 @@ class FP8BlockPass(CustomGraphPass):
     def __call__(self, graph: fx.Graph) -> None:
         scope = _ACTIVE_SCOPE.get()
         if scope is None:  # used outside the backend (e.g. set by hand in inductor config)
-            scope = CompileScope(self.config, [], RewriteReport(graph_id=next(_graph_ids)))
+            scope = CompileScope(self.config, [], RewriteReport())
         _Rewriter(graph, self.config, scope).run()
 
     def uuid(self) -> bytes:
@@ -234,42 +231,23 @@ class _Rewriter:
 
     def _ineligible(self, match: LinearMatch, module: str, n: int, k: int) -> str | None:
         """Why this match must stay as it is, or None if it converts."""
-        cfg = self.config
-        for path in (module, module_path_from_stack(match.anchor)):
-            if path is not None:
-                entry = cfg.skips_module(path)
-                if entry is not None:
-                    return f"modules_to_not_convert entry {entry!r}"
         w_val, x_val = _val(match.weight), _val(match.x)
         if w_val is None or x_val is None:
             return "no shape information on the graph nodes"
         if w_val.dim() != 2:
             return f"weight is {w_val.dim()}-D, not 2-D"
-        if w_val.dtype not in _FLOAT_DTYPES:
-            return f"weight dtype {w_val.dtype} is not float32/float16/bfloat16"
-        if x_val.dtype not in _FLOAT_DTYPES:
-            return f"activation dtype {x_val.dtype} is not float32/float16/bfloat16"
         if x_val.dtype != w_val.dtype:
             return f"activation dtype {x_val.dtype} differs from weight dtype {w_val.dtype}"
-        if k < cfg.min_in_features:
-            return f"in_features {k} < min_in_features {cfg.min_in_features}"
-        if n < cfg.min_out_features:
-            return f"out_features {n} < min_out_features {cfg.min_out_features}"
         if match.bias is not None:
             if len(match.anchor.args) > 3 or match.anchor.kwargs:
                 return "addmm with beta/alpha"
             b_val = _val(match.bias)
             if b_val is None or tuple(b_val.shape) != (n,):
                 return f"bias of shape {None if b_val is None else tuple(b_val.shape)} is not [N]"
-            if b_val.dtype not in _FLOAT_DTYPES:
+            if b_val.dtype not in FLOAT_DTYPES:
                 return f"bias dtype {b_val.dtype} is not a float dtype"
-        real = self._real_weight(match.weight)
-        if real is not None:
-            with unset_fake_temporarily():  # the pass runs under the compile's fake mode
-                finite = bool(torch.isfinite(real).all())
-            if not finite:
-                return "weight contains NaN or Inf"
-        return None
+        paths = (module, module_path_from_stack(match.anchor))
+        return skip_reason(self.config, paths, n, k, w_val.dtype, self._real_weight(match.weight))
 
     # -- rewriting ------------------------------------------------------------------------------
 

@@ -38,7 +38,7 @@ class LinearDecision:
 class RewriteReport:
     """All decisions of one compiled graph. ``str(report)`` is a readable table."""
 
-    graph_id: int
+    graph_id: int = -1  # numbered when published (a compile attempt that Dynamo restarts is not)
     decisions: list[LinearDecision] = dataclasses.field(default_factory=list)
     note: str | None = None
 

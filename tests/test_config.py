@@ -1,0 +1,67 @@
+"""FP8BlockConfig validation and the options split."""
+
+from __future__ import annotations
+
+import pytest
+
+from fp8inductor.config import FP8BlockConfig, split_options
+
+
+def test_defaults_skip_lm_head_only():
+    cfg = FP8BlockConfig()
+    assert cfg.skips_module("lm_head") == "lm_head"
+    assert cfg.skips_module("model.layers.0.mlp.up_proj") is None
+
+
+@pytest.mark.parametrize(
+    "entry,path,skipped",
+    [
+        ("mlp.gate", "model.layers.0.mlp.gate", True),
+        ("mlp.gate", "model.layers.0.mlp.gate_proj", False),  # whole components, not substrings
+        ("gate", "model.layers.0.mlp.gate_proj", False),
+        ("layers.0", "model.layers.0.self_attn.q_proj", True),
+        ("layers.0", "model.layers.10.self_attn.q_proj", False),
+        ("lm_head", "lm_head", True),
+        ("model.layers.1.mlp", "model.layers.1.mlp.down_proj", True),
+        ("q_proj", "model.layers.3.self_attn.q_proj", True),
+    ],
+)
+def test_modules_to_not_convert_matches_path_components(entry, path, skipped):
+    cfg = FP8BlockConfig(modules_to_not_convert=(entry,))
+    assert (cfg.skips_module(path) is not None) == skipped
+
+
+def test_split_options_routes_keys():
+    cfg, inductor = split_options(
+        {"modules_to_not_convert": ["lm_head", "mlp.gate"], "scale_fmt": "ue8m0", "max_autotune": True,
+         "triton.cudagraphs": False}
+    )
+    assert cfg.modules_to_not_convert == ("lm_head", "mlp.gate") and cfg.scale_fmt == "ue8m0"
+    assert inductor == {"max_autotune": True, "triton.cudagraphs": False}
+    cfg, _ = split_options({"modules_to_not_convert": None})
+    assert cfg.modules_to_not_convert == ()
+
+
+@pytest.mark.parametrize(
+    "options,error,match",
+    [
+        ({"bogus_option": 1}, ValueError, "unknown fp8block option 'bogus_option'"),
+        ({"scale_fmt": "e5m2"}, ValueError, "scale_fmt must be one of"),
+        ({"weight_block_size": (64, 64)}, ValueError, r"weight_block_size must be \(128, 128\)"),
+        ({"group_size": 64}, ValueError, "group_size must equal"),
+        ({"modules_to_not_convert": "lm_head"}, TypeError, "list of non-empty strings"),
+        ({"min_in_features": 0}, ValueError, "min_in_features must be a positive int"),
+        ({"freezing": False}, ValueError, "sets Inductor option 'freezing' itself"),
+    ],
+)
+def test_bad_options_are_clear_errors(options, error, match):
+    with pytest.raises(error, match=match):
+        split_options(options)
+
+
+def test_config_is_frozen_and_hashable():
+    cfg = FP8BlockConfig(modules_to_not_convert=["a", "b"])
+    assert cfg.modules_to_not_convert == ("a", "b")
+    with pytest.raises(AttributeError):
+        cfg.scale_fmt = "ue8m0"  # type: ignore[misc]
+    assert hash(cfg) == hash(FP8BlockConfig(modules_to_not_convert=("a", "b")))

@@ -1,0 +1,104 @@
+"""The torch.ops.fp8inductor custom ops: opcheck, public API, bad input.
+
+Runs on the CPU (reference implementations) and, where a GPU is present, on CUDA (Triton kernels):
+the CUDA results must be bit-exact (quant) or within bf16 rounding (linear) of the CPU reference.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fp8inductor
+from fp8inductor import reference as ref
+from fp8inductor.testing import assert_fp8_equal
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _inputs(device, m=5, n=200, k=328, dtype=torch.bfloat16, bias=True):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(m, k, generator=g).to(device=device, dtype=dtype)
+    w = (torch.randn(n, k, generator=g) / k**0.5).to(device=device, dtype=dtype)
+    b = torch.randn(n, generator=g).to(device=device, dtype=dtype) if bias else None
+    return x, w, b
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    x, w, b = _inputs(device)
+    q, s = fp8inductor.quantize_weight(w)
+    torch.library.opcheck(torch.ops.fp8inductor.quantize_activation.default, (x, 128, "float"))
+    torch.library.opcheck(torch.ops.fp8inductor.quantize_weight.default, (w, 128, 128, "ue8m0"))
+    # opcheck's schema test compares inputs before/after with torch.allclose, which has no float8
+    # kernel ("mul_cpu_reduced_float not implemented for Float8_e4m3fn"), so block_linear (fp8
+    # inputs) runs the other three tests, and its no-mutation guarantee is checked byte for byte.
+    no_schema = ("test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+    op = torch.ops.fp8inductor.block_linear.default
+    torch.library.opcheck(op, (x, q, s, b, 128, "float"), test_utils=no_schema)
+    torch.library.opcheck(op, (x.reshape(1, 5, -1), q, s, None, 128, "ue8m0"), test_utils=no_schema)
+    before = [t.clone() for t in (x, q, s, b)]
+    op(x, q, s, b, 128, "float")
+    for t0, t1 in zip(before, (x, q, s, b)):
+        assert torch.equal(t0.view(torch.uint8), t1.view(torch.uint8)), "block_linear must not mutate its inputs"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_public_api_matches_reference(device, dtype):
+    x, w, b = _inputs(device, dtype=dtype)
+    q, s = fp8inductor.quantize_weight(w)
+    rq, rs = ref.quantize_weight_ref(w.cpu())
+    assert_fp8_equal(q.cpu(), rq)
+    assert torch.equal(s.cpu(), rs)
+    xq, xs = fp8inductor.quantize_activation(x.reshape(5, 1, -1))
+    assert xq.shape == (5, 1, 328) and xs.shape == (5, 1, 3)
+    y = fp8inductor.block_fp8_linear(x.reshape(1, 5, -1), q, s, b)
+    assert y.shape == (1, 5, 200) and y.dtype == dtype
+    y_ref = ref.block_fp8_linear_ref(x.cpu(), rq, rs, b.cpu())
+    # Same quantized inputs, fp32 accumulation in a different order: equal up to the output's rounding.
+    tol = {torch.float32: 1e-5, torch.float16: 2**-10, torch.bfloat16: 2**-7}[dtype]
+    torch.testing.assert_close(y.reshape(5, 200).cpu().float(), y_ref.float(), rtol=tol, atol=tol)
+    deq = fp8inductor.dequantize_weight(q, s, dtype=torch.float32)
+    assert deq.shape == w.shape and ((deq - w.float()).abs() <= 2**-4 * w.float().abs() + 2**-10 * s.max()).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_and_noncontiguous_inputs(device):
+    x, w, b = _inputs(device, m=6)
+    q, s = fp8inductor.quantize_weight(w.t().contiguous().t())  # column-major weight
+    y0 = fp8inductor.block_fp8_linear(x[:0], q, s, b)
+    assert y0.shape == (0, 200)
+    xt = x.t().contiguous().t()  # column-major activation
+    torch.testing.assert_close(fp8inductor.block_fp8_linear(xt, q, s, b), fp8inductor.block_fp8_linear(x, q, s, b),
+                               rtol=0, atol=0)
+    xs = x[::2]  # row-strided
+    torch.testing.assert_close(fp8inductor.block_fp8_linear(xs, q, s, b), fp8inductor.block_fp8_linear(xs.contiguous(), q, s, b),
+                               rtol=0, atol=0)
+
+
+def test_bad_inputs_are_clear_errors():
+    x, w, b = _inputs("cpu")
+    q, s = fp8inductor.quantize_weight(w)
+    with pytest.raises(ValueError, match="x has K=100"):
+        fp8inductor.block_fp8_linear(x[:, :100], q, s, b)
+    with pytest.raises(ValueError, match=r"weight_scale_inv has shape \(2, 2\), expected \(2, 3\)"):
+        fp8inductor.block_fp8_linear(x, q, s[:, :2], b)
+    with pytest.raises(ValueError, match=r"bias must be \[N\]"):
+        fp8inductor.block_fp8_linear(x, q, s, b[:10])
+    with pytest.raises(TypeError, match="x must be float32, float16 or bfloat16"):
+        fp8inductor.block_fp8_linear(x.to(torch.int32), q, s, b)
+    with pytest.raises(TypeError, match="FP8 weight must be"):
+        fp8inductor.block_fp8_linear(x, w, s, b)
+
+
+def test_fake_impls_trace_symbolic_m():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    x, w, b = _inputs("cpu")
+    q, s = fp8inductor.quantize_weight(w)
+    with FakeTensorMode(shape_env=ShapeEnv()) as mode:
+        fx_ = mode.from_tensor(x, symbolic_context=None)
+        y = torch.ops.fp8inductor.block_linear(fx_, mode.from_tensor(q), mode.from_tensor(s), mode.from_tensor(b))
+        assert y.shape == (5, 200) and y.dtype == torch.bfloat16
