@@ -211,7 +211,8 @@ class _Rewriter:
         scale_bytes = 4 * -(-int(n) // 128) * -(-int(k) // 128)
         self.scope.report.decisions.append(
             LinearDecision(
-                module=module or (module_path_from_stack(match.anchor) or ""),
+                # The module running the matmul (lm_head for a tied weight), else the weight's owner.
+                module=module_path_from_stack(match.anchor) or module,
                 weight=weight_name,
                 pattern=match.pattern.name,
                 out_features=int(n),
