@@ -63,7 +63,9 @@ def amax_to_scale(amax: torch.Tensor, scale_fmt: str = "float") -> torch.Tensor:
     NaN amax stays NaN (``torch.clamp`` propagates it), so NaN input never gets a finite scale.
     """
     _check_scale_fmt(scale_fmt)
-    s = torch.clamp(amax.float(), min=SCALE_EPS) / FP8_E4M3_MAX
+    # Divide by a tensor, not the Python scalar: torch on CUDA turns `t / 448.0` into a multiply by
+    # the rounded reciprocal (1 ulp off the IEEE quotient for some amax; seen on the H100).
+    s = torch.clamp(amax.float(), min=SCALE_EPS) / torch.full_like(amax, FP8_E4M3_MAX, dtype=torch.float32)
     if scale_fmt == "ue8m0":
         s = round_scale_ue8m0(s)
     return s
@@ -124,11 +126,13 @@ def quantize_activation_ref(
         raise ValueError("activation must have at least one dimension")
     *lead, k = x.shape
     kb = ceil_div(k, group)
+    if k == 0 or x.numel() == 0:
+        return torch.empty(x.shape, dtype=FP8_DTYPE, device=x.device), x.new_empty((*lead, kb), dtype=torch.float32)
     xf = x.float().reshape(-1, k)
     padded = xf.new_zeros(xf.shape[0], kb * group)
     padded[:, :k] = xf
     groups = padded.view(-1, kb, group)
-    amax = groups.abs().amax(dim=2) if groups.numel() else groups.new_zeros(groups.shape[:2])
+    amax = groups.abs().amax(dim=2)
     scale = amax_to_scale(amax, scale_fmt)  # [M, kb]
     q = _cast_e4m3(groups / scale[:, :, None]).view(-1, kb * group)[:, :k]
     return q.reshape(*lead, k).contiguous(), scale.reshape(*lead, kb).contiguous()

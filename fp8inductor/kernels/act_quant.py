@@ -1,0 +1,164 @@
+"""Per-token 1x128 activation quantization, bit-exact with ``quantize_activation_ref(x, 128, fmt)``.
+
+Also holds the ``@triton.jit`` helpers shared by both quantization kernels (``weight_quant``
+imports them): the exact upcast, amax -> scale, and the fp32 -> e4m3 round-to-nearest-even cast.
+
+Numerics (SPEC section 2, ``fp8inductor.reference``), per group of 128 elements of one row:
+``amax = max|v|`` in fp32; ``s = max(amax, 1e-4) / 448`` (IEEE division); with ``ue8m0`` the
+scale is rounded up to a power of two; ``q = rne_e4m3(clamp(v / s, -448, 448))`` (IEEE division).
+A NaN anywhere in the group makes its scale and all its codes NaN.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..reference import FP8_DTYPE, _check_scale_fmt, ceil_div
+
+GROUP_K = 128  # activation group along K (== the weight block's K size)
+_FLOAT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+# ----------------------------------------------------------------------------------------------
+# Shared helpers (also used by weight_quant.py)
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _upcast_fp32(v):
+    """Exact bf16/fp16/fp32 -> fp32 (any tile shape)."""
+    if v.dtype == tl.bfloat16:
+        # A bf16 is the upper half of an fp32: widen the bits. Exact on every backend, whereas
+        # the interpreter's bf16 -> fp32 cast mangles bf16 subnormals (triton 3.9: 1e-40 -> 0.0,
+        # -3.03e-39 -> -3.67e-40). On GPU both ways compile to the same shift.
+        return (v.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+    else:
+        return v.to(tl.float32)
+
+
+@triton.jit
+def _amax_to_scale(amax, has_nan, UE8M0: tl.constexpr):
+    """fp32 amax (>= 0) -> fp32 multiplier scale; NaN where ``has_nan`` (same shape as amax).
+
+    ``s = max(amax, 1e-4) / 448`` with an IEEE division; ``UE8M0``: ``s = 2**ceil(log2 s)``,
+    exactly, from the bits (a positive normal s with a non-zero mantissa goes up to the next
+    power of two: exponent + 1, mantissa cleared; Inf and NaN pass through).
+    """
+    s = tl.math.div_rn(tl.maximum(amax, 1e-4), 448.0)
+    if UE8M0:
+        bits = s.to(tl.int32, bitcast=True)
+        exp_bits = bits & 0x7F800000
+        up = tl.where((bits & 0x007FFFFF) != 0, exp_bits + 0x00800000, bits)
+        s = tl.where(exp_bits == 0x7F800000, bits, up).to(tl.float32, bitcast=True)
+    # tl.max / tl.maximum may drop NaN on GPU (maxnum semantics), so NaN is restored explicitly:
+    # as torch's amax does, a NaN in the group gives a NaN scale (and, through v / s, NaN codes).
+    return tl.where(has_nan, float("nan"), s)
+
+
+@triton.jit
+def _fp32_to_e4m3_rne(x):
+    """fp32 -> float8e4nv: clamp to [-448, 448], round to nearest even; NaN -> NaN (0x7F).
+
+    Triton's own fp32 -> fp8e4nv cast is not usable directly under the interpreter. Checked
+    with triton 3.9.0 (TRITON_INTERPRET=1, ``x.to(tl.float8e4nv)`` vs torch's RNE cast):
+    124.33 -> 64 (torch 128: the mantissa carry is dropped), 68 -> 72 (64), 232 -> 240 (224),
+    10.5 -> 11 (10), 1.0625 -> 1.125 (1.0) (ties go away from zero), 0.0029296875 = 1.5 * 2**-9
+    -> 2**-9 (2**-8), and NaN -> 384 (0x7C) (the same was reported for 3.6 and 3.8). So:
+    round to the e4m3 grid in fp32 first, which makes the cast exact, and set NaN codes by hand.
+    On sm_90 (cvt.rn.satfinite.e4m3x2.f32) the result is the same bytes as a plain cast; checked
+    natively on an H100 with triton 3.6 (tests/test_kernels.py, every tie and its neighbours).
+    """
+    is_nan = x != x
+    x = tl.minimum(tl.maximum(x, -448.0), 448.0)  # +-Inf -> +-448; NaN lanes are fixed below
+    # floor(log2|x|) from the exponent bits (exact; 0 and fp32 subnormals read -127). Below 2**-6
+    # e4m3 is subnormal with a fixed step of 2**-9, hence the lower bound of -6 on the exponent.
+    e = tl.maximum(((x.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127, -6)
+    step = ((e - 3 + 127) << 23).to(tl.float32, bitcast=True)  # 2**(e-3): 3 mantissa bits
+    inv_step = ((3 - e + 127) << 23).to(tl.float32, bitcast=True)  # 2**(3-e), exact reciprocal
+    t = x * inv_step  # exact (power-of-two scaling), |t| <= 16
+    # Adding and subtracting 1.5 * 2**23 rounds |t| < 2**22 to an integer, nearest-even (fp32 RNE).
+    # (On sm_90 the multiply and the add fuse into one fma: same result, the product is exact.)
+    t = (t + 12582912.0) - 12582912.0
+    y = t * step  # exact, on the e4m3 grid, |y| <= 448
+    code = y.to(tl.float8e4nv).to(tl.uint8, bitcast=True)
+    code = tl.where(is_nan, 0x7F, code).to(tl.uint8)
+    return code.to(tl.float8e4nv, bitcast=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Activation kernel
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _act_quant_1x128_kernel(
+    x_ptr,  # [M, K] bf16/fp16/fp32 activations, strides (stride_xm, stride_xk)
+    q_ptr,  # [M, K] float8e4nv codes (out), contiguous
+    s_ptr,  # [M, ceil(K/128)] fp32 scales (multipliers: x ~= q * s) (out), contiguous
+    M,
+    K,
+    stride_xm,
+    stride_xk,
+    UE8M0: tl.constexpr,  # scale_fmt == "ue8m0"
+    BLOCK_M: tl.constexpr,  # rows per program
+    GROUP: tl.constexpr,  # 128: elements of K per scale
+):
+    # One program quantizes a [BLOCK_M, GROUP] tile: BLOCK_M rows of one group.
+    pid_m = tl.program_id(0)
+    g = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_k = g * GROUP + tl.arange(0, GROUP)
+    mask_m = offs_m < M
+    mask = mask_m[:, None] & (offs_k < K)[None, :]
+    rows = offs_m.to(tl.int64)  # M * K may exceed 2**31
+    x_ptrs = x_ptr + rows[:, None] * stride_xm + offs_k.to(tl.int64)[None, :] * stride_xk
+    v = _upcast_fp32(tl.load(x_ptrs, mask=mask, other=0.0))  # padding is 0: never raises the amax
+
+    amax = tl.max(tl.abs(v), axis=1)  # [BLOCK_M]
+    has_nan = tl.max((v != v).to(tl.int32), axis=1) > 0
+    s = _amax_to_scale(amax, has_nan, UE8M0)  # [BLOCK_M]
+    q = _fp32_to_e4m3_rne(tl.math.div_rn(v, s[:, None]))
+
+    tl.store(q_ptr + rows[:, None] * K + offs_k[None, :], q, mask=mask)
+    tl.store(s_ptr + rows * tl.cdiv(K, GROUP) + g, s, mask=mask_m)
+
+
+def act_quant_1x128(x: torch.Tensor, scale_fmt: str = "float") -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantize activations per token in groups of 128 along K.
+
+    Args:
+        x: [M, K] bfloat16/float16/float32, any strides.
+        scale_fmt: "float" (fp32 scales) or "ue8m0" (scales rounded up to powers of two).
+    Returns:
+        q: [M, K] float8_e4m3fn, contiguous.
+        s: [M, ceil(K / 128)] float32, contiguous (a multiplier: x ~= q * s).
+    Bit-exact with ``quantize_activation_ref(x, 128, scale_fmt)`` (up to the sign of zero codes).
+    """
+    _check_scale_fmt(scale_fmt)
+    if x.dim() != 2:
+        raise ValueError(f"act_quant_1x128: x must be 2-D [M, K], got shape {tuple(x.shape)}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"act_quant_1x128: x must be float32, float16 or bfloat16, got {x.dtype}")
+    m, k = x.shape
+    num_groups = ceil_div(k, GROUP_K)
+    q = torch.empty((m, k), dtype=FP8_DTYPE, device=x.device)
+    s = torch.empty((m, num_groups), dtype=torch.float32, device=x.device)
+    if m == 0 or k == 0:
+        return q, s
+    block_m = 16
+    grid = (triton.cdiv(m, block_m), num_groups)
+    _act_quant_1x128_kernel[grid](
+        x,
+        q,
+        s,
+        m,
+        k,
+        x.stride(0),
+        x.stride(1),
+        UE8M0=scale_fmt == "ue8m0",
+        BLOCK_M=block_m,
+        GROUP=GROUP_K,
+        num_warps=4,
+    )
+    return q, s

@@ -1,0 +1,25 @@
+"""Shared pytest setup. Keep minimal: other suites rely on it. (Markers are registered in pyproject.toml.)"""
+
+import os
+
+import pytest
+import torch
+
+# Without a GPU, Triton kernels run under the interpreter on CPU tensors. This must happen before
+# any module defining a @triton.jit kernel is imported (Triton reads it when the decorator runs).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def _has_fp8_gpu() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip tests marked ``gpu`` unless a CUDA GPU with FP8 (compute capability >= 8.9) is visible."""
+    if _has_fp8_gpu():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU with FP8 (compute capability >= 8.9)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
