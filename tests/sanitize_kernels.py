@@ -1,0 +1,44 @@
+"""Runs every Triton kernel once on awkward shapes, for ``compute-sanitizer --tool memcheck``.
+
+    compute-sanitizer --tool memcheck python tests/sanitize_kernels.py
+
+Not a pytest module: the sanitizer watches this whole process. Exits non-zero on a wrong result.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fp8inductor.kernels.act_quant import act_quant_1x128
+from fp8inductor.kernels.block_gemm import fp8_block_gemm, fp8_block_linear
+from fp8inductor.kernels.weight_quant import weight_quant_128x128
+from fp8inductor.reference import block_fp8_linear_ref, quantize_weight_ref
+
+SHAPES = [(1, 128, 128), (3, 200, 72), (17, 576, 7168), (130, 2112, 1000), (255, 384, 328)]  # (M, N, K)
+
+
+def main() -> int:
+    g = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for m, n, k in SHAPES:
+        x = torch.randn(m, k, generator=g).bfloat16()
+        w = (torch.randn(n, k, generator=g) / k**0.5).bfloat16()
+        b = torch.randn(n, generator=g).bfloat16()
+        xc, wc, bc = x.cuda(), w.cuda(), b.cuda()
+        q, s = weight_quant_128x128(wc)
+        xq, xs = act_quant_1x128(xc[:, : k - 1] if k > 1 else xc)  # a strided view too
+        xq, xs = act_quant_1x128(xc, "ue8m0")
+        fp8_block_gemm(xq, xs, q, s, bc, torch.float16)
+        y = fp8_block_linear(xc, q, s, bc)
+        torch.cuda.synchronize()
+        rq, rs = quantize_weight_ref(w)
+        ref = block_fp8_linear_ref(x, rq, rs, b)
+        err = ((y.cpu().float() - ref.float()).norm() / ref.float().norm()).item()
+        worst = max(worst, err)
+        print(f"M={m} N={n} K={k}: rel err {err:.2e}")
+    print(f"worst {worst:.2e}")
+    return 0 if worst < 1e-2 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
