@@ -117,20 +117,26 @@ class FP8BlockPass(CustomGraphPass):
 
 
 def module_path_from_stack(node: fx.Node) -> str | None:
-    """Innermost module path of ``node`` from Dynamo's ``nn_module_stack``, as a dotted FQN.
-
-    Dynamo writes paths like ``L['self'].model.layers[0].self_attn.q_proj`` or
-    ``L['self']._modules['lm_head']``; this returns ``model.layers.0.self_attn.q_proj``.
-    """
+    """Innermost module path of ``node`` from Dynamo's ``nn_module_stack``, as a dotted FQN."""
     stack = node.meta.get("nn_module_stack")
     if not stack:
         return None
-    path = list(stack.values())[-1][0]
-    path = re.sub(r"^L\['[^']*'\]\.?", "", path)
-    path = re.sub(r"\._modules\['([^']*)'\]", r".\1", path)
+    return normalize_module_path(list(stack.values())[-1][0])
+
+
+def normalize_module_path(path: str) -> str:
+    """Dynamo source path -> dotted module FQN.
+
+    ``L['self'].model.layers[0].q_proj``, ``L['args'][0].model.layers[0].q_proj`` (a decorated
+    ``forward``, transformers >= 5.2x) and ``L['self']._modules['lm_head']`` become
+    ``model.layers.0.q_proj`` and ``lm_head``: the root object (``L[...]`` with its subscripts) is
+    dropped, ``_modules['x']`` and ``['x']`` become ``.x``, ``[0]`` becomes ``.0``.
+    """
+    path = re.sub(r"^L(\[[^\]]*\])+", "", path)
+    path = re.sub(r"_modules\['([^']*)'\]", r".\1", path)
     path = re.sub(r"\[(\d+)\]", r".\1", path)
     path = re.sub(r"\['([^']*)'\]", r".\1", path)
-    return path.strip(".")
+    return ".".join(part for part in path.split(".") if part)
 
 
 def _val(node: fx.Node | None) -> torch.Tensor | None:

@@ -284,3 +284,20 @@ def test_pass_uuid_depends_on_config_and_sources():
     passes._source_hash.cache_clear()
     with warnings.catch_warnings():
         assert passes._source_hash() == a.uuid()[: len(passes._source_hash())]
+
+
+@pytest.mark.parametrize(
+    "source,fqn",
+    [
+        ("L['self'].model.layers[0].self_attn.q_proj", "model.layers.0.self_attn.q_proj"),
+        ("L['args'][0].model.layers[1].mlp.up_proj", "model.layers.1.mlp.up_proj"),  # transformers 5.24
+        ("L['self']._modules['lm_head']", "lm_head"),
+        ("L['self'].blocks['attn'].proj", "blocks.attn.proj"),
+        ("L['s'].a", "a"),
+        ("L['self']", ""),
+    ],
+)
+def test_module_paths_from_dynamo_sources(source, fqn):
+    from fp8inductor.passes import normalize_module_path
+
+    assert normalize_module_path(source) == fqn
