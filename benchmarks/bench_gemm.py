@@ -40,6 +40,7 @@ for _p in (str(REPO_ROOT), str(HERE)):
 import render_docs  # noqa: E402
 import seed  # noqa: E402
 import shapes as shape_suite  # noqa: E402
+
 from fp8inductor.reference import (  # noqa: E402
     block_fp8_linear_ref,
     block_gemm_ref,
@@ -179,6 +180,7 @@ def make_impls(dry_run: bool) -> list[Impl]:
     """The implementations, in table order. In a dry run every FP8 function is a reference stand-in."""
     bf16 = Impl("bf16", "bf16", "bf16", "bf16", True, _bf16_mm)
     if dry_run:
+
         def ref_gemm(a: Activations, w: WeightCopy) -> torch.Tensor:
             return block_gemm_ref(a.xq, a.xs, w.q, w.s)
 
@@ -216,14 +218,22 @@ def make_impls(dry_run: bool) -> list[Impl]:
     return [
         bf16,
         Impl("cublas_bw", "cuBLAS-bw", "fp8", "fp8", False, _cublas_blockwise, "unsupported"),
-        Impl("seed_gemm", "seed GEMM", "fp8", "fp8", False, None if seed_missing else seed_gemm,
-             unavailable=seed_missing),
-        Impl("seed_e2e", "seed e2e", "fp8", "fp8", True, None if seed_missing else seed_e2e,
-             unavailable=seed_missing),
-        Impl("ours_gemm", "ours GEMM", "fp8", "fp8", False, None if ours_missing else ours_gemm_fn,
-             unavailable=ours_missing),
-        Impl("ours_e2e", "ours e2e", "fp8", "fp8", True, None if ours_missing else ours_e2e_fn,
-             unavailable=ours_missing),
+        Impl(
+            "seed_gemm", "seed GEMM", "fp8", "fp8", False, None if seed_missing else seed_gemm, unavailable=seed_missing
+        ),
+        Impl("seed_e2e", "seed e2e", "fp8", "fp8", True, None if seed_missing else seed_e2e, unavailable=seed_missing),
+        Impl(
+            "ours_gemm",
+            "ours GEMM",
+            "fp8",
+            "fp8",
+            False,
+            None if ours_missing else ours_gemm_fn,
+            unavailable=ours_missing,
+        ),
+        Impl(
+            "ours_e2e", "ours e2e", "fp8", "fp8", True, None if ours_missing else ours_e2e_fn, unavailable=ours_missing
+        ),
     ]
 
 
@@ -325,8 +335,9 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:ERROR_NOTE_CHARS]
 
 
-def bench_one(impl: Impl, shape: shape_suite.GemmShape, a: Activations, ws: WeightSet,
-              refs: dict[str, torch.Tensor], cfg: Config) -> Result:
+def bench_one(
+    impl: Impl, shape: shape_suite.GemmShape, a: Activations, ws: WeightSet, refs: dict[str, torch.Tensor], cfg: Config
+) -> Result:
     """Check impl once against the reference, then time it (also when wrong: recorded, flagged)."""
     m, n, k = shape.m, shape.n, shape.k
     res = Result(m, n, k, impl.key, "unavailable", note=impl.unavailable)
@@ -379,8 +390,12 @@ def _git(*args: str) -> str | None:
 
 def _driver_version() -> str | None:
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
@@ -450,8 +465,13 @@ def run(args: argparse.Namespace) -> dict:
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 references in true fp32
     torch.backends.cudnn.allow_tf32 = False
     cfg = Config(
-        dry_run=args.dry_run, device=device, timer=args.timer, warmup_ms=args.warmup_ms, rep_ms=args.rep_ms,
-        l2_bytes=l2_bytes(device), max_copies=DRY_RUN_MAX_COPIES if args.dry_run else args.max_copies,
+        dry_run=args.dry_run,
+        device=device,
+        timer=args.timer,
+        warmup_ms=args.warmup_ms,
+        rep_ms=args.rep_ms,
+        l2_bytes=l2_bytes(device),
+        max_copies=DRY_RUN_MAX_COPIES if args.dry_run else args.max_copies,
     )
     impls = [i for i in make_impls(args.dry_run) if not args.impls or i.key in args.impls]
     meta = environment(cfg, impls, args)
@@ -481,8 +501,10 @@ def run(args: argparse.Namespace) -> dict:
     report = write_outputs(out_dir, meta, rows, final=True)
     print()
     print(render_docs.text_report(report))
-    print(f"\nwrote {out_dir / 'bench_gemm.json'}, {out_dir / 'bench_gemm.md'}, {out_dir / 'bench_gemm.png'} "
-          f"in {meta['wall_s']} s")
+    print(
+        f"\nwrote {out_dir / 'bench_gemm.json'}, {out_dir / 'bench_gemm.md'}, {out_dir / 'bench_gemm.png'} "
+        f"in {meta['wall_s']} s"
+    )
     return report
 
 
@@ -491,13 +513,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="a 9-shape subset (shapes.QUICK_*)")
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, reference stand-ins (tests the pipeline)")
     ap.add_argument("--out-dir", default=str(REPO_ROOT / "docs"), help="where the .json/.md/.png go (default docs/)")
-    ap.add_argument("--timer", choices=("do_bench", "cudagraph"), default="do_bench",
-                    help="do_bench (default; host overhead inside a call counts) or do_bench_cudagraph (GPU time only)")
+    ap.add_argument(
+        "--timer",
+        choices=("do_bench", "cudagraph"),
+        default="do_bench",
+        help="do_bench (default; host overhead inside a call counts) or do_bench_cudagraph (GPU time only)",
+    )
     ap.add_argument("--warmup-ms", type=float, default=25.0, help="do_bench warmup budget per measurement")
     ap.add_argument("--rep-ms", type=float, default=100.0, help="do_bench repetition budget per measurement")
     ap.add_argument("--max-copies", type=int, default=MAX_COPIES, help="cap on the rotated weight copies")
-    ap.add_argument("--impls", type=lambda s: s.split(","), default=None,
-                    help="comma-separated subset of: bf16,cublas_bw,seed_gemm,seed_e2e,ours_gemm,ours_e2e")
+    ap.add_argument(
+        "--impls",
+        type=lambda s: s.split(","),
+        default=None,
+        help="comma-separated subset of: bf16,cublas_bw,seed_gemm,seed_e2e,ours_gemm,ours_e2e",
+    )
     return ap.parse_args(argv)
 
 

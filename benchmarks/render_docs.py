@@ -2,7 +2,8 @@
 
     python benchmarks/render_docs.py docs/bench_gemm.json [--png docs/bench_gemm.png] [--docs docs/benchmarks.md] [--replot]
 
-(Re)writes the part of ``--docs`` between ``<!-- BEGIN bench_gemm -->`` and ``<!-- END bench_gemm -->``
+(Re)writes the part of ``--docs`` between the markers ``<!-- BEGIN bench_gemm -->`` and
+``<!-- END bench_gemm -->``
 (creating the file, with an introduction on the method, if it does not exist; appending the section
 if the markers are missing). ``bench_gemm.py`` uses the same functions for its ``.md`` and ``.png``.
 Needs no GPU and no torch; matplotlib only for the plot.
@@ -132,20 +133,30 @@ def _err_cell(rows: dict[str, dict]) -> str:
 def table(report: dict) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the results table (one row per shape)."""
     labels = impl_labels(report)
-    header = ["N x K", "M", *labels.values(), "ours err GEMM / e2e",
-              *SPEEDUP_BASELINES.values(), "ours e2e µs", "ours e2e GB/s"]
+    header = [
+        "N x K",
+        "M",
+        *labels.values(),
+        "ours err GEMM / e2e",
+        *SPEEDUP_BASELINES.values(),
+        "ours e2e µs",
+        "ours e2e GB/s",
+    ]
     body = []
     for (n, k, m), rows in rows_by_shape(report).items():
         ours = rows.get(OURS_E2E)
         gbps = ours["gbps"] if valid(ours) and m <= GBPS_MAX_M else None
-        body.append([
-            f"{n} x {k}", str(m),
-            *(_cell(rows.get(key)) for key in labels),
-            _err_cell(rows),
-            *(_fmt(speedup(rows, b), ".2f") for b in SPEEDUP_BASELINES),
-            _fmt(ours["time_ms"] * 1e3 if valid(ours) else None, ".1f"),
-            _fmt(gbps, ".0f"),
-        ])
+        body.append(
+            [
+                f"{n} x {k}",
+                str(m),
+                *(_cell(rows.get(key)) for key in labels),
+                _err_cell(rows),
+                *(_fmt(speedup(rows, b), ".2f") for b in SPEEDUP_BASELINES),
+                _fmt(ours["time_ms"] * 1e3 if valid(ours) else None, ".1f"),
+                _fmt(gbps, ".0f"),
+            ]
+        )
     return header, body
 
 
@@ -204,9 +215,11 @@ def header_line(report: dict) -> str:
         timer = f"do_bench_cudagraph median of 10 graph replays, rep {meta['rep_ms']} ms"
     if meta.get("dry_run"):
         timer = "DRY RUN (CPU, reference stand-ins, perf_counter): not a measurement"
-    return (f"{meta['device']}; torch {meta['torch']}, triton {meta.get('triton')}, CUDA {meta.get('cuda')}, "
-            f"transformers {meta.get('transformers')}; git {sha}; {meta['date']}; {timer}; "
-            f"weights rotated over >= {meta['l2_multiple']}x L2 ({meta['l2_bytes'] / 2**20:.0f} MiB)")
+    return (
+        f"{meta['device']}; torch {meta['torch']}, triton {meta.get('triton')}, CUDA {meta.get('cuda')}, "
+        f"transformers {meta.get('transformers')}; git {sha}; {meta['date']}; {timer}; "
+        f"weights rotated over >= {meta['l2_multiple']}x L2 ({meta['l2_bytes'] / 2**20:.0f} MiB)"
+    )
 
 
 def markdown(report: dict, png: str | None = None) -> str:
@@ -215,7 +228,12 @@ def markdown(report: dict, png: str | None = None) -> str:
     parts = [f"*{header_line(report)}*", ""]
     if png:
         parts += [f"![GEMM TFLOP/s vs M]({png})", ""]
-    parts += ["TFLOP/s (higher is better); speedups = baseline time / ours e2e time.", "", to_markdown(header, body), ""]
+    parts += [
+        "TFLOP/s (higher is better); speedups = baseline time / ours e2e time.",
+        "",
+        to_markdown(header, body),
+        "",
+    ]
     parts += [f"* {line}" for line in summary_lines(report)]
     note_lines = notes(report)
     if note_lines:
@@ -263,7 +281,7 @@ def plot(report: dict, png_path: str | os.PathLike) -> None:
         ax.set_xlabel("M")
         ax.set_ylabel("TFLOP/s")
         ax.grid(True, which="both", alpha=0.3)
-    for ax in flat[len(groups):]:
+    for ax in flat[len(groups) :]:
         ax.axis("off")
     # Same color per implementation in every panel: the default cycle in the same order everywhere,
     # except where a panel lacks a line; re-color by label to be sure.
@@ -291,7 +309,7 @@ def update_docs(docs_path: Path, section: str) -> None:
     text = docs_path.read_text() if docs_path.exists() else INTRO
     begin, end = text.find(BEGIN), text.find(END)
     if begin >= 0 and end > begin:
-        text = text[:begin] + section + text[end + len(END):]
+        text = text[:begin] + section + text[end + len(END) :]
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     docs_path.parent.mkdir(parents=True, exist_ok=True)

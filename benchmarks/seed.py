@@ -79,8 +79,9 @@ def _check_relative_imports(source: str) -> None:
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.ImportFrom) and node.level > 0:
             provided = _STUB_MODULES.get(node.module or "", {})
-            missing += [f"from {'.' * node.level}{node.module} import {a.name}" for a in node.names
-                        if a.name not in provided]
+            missing += [
+                f"from {'.' * node.level}{node.module} import {a.name}" for a in node.names if a.name not in provided
+            ]
     if missing:
         raise SeedUnavailable(f"the seed module needs imports the shim does not provide: {missing}")
 
@@ -183,7 +184,10 @@ def _smoke_test() -> None:
     mod = load()
     print(f"loaded {mod.__name__} from {mod.__file__}")
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
-    print("  exposes:", ", ".join(n for n in ("act_quant", "w8a8_block_fp8_matmul_triton", "FP8Linear") if hasattr(mod, n)))
+    print(
+        "  exposes:",
+        ", ".join(n for n in ("act_quant", "w8a8_block_fp8_matmul_triton", "FP8Linear") if hasattr(mod, n)),
+    )
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu" and not interpreted:
         print("no GPU and TRITON_INTERPRET is not 1: import checked, kernels not run")
@@ -195,8 +199,10 @@ def _smoke_test() -> None:
     wq, ws = quantize_weight_ref(w)
     q, s = seed_act_quant(x)
     q_ref, s_ref = quantize_activation_ref(x)
-    print(f"  act_quant: scale max rel diff {((s - s_ref).abs() / s_ref).max().item():.2e}, "
-          f"codes equal {(q.float() == q_ref.float()).float().mean().item() * 100:.2f}%")
+    print(
+        f"  act_quant: scale max rel diff {((s - s_ref).abs() / s_ref).max().item():.2e}, "
+        f"codes equal {(q.float() == q_ref.float()).float().mean().item() * 100:.2f}%"
+    )
     y = seed_gemm(q_ref, wq, s_ref, ws)
     y_ref = block_gemm_ref(q_ref, s_ref, wq, ws).float()
     rel = ((y.float() - y_ref).norm() / y_ref.norm()).item()

@@ -60,7 +60,9 @@ def _warn_grad_enabled() -> None:
 
 @functools.cache
 def _warn_reference_path(reason: str) -> None:
-    warnings.warn(f"fp8block: {reason}; FP8 linears run through the reference implementation (correct, slow)", stacklevel=3)
+    warnings.warn(
+        f"fp8block: {reason}; FP8 linears run through the reference implementation (correct, slow)", stacklevel=3
+    )
 
 
 def _param_names(gm: torch.fx.GraphModule) -> list[str]:

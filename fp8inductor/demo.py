@@ -14,6 +14,8 @@ import time
 
 import torch
 
+from .testing import rel_err
+
 
 def build_llama(hidden: int, layers: int, vocab: int, device: str, seed: int = 0) -> torch.nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -31,11 +33,6 @@ def build_llama(hidden: int, layers: int, vocab: int, device: str, seed: int = 0
     )
     model = LlamaForCausalLM(config).to(device=device, dtype=torch.bfloat16).eval()
     return model
-
-
-def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.float(), b.float()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def _sync(device: str) -> None:
@@ -75,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = build_llama(args.hidden, args.layers, args.vocab, device)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"model: Llama-style, hidden {args.hidden}, {args.layers} layers, {n_params / 1e6:.1f}M params, bf16, {device}")
+    print(
+        f"model: Llama-style, hidden {args.hidden}, {args.layers} layers, {n_params / 1e6:.1f}M params, bf16, {device}"
+    )
 
     def eager(ids):
         return model(input_ids=ids, use_cache=False).logits
@@ -99,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         report = fp8inductor.last_report()
         print(report if report is not None else "no report: nothing was compiled")
         print(f"compile + first call: {compile_s:.1f} s")
-        print(f"logits rel. error fp8block vs bf16 eager: {_rel_err(fp8_logits, ref_logits):.4f}")
+        print(f"logits rel. error fp8block vs bf16 eager: {rel_err(fp8_logits, ref_logits):.4f}")
 
         ids_bf16, s_bf16 = _greedy(eager, prompt, args.tokens, device)
         ids_fp8, s_fp8 = _greedy(fast, prompt, args.tokens, device)
@@ -108,7 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     agree = sum(a == b for a, b in zip(new_bf16, new_fp8))
     print(f"generated (bf16 eager): {new_bf16}")
     print(f"generated (fp8block):   {new_fp8}   ({agree}/{len(new_fp8)} tokens agree)")
-    print(f"time per step (median, full forward, no KV cache): bf16 eager {s_bf16 * 1e3:.1f} ms, fp8block {s_fp8 * 1e3:.1f} ms")
+    print(
+        "time per step (median, full forward, no KV cache): "
+        f"bf16 eager {s_bf16 * 1e3:.1f} ms, fp8block {s_fp8 * 1e3:.1f} ms"
+    )
     if device == "cpu":
         print("note: on the CPU the FP8 linears run through the reference path: correct, not fast.")
     return 0

@@ -60,7 +60,9 @@ def _check_block_linear_args(
             raise ValueError(f"fp8inductor.block_linear: bias must be [N] = [{wq.shape[0]}], got {tuple(bias.shape)}")
     devices = {t.device for t in (x, wq, ws, bias) if t is not None}
     if len(devices) > 1:
-        raise ValueError(f"fp8inductor.block_linear: all tensors must be on one device, got {sorted(map(str, devices))}")
+        raise ValueError(
+            f"fp8inductor.block_linear: all tensors must be on one device, got {sorted(map(str, devices))}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -98,7 +100,9 @@ def _use_triton(t: torch.Tensor) -> bool:
 
 
 @torch.library.custom_op(f"{_NS}::quantize_activation", mutates_args=())
-def quantize_activation_op(x: torch.Tensor, group_size: int = 128, scale_fmt: str = "float") -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_activation_op(
+    x: torch.Tensor, group_size: int = 128, scale_fmt: str = "float"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """x [..., K] -> (q [..., K] fp8 contiguous, s [..., ceil(K/group_size)] fp32 contiguous)."""
     _check_float(x, "x")
     return ref.quantize_activation_ref(x, group_size, scale_fmt)
@@ -139,7 +143,9 @@ def quantize_weight_op(
 
 
 @quantize_weight_op.register_kernel("cuda")
-def _(w: torch.Tensor, block_n: int = 128, block_k: int = 128, scale_fmt: str = "float") -> tuple[torch.Tensor, torch.Tensor]:
+def _(
+    w: torch.Tensor, block_n: int = 128, block_k: int = 128, scale_fmt: str = "float"
+) -> tuple[torch.Tensor, torch.Tensor]:
     if (block_n, block_k) != (128, 128) or w.dim() != 2 or not _use_triton(w):
         return ref.quantize_weight_ref(w, (block_n, block_k), scale_fmt)
     _check_float(w, "weight")
@@ -149,7 +155,9 @@ def _(w: torch.Tensor, block_n: int = 128, block_k: int = 128, scale_fmt: str = 
 
 
 @quantize_weight_op.register_fake
-def _(w: torch.Tensor, block_n: int = 128, block_k: int = 128, scale_fmt: str = "float") -> tuple[torch.Tensor, torch.Tensor]:
+def _(
+    w: torch.Tensor, block_n: int = 128, block_k: int = 128, scale_fmt: str = "float"
+) -> tuple[torch.Tensor, torch.Tensor]:
     _check_float(w, "weight")
     if w.dim() != 2:
         raise ValueError(f"fp8inductor.quantize_weight: weight must be 2-D [N, K], got shape {tuple(w.shape)}")

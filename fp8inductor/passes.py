@@ -208,7 +208,11 @@ class _Rewriter:
 
     def _handle(self, match: LinearMatch) -> None:
         w_val = _val(match.weight)
-        n, k = (w_val.shape if match.pattern.weight_layout == "NK" else w_val.shape[::-1]) if w_val is not None and w_val.dim() == 2 else (0, 0)
+        n, k = (
+            (w_val.shape if match.pattern.weight_layout == "NK" else w_val.shape[::-1])
+            if w_val is not None and w_val.dim() == 2
+            else (0, 0)
+        )
         weight_name = self._weight_name(match.weight)
         module = weight_name.rsplit(".", 1)[0] if "." in weight_name else ""
         reason = self._ineligible(match, module, int(n), int(k))

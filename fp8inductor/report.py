@@ -88,8 +88,7 @@ class RewriteReport:
             why = "" if d.converted else f"  ({d.reason})"
             bias = "+bias" if d.has_bias else ""
             lines.append(
-                f"  [{status}] {d.module or d.weight:<48} {d.pattern:<9} "
-                f"[{d.out_features}x{d.in_features}]{bias}{why}"
+                f"  [{status}] {d.module or d.weight:<48} {d.pattern:<9} [{d.out_features}x{d.in_features}]{bias}{why}"
             )
         return "\n".join(lines)
 

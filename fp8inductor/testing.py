@@ -10,6 +10,12 @@ import torch
 from .reference import FP8_DTYPE
 
 
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """Relative Frobenius error ``|actual - expected| / |expected|``, computed in fp32."""
+    a, e = actual.float(), expected.float()
+    return ((a - e).norm() / e.norm().clamp_min(1e-30)).item()
+
+
 def default_device() -> str:
     """``"cuda"`` when a GPU is visible, else ``"cpu"`` (Triton kernels then need TRITON_INTERPRET=1)."""
     return "cuda" if torch.cuda.is_available() else "cpu"

@@ -21,16 +21,30 @@ def _ids(batch: int, seq: int, vocab: int) -> torch.Tensor:
 def llama(dtype=torch.bfloat16):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=512, max_position_embeddings=256)
+    cfg = LlamaConfig(
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=512,
+        max_position_embeddings=256,
+    )
     return LlamaForCausalLM(cfg).to(dtype).eval(), {"input_ids": _ids(2, 12, 512)}, 2 * 7
 
 
 def qwen2(dtype=torch.bfloat16):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    cfg = Qwen2Config(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=512, max_position_embeddings=256)
+    cfg = Qwen2Config(
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=512,
+        max_position_embeddings=256,
+    )
     return Qwen2ForCausalLM(cfg).to(dtype).eval(), {"input_ids": _ids(2, 12, 512)}, 2 * 7
 
 
@@ -44,8 +58,14 @@ def gpt2(dtype=torch.bfloat16):
 def bert(dtype=torch.bfloat16):
     from transformers import BertConfig, BertModel
 
-    cfg = BertConfig(hidden_size=256, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512,
-                     vocab_size=512, max_position_embeddings=128)
+    cfg = BertConfig(
+        hidden_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=512,
+        vocab_size=512,
+        max_position_embeddings=128,
+    )
     return BertModel(cfg).to(dtype).eval(), {"input_ids": _ids(2, 12, 512)}, 2 * 6 + 1  # + pooler
 
 

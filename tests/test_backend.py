@@ -18,29 +18,19 @@ from torch import nn
 from torch._dynamo.utils import counters
 
 import fp8inductor
-from fp8inductor.passes import FP8BlockPass
 from fp8inductor.config import FP8BlockConfig
+from fp8inductor.passes import FP8BlockPass
+from fp8inductor.testing import rel_err
 
 BF16 = torch.bfloat16
 
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.float(), b.float()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
 
 def fp8_linear(x, w_nk, b=None):
     """Eager SPEC emulation of one converted linear."""
     q, s = fp8inductor.quantize_weight(w_nk)
     return fp8inductor.block_fp8_linear(x, q, s, b)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_dynamo():
-    torch._dynamo.reset()
-    counters.clear()
-    yield
-    torch._dynamo.reset()
 
 
 def compile_fp8(model, **kw):

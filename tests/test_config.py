@@ -33,8 +33,12 @@ def test_modules_to_not_convert_matches_path_components(entry, path, skipped):
 
 def test_split_options_routes_keys():
     cfg, inductor = split_options(
-        {"modules_to_not_convert": ["lm_head", "mlp.gate"], "scale_fmt": "ue8m0", "max_autotune": True,
-         "triton.cudagraphs": False}
+        {
+            "modules_to_not_convert": ["lm_head", "mlp.gate"],
+            "scale_fmt": "ue8m0",
+            "max_autotune": True,
+            "triton.cudagraphs": False,
+        }
     )
     assert cfg.modules_to_not_convert == ("lm_head", "mlp.gate") and cfg.scale_fmt == "ue8m0"
     assert inductor == {"max_autotune": True, "triton.cudagraphs": False}

@@ -9,9 +9,25 @@ import sys
 
 def test_demo_runs_and_reports():
     res = subprocess.run(
-        [sys.executable, "-m", "fp8inductor", "demo", "--hidden", "512", "--layers", "1", "--vocab", "512",
-         "--tokens", "3", "--prompt-len", "8"],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "fp8inductor",
+            "demo",
+            "--hidden",
+            "512",
+            "--layers",
+            "1",
+            "--vocab",
+            "512",
+            "--tokens",
+            "3",
+            "--prompt-len",
+            "8",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     out = res.stdout

@@ -7,28 +7,16 @@ emulation (``quantize_`` on a copy, which calls the same Triton kernels eagerly)
 
 from __future__ import annotations
 
+import model_zoo as zoo
 import pytest
 import torch
 from torch import nn
 from torch._dynamo.utils import counters
 
 import fp8inductor
-import model_zoo as zoo
+from fp8inductor.testing import rel_err
 
-pytestmark = pytest.mark.gpu
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.float(), b.float()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-
-
-@pytest.fixture(autouse=True)
-def _fresh_dynamo():
-    torch._dynamo.reset()
-    counters.clear()
-    yield
-    torch._dynamo.reset()
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("fresh_dynamo")]
 
 
 def _on_cuda(builder, dtype):

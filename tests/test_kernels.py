@@ -44,9 +44,7 @@ DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 # division, so ``amax_to_scale`` on a CUDA tensor can be 1 ulp off its CPU (and kernel) result.
 
 # Under the interpreter numpy warns about NaN/Inf arithmetic that the kernels do on purpose.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:(invalid value|overflow|divide by zero) encountered:RuntimeWarning"
-)
+pytestmark = pytest.mark.filterwarnings("ignore:(invalid value|overflow|divide by zero) encountered:RuntimeWarning")
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -81,8 +79,26 @@ def _e4m3_edge_values() -> torch.Tensor:
     inf = torch.tensor(float("inf"))
     near = torch.cat([mids, torch.nextafter(mids, inf), torch.nextafter(mids, -inf)])
     special = torch.tensor(
-        [448.0, 448.0001, 463.9, 464.0, 464.1, 480.0, 1e4, 3.4e38, float("inf"), float("nan"),
-         0.0, 1e-45, 1e-40, 1.1754942e-38, 2.0**-10, 2.0**-10 * 1.0001, 124.33, 1e-6]
+        [
+            448.0,
+            448.0001,
+            463.9,
+            464.0,
+            464.1,
+            480.0,
+            1e4,
+            3.4e38,
+            float("inf"),
+            float("nan"),
+            0.0,
+            1e-45,
+            1e-40,
+            1.1754942e-38,
+            2.0**-10,
+            2.0**-10 * 1.0001,
+            124.33,
+            1e-6,
+        ]
     )
     rand = torch.randn(4096, generator=_gen(0)) * torch.exp2(torch.randint(-14, 10, (4096,), generator=_gen(1)))
     pos = torch.cat([grid, near, special, rand.abs()])

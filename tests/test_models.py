@@ -15,23 +15,14 @@ For each of Llama, Qwen2, GPT-2 (Conv1D) and BERT: the compile has no graph brea
 
 from __future__ import annotations
 
+import model_zoo as zoo
 import pytest
 import torch
 
 import fp8inductor
-import model_zoo as zoo
+from fp8inductor.testing import rel_err
 
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.float(), b.float()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-
-
-@pytest.fixture(autouse=True)
-def _fresh_dynamo():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
 
 @pytest.mark.parametrize("name", list(zoo.MODELS))

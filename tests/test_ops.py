@@ -70,11 +70,16 @@ def test_empty_and_noncontiguous_inputs(device):
     y0 = fp8inductor.block_fp8_linear(x[:0], q, s, b)
     assert y0.shape == (0, 200)
     xt = x.t().contiguous().t()  # column-major activation
-    torch.testing.assert_close(fp8inductor.block_fp8_linear(xt, q, s, b), fp8inductor.block_fp8_linear(x, q, s, b),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        fp8inductor.block_fp8_linear(xt, q, s, b), fp8inductor.block_fp8_linear(x, q, s, b), rtol=0, atol=0
+    )
     xs = x[::2]  # row-strided
-    torch.testing.assert_close(fp8inductor.block_fp8_linear(xs, q, s, b), fp8inductor.block_fp8_linear(xs.contiguous(), q, s, b),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        fp8inductor.block_fp8_linear(xs, q, s, b),
+        fp8inductor.block_fp8_linear(xs.contiguous(), q, s, b),
+        rtol=0,
+        atol=0,
+    )
 
 
 def test_bad_inputs_are_clear_errors():

@@ -26,7 +26,11 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_wheel_layout_and_entry_point(wheel):
     names = zipfile.ZipFile(wheel).namelist()
-    assert {"fp8inductor/patterns/__init__.py", "fp8inductor/patterns/base.py", "fp8inductor/patterns/linear.py"} <= set(names)
+    assert {
+        "fp8inductor/patterns/__init__.py",
+        "fp8inductor/patterns/base.py",
+        "fp8inductor/patterns/linear.py",
+    } <= set(names)
     assert not [n for n in names if n.startswith("patterns/")], "no top-level 'patterns' package"
     (ep,) = [n for n in names if n.endswith("entry_points.txt")]
     text = zipfile.ZipFile(wheel).read(ep).decode()
@@ -35,8 +39,9 @@ def test_wheel_layout_and_entry_point(wheel):
 
 def test_installed_wheel_imports_patterns_and_finds_backend(wheel, tmp_path):
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
-                   check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)], check=True
+    )
     code = (
         "import importlib.metadata as md, fp8inductor, fp8inductor.patterns as p\n"
         f"assert p.__file__.startswith({str(target)!r}), p.__file__\n"

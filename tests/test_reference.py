@@ -42,8 +42,14 @@ kinds = st.sampled_from(["normal", "zeros", "sparse", "outliers"])
 scales = st.sampled_from([1e-6, 1e-3, 1.0, 100.0, 3e4])
 
 
-@given(shape=shapes_2d, dtype=st.sampled_from(DTYPES), scale=scales, seed=st.integers(0, 2**16), kind=kinds,
-       fmt=st.sampled_from(ref.SCALE_FMTS))
+@given(
+    shape=shapes_2d,
+    dtype=st.sampled_from(DTYPES),
+    scale=scales,
+    seed=st.integers(0, 2**16),
+    kind=kinds,
+    fmt=st.sampled_from(ref.SCALE_FMTS),
+)
 def test_weight_quant_properties(shape, dtype, scale, seed, kind, fmt):
     w = _tensor(shape, dtype, scale, seed, kind)
     if not torch.isfinite(w).all():  # fp16 overflow of the largest scale: not finite input
@@ -64,9 +70,15 @@ def test_weight_quant_properties(shape, dtype, scale, seed, kind, fmt):
     torch.testing.assert_close(deq, q.float() * s_full, rtol=0, atol=0)
 
 
-@given(lead=st.lists(st.integers(0, 7), min_size=0, max_size=2), k=st.integers(1, 400),
-       dtype=st.sampled_from(DTYPES), scale=scales, seed=st.integers(0, 2**16), kind=kinds,
-       fmt=st.sampled_from(ref.SCALE_FMTS))
+@given(
+    lead=st.lists(st.integers(0, 7), min_size=0, max_size=2),
+    k=st.integers(1, 400),
+    dtype=st.sampled_from(DTYPES),
+    scale=scales,
+    seed=st.integers(0, 2**16),
+    kind=kinds,
+    fmt=st.sampled_from(ref.SCALE_FMTS),
+)
 def test_activation_quant_properties(lead, k, dtype, scale, seed, kind, fmt):
     x = _tensor((*lead, k), dtype, scale, seed, kind)
     if not torch.isfinite(x).all():
@@ -119,8 +131,9 @@ def test_ue8m0_rounds_up_to_power_of_two():
     assert math.isinf(r[5]) and math.isnan(r[6])
 
 
-@given(m=st.integers(1, 40), n=st.integers(1, 300), k=st.integers(1, 300), seed=st.integers(0, 2**16),
-       bias=st.booleans())
+@given(
+    m=st.integers(1, 40), n=st.integers(1, 300), k=st.integers(1, 300), seed=st.integers(0, 2**16), bias=st.booleans()
+)
 @settings(max_examples=25)
 def test_block_gemm_ref_matches_dequantized_float64(m, n, k, seed, bias):
     g = torch.Generator().manual_seed(seed)
