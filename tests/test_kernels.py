@@ -17,7 +17,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fp8inductor.kernels.act_quant import _fp32_to_e4m3_rne, act_quant_1x128
-from fp8inductor.kernels.block_gemm import fp8_block_gemm, fp8_block_linear
+from fp8inductor.kernels.block_gemm import (
+    CONFIGS,
+    GemmConfig,
+    _num_sms,
+    _tma_ok,
+    fp8_block_gemm,
+    fp8_block_linear,
+    pick_config,
+)
 from fp8inductor.kernels.weight_quant import weight_quant_128x128
 from fp8inductor.reference import (
     FP8_DTYPE,
@@ -331,13 +339,24 @@ def _cpu(*tensors):
     return [None if t is None else t.cpu() for t in tensors]
 
 
-def _check_gemm(xq, xs, wq, ws, bias, out_dtype) -> torch.Tensor:
-    y = fp8_block_gemm(xq, xs, wq, ws, bias, out_dtype)
+def _uses_wgmma(m: int, n: int, k: int, config: GemmConfig | None, xq, wq, out_dtype) -> bool:
+    """True where the GPU multiplies with fp8 wgmma (BLOCK_M >= 64 on sm_90): Hopper accumulation."""
+    if DEVICE != "cuda":
+        return False  # the interpreter computes fp8 dots exactly
+    if config is None:
+        config = pick_config(m, n, k, _num_sms(xq.device), _tma_ok(xq, wq, out_dtype))
+    return config.block_m >= 64
+
+
+def _check_gemm(xq, xs, wq, ws, bias, out_dtype, config: GemmConfig | None = None) -> torch.Tensor:
+    y = fp8_block_gemm(xq, xs, wq, ws, bias, out_dtype, config=config)
     ref = block_gemm_ref(*_cpu(xq, xs, wq, ws, bias), out_dtype)
     assert y.dtype == out_dtype and y.shape == ref.shape and y.is_contiguous()
-    # Same quantized inputs: the two differ by the fp32 summation order inside each K block and the
-    # final rounding to out_dtype only -> one ulp of out_dtype plus fp32 noise (gemm_tolerance).
-    tol = gemm_tolerance(out_dtype, gemm_abs_sum_max(*_cpu(xq, xs, wq, ws)))
+    # Same quantized inputs: the two differ by the accumulation inside each K block and the final
+    # rounding to out_dtype only -> one ulp of out_dtype plus accumulation noise (gemm_tolerance).
+    (m, k), n = xq.shape, wq.shape[0]
+    hopper = _uses_wgmma(m, n, k, config, xq, wq, out_dtype)
+    tol = gemm_tolerance(out_dtype, gemm_abs_sum_max(*_cpu(xq, xs, wq, ws)), hopper_fp8_mma=hopper)
     torch.testing.assert_close(y.float().cpu(), ref.float(), **tol)
     return y
 
@@ -353,6 +372,36 @@ def test_gemm_matches_reference(mnk, with_bias, out_dtype):
     xq, xs, wq, ws = _gemm_operands(m, n, k, seed=m + n + k)
     bias = torch.randn(n, generator=_gen(11)).to(out_dtype).to(DEVICE) if with_bias else None
     _check_gemm(xq, xs, wq, ws, bias, out_dtype)
+
+
+# Every shipped configuration against the reference: partial M/N tiles, a partial K block where the
+# kernel allows it (TMA needs K % 16 == 0), with bias; (M, N, K) per kernel kind.
+CONFIG_SHAPES = {"tma": [(130, 200, 384), (257, 384, 512)], "tiles": [(70, 200, 328), (17, 384, 256)],
+                 "splitk": [(3, 200, 1000), (16, 256, 512)]}
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_every_config_matches_reference(name):
+    cfg = CONFIGS[name]
+    for m, n, k in CONFIG_SHAPES[cfg.kind]:
+        xq, xs, wq, ws = _gemm_operands(m, n, k, seed=m * n + k)
+        bias = torch.randn(n, generator=_gen(20)).to(DEVICE)
+        _check_gemm(xq, xs, wq, ws, bias, torch.bfloat16, config=cfg)
+
+
+def test_pick_config_regimes():
+    assert pick_config(1, 2112, 7168, 132, True).kind == "splitk"  # 33 tiles: split K
+    assert pick_config(16, 28672, 4096, 132, True).kind == "tiles"  # 224 tiles of 16x128
+    assert pick_config(64, 7168, 16384, 132, True) == CONFIGS["tiles_64x64"]
+    assert pick_config(512, 4096, 4096, 132, True) == CONFIGS["tma_64x128"]
+    assert pick_config(8192, 4096, 4096, 132, True) == CONFIGS["tma_128x128"]
+    assert pick_config(8192, 4096, 4104, 132, False) == CONFIGS["tiles_128x128"]
+
+
+def test_tma_config_on_unaligned_layout_is_an_error():
+    xq, xs, wq, ws = _gemm_operands(70, 200, 328, seed=21)  # K % 16 != 0
+    with pytest.raises(ValueError, match="TMA needs"):
+        fp8_block_gemm(xq, xs, wq, ws, config=CONFIGS["tma_128x128"])
 
 
 def test_gemm_fp32_out_is_close_to_fp32_reference():

@@ -1,26 +1,35 @@
-"""Block-scaled FP8 GEMM (DeepSeek-V3 layout), within bf16 rounding of ``block_gemm_ref``.
+"""Block-scaled FP8 GEMM (DeepSeek-V3 layout) for sm_90, three kernels chosen by shape.
 
 ``y[m, n] = sum_kb xs[m, kb] * ws[n // 128, kb] * sum_{k in kb} xq[m, k] * wq[n, k]  (+ bias[n])``
 
-with fp32 accumulation: each 128-wide K block is one ``tl.dot`` with an fp32 result, scaled by
-the outer product of that block's activation and weight scales and added to the fp32
-accumulator; the bias is added in fp32 and the result cast once to the output dtype.
+Each 128-wide K block is one fp8 x fp8 ``tl.dot`` into a fresh fp32 accumulator, promoted with the
+outer product of that block's scales into the running fp32 sum ("promotion", as DeepGEMM does).
 
-The codes are upcast to fp16 before ``tl.dot`` (exact: every e4m3 value is an fp16, 448 max,
-2**-9 min), which makes the accumulation true fp32. A plain fp8 x fp8 ``tl.dot`` is not: on
-sm_90 it becomes an fp8 wgmma, whose accumulator keeps only ~14 bits when it adds products (the
-limitation DeepSeek-V3 reports). Measured on an H100 (triton 3.6) against ``block_gemm_ref``, as
-max |y - ref| / max_{m,n} sum_k |terms|: fp8 wgmma 2**-13 .. 2**-16 (up to 0.9% relative error
-on outputs above 1% of the largest: more than one bf16 rounding), fp8 with
-``max_num_imprecise_acc=32`` 2**-16 .. 2**-18, fp16 upcast 2**-25 .. 2**-26 (fp32 summation-order
-noise; bf16 upcast the same). The upcast takes about 1.1-2x the time of the fp8 dot (M >= 33,
-K up to 7168); speed is later work. For M <= 32 (BLOCK_M <= 32) Triton uses mma.sync, not
-wgmma, and the fp8 dot was as accurate as the upcast.
-(fp16 rather than bf16: Triton's interpreter multiplies the raw bits of bf16 dot operands,
-triton 3.9: a 16x16 bf16 ``tl.dot`` of randn is off by ~2e10.)
+| kernel | when (``pick_config``) | why |
+|---|---|---|
+| ``_fp8_gemm_tma_kernel`` | M > 64, TMA-compatible layout | persistent grid, TMA tensor descriptors: 841-920 TFLOP/s at M >= 2048 on the H100 |
+| ``_fp8_gemm_tiles_kernel`` | otherwise, enough output tiles | one program per tile, pointer loads, any strides |
+| ``_fp8_gemm_splitk_kernel`` (+ reduce) | M <= 64 with too few tiles to fill the GPU | weight streaming: K split over programs, fixed-order reduction (deterministic) |
+
+Measured on the H100 (triton 3.6, ``benchmarks/kernel_lab.py``, 2026-11-25), best config TFLOP/s:
+M=4096 N=K=4096: TMA 841, tiles 738, cuBLAS blockwise 1186, bf16 735; M=8192 N=7168 K=16384: TMA 920,
+tiles 799, cuBLAS blockwise 1076, bf16 722. Triton 3.6 waits for each fp8 wgmma before the promotion
+FMAs (the PTX shows a full wait): the MMA chain is broken once per K block, which costs ~25% against
+an unbroken chain (1177-1315 TFLOP/s, wrong numbers by design). Overlap comes only from several CTAs
+per SM; the lab's "lag" (promote block k while block k+1 multiplies) and 2-block unrolling were slower.
+
+Accuracy. An fp8 wgmma (BLOCK_M >= 64) accumulates with ~14 bits inside a K block, as on every Hopper
+fp8 path (cuBLAS blockwise, DeepGEMM; DeepSeek-V3 report section 3.3.2). Measured against the exact
+reference: max |y - ref| beyond the bf16 output rounding = 2^-15.8 of the largest sum of term
+magnitudes, identical to cuBLAS blockwise on the same inputs (2^-15.8); normwise relative error
+1.67e-3 for both (the bf16 output rounding). BLOCK_M = 16 uses mma.sync, which accumulates exactly
+(2^-27). ``fp8inductor.testing.gemm_tolerance`` states the tolerance each path is tested against.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import functools
 
 import torch
 import triton
@@ -29,101 +38,322 @@ import triton.language as tl
 from ..reference import FP8_DTYPE, ceil_div, check_weight_scale
 from .act_quant import act_quant_1x128
 
-QBLOCK = 128  # scale block: activation group along K, weight block along N and K
+QBLOCK = 128  # scale block: activation group along K, weight block along N and K; also BLOCK_K
 _OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+# ----------------------------------------------------------------------------------------------
+# Shared @triton.jit helpers
+# ----------------------------------------------------------------------------------------------
 
 
 @triton.jit
-def _fp8_block_gemm_kernel(
-    xq_ptr,  # [M, K] float8e4nv activation codes, strides (stride_xm, stride_xk)
-    xs_ptr,  # [M, ceil(K/128)] fp32 activation scales (multipliers), strides (stride_xsm, stride_xsk)
-    wq_ptr,  # [N, K] float8e4nv weight codes, K-major, strides (stride_wn, stride_wk)
-    ws_ptr,  # [ceil(N/128), ceil(K/128)] fp32 weight block scales (multipliers), strides (stride_wsn, stride_wsk)
-    bias_ptr,  # [N] any float dtype, stride stride_b; unused when HAS_BIAS is False
-    y_ptr,  # [M, N] bf16/fp16/fp32 output, strides (stride_ym, stride_yn)
-    M,
-    N,
-    K,
-    stride_xm,
-    stride_xk,
-    stride_xsm,
-    stride_xsk,
-    stride_wn,
-    stride_wk,
-    stride_wsn,
-    stride_wsk,
-    stride_b,
-    stride_ym,
-    stride_yn,
-    HAS_BIAS: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,  # must equal QBLOCK: one scale product per K block
-    QBLOCK: tl.constexpr,  # 128: rows of a weight scale block (any BLOCK_N works)
-    GROUP_M: tl.constexpr,  # grouped program order, for L2 reuse (Triton matmul tutorial)
-):
-    tl.static_assert(BLOCK_K == QBLOCK, "BLOCK_K must equal the scale block size")
-    # Grouped ordering: GROUP_M row-tiles share the sweep over column tiles.
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
+def _grouped_tile(tile_id, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
+    """Tile index -> (pid_m, pid_n), grouped order: GROUP_M row tiles sweep the columns together (L2 reuse)."""
     num_pid_in_group = GROUP_M * num_pid_n
-    group_id = pid // num_pid_in_group
+    group_id = tile_id // num_pid_in_group
     first_pid_m = group_id * GROUP_M
     group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
-    pid_n = (pid % num_pid_in_group) // group_size_m
+    pid_m = first_pid_m + ((tile_id % num_pid_in_group) % group_size_m)
+    pid_n = (tile_id % num_pid_in_group) // group_size_m
+    return pid_m, pid_n
 
+
+@triton.jit
+def _scale_ptrs(xs_ptr, ws_ptr, pid_m, pid_n, M, N, stride_xsm, stride_wsn, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr, QBLOCK: tl.constexpr):
+    """Scale pointers of one tile at K block 0 (add kb * stride_*sk for block kb).
+
+    xs_ptrs: [BLOCK_M] (rows past M clamped to row 0: valid memory, results never stored).
+    ws_ptrs: a scalar pointer when BLOCK_N divides 128 (the tile lies in one 128-row weight block),
+    else [BLOCK_N] (one scale row per output column).
+    """
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    xs_ptrs = xs_ptr + tl.where(offs_m < M, offs_m, 0).to(tl.int64) * stride_xsm
+    if BLOCK_N <= QBLOCK:
+        ws_ptrs = ws_ptr + ((pid_n * BLOCK_N) // QBLOCK) * stride_wsn
+    else:
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        ws_ptrs = ws_ptr + (tl.where(offs_n < N, offs_n, 0) // QBLOCK) * stride_wsn
+    return xs_ptrs, ws_ptrs
+
+
+@triton.jit
+def _kblock_scale(xs_ptrs, ws_ptrs, kb, stride_xsk, stride_wsk, BLOCK_N: tl.constexpr, QBLOCK: tl.constexpr):
+    """xs[m, kb] * ws[n // 128, kb] for the tile: [BLOCK_M, 1] (one weight scale) or [BLOCK_M, BLOCK_N]."""
+    sa = tl.load(xs_ptrs + kb * stride_xsk)  # [BLOCK_M]
+    sb = tl.load(ws_ptrs + kb * stride_wsk)  # scalar or [BLOCK_N]
+    if BLOCK_N > QBLOCK:
+        sb = sb[None, :]
+    return sa[:, None] * sb
+
+
+@triton.jit
+def _tile_ptrs(xq_ptr, wq_ptr, pid_m, pid_n, M, N, stride_xm, stride_xk, stride_wn, stride_wk,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Code pointers of one tile at K block 0: a [BLOCK_M, BLOCK_K] into xq, b [BLOCK_N, BLOCK_K] into wq.
+
+    Rows/columns past M/N are clamped to 0, so the loads need no M/N mask (those outputs are never
+    stored); int64 row offsets, since M * K may exceed 2**31.
+    """
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
-    rows = offs_m.to(tl.int64)  # M * K and M * N may exceed 2**31
-    cols = offs_n.to(tl.int64)
-    a_ptrs = xq_ptr + rows[:, None] * stride_xm + offs_k[None, :] * stride_xk  # [BLOCK_M, BLOCK_K]
-    b_ptrs = wq_ptr + cols[:, None] * stride_wn + offs_k[None, :] * stride_wk  # [BLOCK_N, BLOCK_K]
-    xs_ptrs = xs_ptr + rows * stride_xsm  # [BLOCK_M], column kb added in the loop
-    ws_ptrs = ws_ptr + (offs_n // QBLOCK) * stride_wsn  # [BLOCK_N]: scale row of each output column
-
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for kb in range(0, tl.cdiv(K, BLOCK_K)):
-        mask_k = offs_k < K - kb * BLOCK_K  # partial last K block: zeros add nothing
-        a = tl.load(a_ptrs, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        b = tl.load(b_ptrs, mask=mask_n[:, None] & mask_k[None, :], other=0.0)
-        a_s = tl.load(xs_ptrs + kb * stride_xsk, mask=mask_m, other=0.0)
-        b_s = tl.load(ws_ptrs + kb * stride_wsk, mask=mask_n, other=0.0)
-        # fp16 operands: exact copies of the codes, and a dot that accumulates in true fp32.
-        part = tl.dot(a.to(tl.float16), tl.trans(b.to(tl.float16)))
-        acc += part * (a_s[:, None] * b_s[None, :])
-        a_ptrs += BLOCK_K * stride_xk
-        b_ptrs += BLOCK_K * stride_wk
-
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + cols * stride_b, mask=mask_n, other=0.0).to(tl.float32)
-        acc += bias[None, :]
-    y_ptrs = y_ptr + rows[:, None] * stride_ym + cols[None, :] * stride_yn
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+    rm = tl.where(offs_m < M, offs_m, 0).to(tl.int64)
+    rn = tl.where(offs_n < N, offs_n, 0).to(tl.int64)
+    a_ptrs = xq_ptr + rm[:, None] * stride_xm + offs_k[None, :] * stride_xk
+    b_ptrs = wq_ptr + rn[:, None] * stride_wn + offs_k[None, :] * stride_wk
+    return a_ptrs, b_ptrs
 
 
-def _pick_config(m: int, n: int, k: int) -> dict:
-    """Tile sizes by M (decode-sized M gets a small BLOCK_M). Not tuned: correctness first."""
-    if m <= 16:
-        block_m = 16
-    elif m <= 32:
-        block_m = 32
-    elif m <= 64:
-        block_m = 64
+@triton.jit
+def _load_kblock(a_ptrs, b_ptrs, kb, K, stride_xk, stride_wk, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
+    """fp8 codes of K block kb: a [BLOCK_M, BLOCK_K], b [BLOCK_N, BLOCK_K]; a partial last block reads zeros."""
+    k0 = kb * BLOCK_K
+    if EVEN_K:
+        a = tl.load(a_ptrs + k0 * stride_xk)
+        b = tl.load(b_ptrs + k0 * stride_wk)
     else:
-        block_m = 128
-    return dict(
-        BLOCK_M=block_m,
-        BLOCK_N=128,
-        BLOCK_K=QBLOCK,
-        GROUP_M=8,
-        num_warps=4 if block_m <= 64 else 8,
-        num_stages=3,
+        mask_k = tl.arange(0, BLOCK_K) < K - k0
+        a = tl.load(a_ptrs + k0 * stride_xk, mask=mask_k[None, :], other=0.0)
+        b = tl.load(b_ptrs + k0 * stride_wk, mask=mask_k[None, :], other=0.0)
+    return a, b
+
+
+@triton.jit
+def _store_tile(acc, y_ptr, bias_ptr, pid_m, pid_n, M, N, stride_ym, stride_yn, HAS_BIAS: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """acc [BLOCK_M, BLOCK_N] fp32 (+ bias[n], bias contiguous) -> y (its dtype), masked to M x N."""
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :] * stride_yn
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=(offs_m < M)[:, None] & mask_n[None, :])
+
+
+# ----------------------------------------------------------------------------------------------
+# Kernels
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit(do_not_specialize=["M"])
+def _fp8_gemm_tiles_kernel(
+    xq_ptr,  # [M, K] float8e4nv activation codes, strides (stride_xm, stride_xk)
+    xs_ptr,  # [M, ceil(K/128)] fp32 activation scales (multipliers), strides (stride_xsm, stride_xsk)
+    wq_ptr,  # [N, K] float8e4nv weight codes, strides (stride_wn, stride_wk); K-major is fast
+    ws_ptr,  # [ceil(N/128), ceil(K/128)] fp32 weight block scales, strides (stride_wsn, stride_wsk)
+    bias_ptr,  # [N] float, contiguous; unused unless HAS_BIAS
+    y_ptr,  # [M, N] bf16/fp16/fp32 output, strides (stride_ym, stride_yn)
+    M, N, K,
+    stride_xm, stride_xk, stride_xsm, stride_xsk, stride_wn, stride_wk, stride_wsn, stride_wsk, stride_ym, stride_yn,
+    HAS_BIAS: tl.constexpr,
+    EVEN_K: tl.constexpr,  # K % 128 == 0: no K mask
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,  # == QBLOCK: one scale product per K block
+    QBLOCK: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):  # fmt: skip
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    pid_m, pid_n = _grouped_tile(tl.program_id(0), num_pid_m, num_pid_n, GROUP_M)
+    a_ptrs, b_ptrs = _tile_ptrs(
+        xq_ptr, wq_ptr, pid_m, pid_n, M, N, stride_xm, stride_xk, stride_wn, stride_wk, BLOCK_M, BLOCK_N, BLOCK_K
     )
+    xs_ptrs, ws_ptrs = _scale_ptrs(xs_ptr, ws_ptr, pid_m, pid_n, M, N, stride_xsm, stride_wsn, BLOCK_M, BLOCK_N, QBLOCK)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for kb in range(tl.cdiv(K, BLOCK_K)):
+        a, b = _load_kblock(a_ptrs, b_ptrs, kb, K, stride_xk, stride_wk, BLOCK_K, EVEN_K)
+        d = tl.dot(a, tl.trans(b))  # fp8 x fp8 -> fresh fp32 accumulator (one K block)
+        acc += d * _kblock_scale(xs_ptrs, ws_ptrs, kb, stride_xsk, stride_wsk, BLOCK_N, QBLOCK)
+    _store_tile(acc, y_ptr, bias_ptr, pid_m, pid_n, M, N, stride_ym, stride_yn, HAS_BIAS, BLOCK_M, BLOCK_N)
+
+
+@triton.jit(do_not_specialize=["M", "num_progs"])
+def _fp8_gemm_tma_kernel(
+    xq_ptr,  # [M, K] float8e4nv, contiguous (descriptor: K % 16 == 0)
+    xs_ptr,  # [M, ceil(K/128)] fp32, strides (stride_xsm, stride_xsk)
+    wq_ptr,  # [N, K] float8e4nv, contiguous
+    ws_ptr,  # [ceil(N/128), ceil(K/128)] fp32, strides (stride_wsn, stride_wsk)
+    bias_ptr,  # [N] float, contiguous; unused unless HAS_BIAS
+    y_ptr,  # [M, N] bf16/fp16/fp32, contiguous (descriptor: N * itemsize % 16 == 0)
+    M, N, K,
+    num_progs,  # persistent programs (the grid size)
+    stride_xsm, stride_xsk, stride_wsn, stride_wsk,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    QBLOCK: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    FLATTEN: tl.constexpr,  # tl.range(flatten=...) over the tile loop
+):  # fmt: skip
+    # Out-of-bounds TMA reads give zeros (partial M, N, K tiles); out-of-bounds stores are dropped.
+    x_desc = tl.make_tensor_descriptor(xq_ptr, shape=[M, K], strides=[K, 1], block_shape=[BLOCK_M, BLOCK_K])
+    w_desc = tl.make_tensor_descriptor(wq_ptr, shape=[N, K], strides=[K, 1], block_shape=[BLOCK_N, BLOCK_K])
+    y_desc = tl.make_tensor_descriptor(y_ptr, shape=[M, N], strides=[N, 1], block_shape=[BLOCK_M, BLOCK_N])
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    nkb = tl.cdiv(K, BLOCK_K)
+    tile_id_c = tl.program_id(0) - num_progs  # separate epilogue counter, as Triton tutorial 09
+    for tile_id in tl.range(tl.program_id(0), num_pid_m * num_pid_n, num_progs, flatten=FLATTEN):
+        pid_m, pid_n = _grouped_tile(tile_id, num_pid_m, num_pid_n, GROUP_M)
+        xs_ptrs, ws_ptrs = _scale_ptrs(
+            xs_ptr, ws_ptr, pid_m, pid_n, M, N, stride_xsm, stride_wsn, BLOCK_M, BLOCK_N, QBLOCK
+        )
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for kb in range(nkb):
+            a = x_desc.load([pid_m * BLOCK_M, kb * BLOCK_K])
+            b = w_desc.load([pid_n * BLOCK_N, kb * BLOCK_K])
+            acc += tl.dot(a, b.T) * _kblock_scale(xs_ptrs, ws_ptrs, kb, stride_xsk, stride_wsk, BLOCK_N, QBLOCK)
+        tile_id_c += num_progs
+        pid_m, pid_n = _grouped_tile(tile_id_c, num_pid_m, num_pid_n, GROUP_M)
+        if HAS_BIAS:
+            offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+            acc += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+        y_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N], acc.to(y_ptr.dtype.element_ty))
+
+
+@triton.jit(do_not_specialize=["M", "kb_per_split"])
+def _fp8_gemm_splitk_kernel(
+    xq_ptr,  # [M, K] float8e4nv, strides (stride_xm, stride_xk)
+    xs_ptr,  # [M, ceil(K/128)] fp32, strides (stride_xsm, stride_xsk)
+    wq_ptr,  # [N, K] float8e4nv, strides (stride_wn, stride_wk)
+    ws_ptr,  # [ceil(N/128), ceil(K/128)] fp32, strides (stride_wsn, stride_wsk)
+    part_ptr,  # [SPLIT_K, M, N] fp32 partial sums (out), contiguous
+    M, N, K,
+    kb_per_split,  # K blocks per split
+    stride_xm, stride_xk, stride_xsm, stride_xsk, stride_wn, stride_wk, stride_wsn, stride_wsk,
+    EVEN_K: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    QBLOCK: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    pid_m = pid % num_pid_m  # neighbouring programs share a weight tile (L2)
+    pid_n = pid // num_pid_m
+    a_ptrs, b_ptrs = _tile_ptrs(
+        xq_ptr, wq_ptr, pid_m, pid_n, M, N, stride_xm, stride_xk, stride_wn, stride_wk, BLOCK_M, BLOCK_N, BLOCK_K
+    )
+    xs_ptrs, ws_ptrs = _scale_ptrs(xs_ptr, ws_ptr, pid_m, pid_n, M, N, stride_xsm, stride_wsn, BLOCK_M, BLOCK_N, QBLOCK)
+    kb_lo = split * kb_per_split
+    kb_hi = tl.minimum(kb_lo + kb_per_split, tl.cdiv(K, BLOCK_K))
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for kb in range(kb_lo, kb_hi):
+        a, b = _load_kblock(a_ptrs, b_ptrs, kb, K, stride_xk, stride_wk, BLOCK_K, EVEN_K)
+        acc += tl.dot(a, tl.trans(b)) * _kblock_scale(xs_ptrs, ws_ptrs, kb, stride_xsk, stride_wsk, BLOCK_N, QBLOCK)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    p_ptrs = part_ptr + (split * M + offs_m.to(tl.int64))[:, None] * N + offs_n[None, :]
+    tl.store(p_ptrs, acc, mask=(offs_m < M)[:, None] & (offs_n < N)[None, :])
+
+
+@triton.jit(do_not_specialize=["M", "N", "SPLIT_K"])
+def _splitk_reduce_kernel(
+    part_ptr,  # [SPLIT_K, M, N] fp32, contiguous
+    bias_ptr,  # [N] float, contiguous; unused unless HAS_BIAS
+    y_ptr,  # [M, N] bf16/fp16/fp32, contiguous
+    M, N, SPLIT_K,
+    HAS_BIAS: tl.constexpr,
+    BLOCK: tl.constexpr,
+):  # fmt: skip
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < M * N
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for s in range(SPLIT_K):  # fixed order: deterministic
+        acc += tl.load(part_ptr + s * M * N + offs, mask=mask, other=0.0)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs % N, mask=mask, other=0.0).to(tl.float32)
+    tl.store(y_ptr + offs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# Configurations
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class GemmConfig:
+    """One launch configuration. kind: "tma" (persistent), "tiles" (one program per tile) or "splitk"."""
+
+    kind: str
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+    group_m: int = 8
+    split_k: int = 1  # splitk: target number of K splits (fewer if K has fewer 128-blocks)
+    ctas_per_sm: int = 1  # tma: persistent programs per SM
+    flatten: bool = False  # tma: software-pipeline across tiles
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("tma", "tiles", "splitk"):
+            raise ValueError(f"unknown GEMM kernel kind {self.kind!r}")
+        bn = self.block_n
+        if (bn <= QBLOCK and QBLOCK % bn) or (bn > QBLOCK and bn % QBLOCK):
+            raise ValueError(f"block_n must divide 128 or be a multiple of it, got {bn}")
+
+
+# The configurations the heuristic below picks from, with the H100 kernel-lab numbers that chose them
+# (benchmarks/kernel_lab.py, 2026-11-25, triton 3.6). Tested one by one in tests/test_kernels.py.
+CONFIGS: dict[str, GemmConfig] = {
+    # M >= 2048: 841 (4096^3), 825 (2048x6144x4096), 903 (8192x7168x16384) TFLOP/s
+    "tma_128x128": GemmConfig("tma", 128, 128, 8, 4, flatten=False),
+    # 64 < M <= 1024: 2 CTAs per SM; 849 (2048x6144x4096), 830 at 512x4096x14336 was 128x128
+    "tma_64x128": GemmConfig("tma", 64, 128, 4, 4, ctas_per_sm=2, flatten=True),
+    # pointer fallbacks (non-contiguous or K % 16 != 0): 738-799 at large M; 64x64: best M=64 tiles
+    "tiles_128x128": GemmConfig("tiles", 128, 128, 8, 4),
+    "tiles_64x64": GemmConfig("tiles", 64, 64, 4, 4),
+    # decode: BLOCK_M = 16 (mma.sync, exact accumulation)
+    "tiles_16x64": GemmConfig("tiles", 16, 64, 4, 4),
+    "tiles_16x128": GemmConfig("tiles", 16, 128, 4, 4),
+    "splitk_16x64": GemmConfig("splitk", 16, 64, 4, 4, split_k=8),
+}
+
+
+@functools.cache
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4  # Triton interpreter: a few programs, so the persistent loop runs over several tiles
+
+
+def _tma_ok(xq: torch.Tensor, wq: torch.Tensor, out_dtype: torch.dtype) -> bool:
+    """TMA descriptors need contiguous row-major operands with 16-byte aligned rows and bases."""
+    k, n = xq.shape[1], wq.shape[0]
+    return (
+        xq.is_contiguous()
+        and wq.is_contiguous()
+        and k % 16 == 0
+        and (n * out_dtype.itemsize) % 16 == 0
+        and xq.data_ptr() % 16 == 0
+        and wq.data_ptr() % 16 == 0
+    )
+
+
+def pick_config(m: int, n: int, k: int, num_sms: int, tma_ok: bool) -> GemmConfig:
+    """Heuristic from the H100 kernel lab (see CONFIGS); tuned tables per shape come later."""
+    if m <= 64:
+        bm = 16 if m <= 16 else 64
+        bn = 128 if n >= 16384 else 64
+        tiles = ceil_div(m, bm) * ceil_div(n, bn)
+        # Too few tiles to stream the weights with every SM busy: split K (M=16, N=2112, K=7168:
+        # 43 vs 23 TFLOP/s; N=4096, K=4096: 50 vs 39). Enough tiles: one program per tile.
+        if tiles < (num_sms if m <= 16 else num_sms // 2):
+            return CONFIGS["splitk_16x64"]
+        return CONFIGS["tiles_16x128" if bn == 128 else "tiles_16x64"] if m <= 16 else CONFIGS["tiles_64x64"]
+    if tma_ok:
+        return CONFIGS["tma_64x128" if m <= 1024 else "tma_128x128"]
+    return CONFIGS["tiles_128x128"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------
 
 
 def _check_gemm_inputs(xq, xs, wq, ws, bias, out_dtype) -> None:
@@ -158,6 +388,56 @@ def _check_gemm_inputs(xq, xs, wq, ws, bias, out_dtype) -> None:
         raise ValueError(f"fp8_block_gemm: all inputs must be on one device, got {devices}")
 
 
+_allocator_set = False
+
+
+def _ensure_tma_allocator(device: torch.device) -> None:
+    """Device-side tensor descriptors need a workspace allocator (set once, process-wide)."""
+    global _allocator_set
+    if not _allocator_set:
+        triton.set_allocator(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device=device))
+        _allocator_set = True
+
+
+def _launch(xq, xs, wq, ws, bias, y, cfg: GemmConfig) -> None:
+    m, k = xq.shape
+    n = wq.shape[0]
+    common = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=QBLOCK, QBLOCK=QBLOCK)
+    launch = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    if cfg.kind == "tma":
+        _ensure_tma_allocator(xq.device)
+        tiles = triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n)
+        num_progs = min(tiles, _num_sms(xq.device) * cfg.ctas_per_sm)
+        _fp8_gemm_tma_kernel[(num_progs,)](
+            xq, xs, wq, ws, bias, y, m, n, k, num_progs, xs.stride(0), xs.stride(1), ws.stride(0), ws.stride(1),
+            HAS_BIAS=bias is not None, GROUP_M=cfg.group_m, FLATTEN=cfg.flatten, **common, **launch,
+        )  # fmt: skip
+    elif cfg.kind == "tiles":
+        grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
+        _fp8_gemm_tiles_kernel[grid](
+            xq, xs, wq, ws, bias, y, m, n, k,
+            xq.stride(0), xq.stride(1), xs.stride(0), xs.stride(1), wq.stride(0), wq.stride(1),
+            ws.stride(0), ws.stride(1), y.stride(0), y.stride(1),
+            HAS_BIAS=bias is not None, EVEN_K=k % QBLOCK == 0, GROUP_M=cfg.group_m, **common, **launch,
+        )  # fmt: skip
+    else:
+        nkb = triton.cdiv(k, QBLOCK)
+        kb_per_split = triton.cdiv(nkb, min(cfg.split_k, nkb))
+        split_k = triton.cdiv(nkb, kb_per_split)  # no empty splits
+        part = torch.empty((split_k, m, n), dtype=torch.float32, device=xq.device)
+        grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), split_k)
+        _fp8_gemm_splitk_kernel[grid](
+            xq, xs, wq, ws, part, m, n, k, kb_per_split,
+            xq.stride(0), xq.stride(1), xs.stride(0), xs.stride(1), wq.stride(0), wq.stride(1),
+            ws.stride(0), ws.stride(1),
+            EVEN_K=k % QBLOCK == 0, **common, **launch,
+        )  # fmt: skip
+        block = 1024
+        _splitk_reduce_kernel[(triton.cdiv(m * n, block),)](
+            part, bias, y, m, n, split_k, HAS_BIAS=bias is not None, BLOCK=block, num_warps=4
+        )
+
+
 def fp8_block_gemm(
     xq: torch.Tensor,
     xs: torch.Tensor,
@@ -165,19 +445,21 @@ def fp8_block_gemm(
     ws: torch.Tensor,
     bias: torch.Tensor | None = None,
     out_dtype: torch.dtype = torch.bfloat16,
+    config: GemmConfig | None = None,
 ) -> torch.Tensor:
-    """Block-scaled FP8 GEMM ``y = (xq * xs) @ (wq * ws).T + bias`` with fp32 accumulation.
+    """Block-scaled FP8 GEMM ``y = (xq * xs) @ (wq * ws).T + bias`` with fp32 promotion per K block.
 
     Args:
-        xq: [M, K] float8_e4m3fn activation codes, any strides (K-contiguous is the fast case).
+        xq: [M, K] float8_e4m3fn activation codes, any strides (contiguous enables TMA).
         xs: [M, ceil(K / 128)] float32 activation scales (multipliers), any strides.
-        wq: [N, K] float8_e4m3fn weight codes, any strides (K-major, i.e. row-major, is fast).
+        wq: [N, K] float8_e4m3fn weight codes, any strides (row-major, i.e. K-major, is fast).
         ws: [ceil(N / 128), ceil(K / 128)] float32 weight scales (multipliers), any strides.
         bias: [N] any float dtype, or None; added in fp32 before the final cast.
         out_dtype: bfloat16, float16 or float32.
+        config: force a configuration (tests, tuning); default ``pick_config``. A "tma" config on a
+            layout TMA cannot take is an error.
     Returns:
-        y: [M, N] ``out_dtype``, contiguous. Within one rounding to ``out_dtype`` of
-        ``block_gemm_ref`` (the fp32 summation order inside a K block differs).
+        y: [M, N] ``out_dtype``, contiguous.
     """
     _check_gemm_inputs(xq, xs, wq, ws, bias, out_dtype)
     m, k = xq.shape
@@ -186,35 +468,15 @@ def fp8_block_gemm(
     if m == 0 or n == 0:
         return y
     if k == 0:  # empty sum: y = bias (or 0), no launch
-        acc = torch.zeros((m, n), dtype=torch.float32, device=xq.device)
-        return (acc + bias.float() if bias is not None else acc).to(out_dtype)
-    cfg = _pick_config(m, n, k)
-    grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)
-    _fp8_block_gemm_kernel[grid](
-        xq,
-        xs,
-        wq,
-        ws,
-        bias,
-        y,
-        m,
-        n,
-        k,
-        xq.stride(0),
-        xq.stride(1),
-        xs.stride(0),
-        xs.stride(1),
-        wq.stride(0),
-        wq.stride(1),
-        ws.stride(0),
-        ws.stride(1),
-        bias.stride(0) if bias is not None else 0,
-        y.stride(0),
-        y.stride(1),
-        HAS_BIAS=bias is not None,
-        QBLOCK=QBLOCK,
-        **cfg,
-    )
+        return (bias.float().expand(m, n) if bias is not None else y.float().zero_()).to(out_dtype).contiguous()
+    if bias is not None:
+        bias = bias.contiguous()
+    tma_ok = _tma_ok(xq, wq, out_dtype)
+    if config is None:
+        config = pick_config(m, n, k, _num_sms(xq.device), tma_ok)
+    elif config.kind == "tma" and not tma_ok:
+        raise ValueError("fp8_block_gemm: TMA needs contiguous xq/wq, K % 16 == 0 and 16-byte aligned output rows")
+    _launch(xq, xs, wq, ws, bias, y, config)
     return y
 
 
