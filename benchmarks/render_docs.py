@@ -20,8 +20,6 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DOCS = REPO_ROOT / "docs" / "benchmarks.md"
-BEGIN = "<!-- BEGIN bench_gemm -->"
-END = "<!-- END bench_gemm -->"
 
 OURS_E2E = "ours_e2e"
 OURS_GEMM = "ours_gemm"
@@ -300,16 +298,22 @@ def plot(report: dict, png_path: str | os.PathLike) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- docs
-def docs_section(report: dict, png_rel: str | None) -> str:
-    return f"{BEGIN}\n## GEMM results\n\n{markdown(report, png_rel)}{END}"
+def markers(name: str = "bench_gemm") -> tuple[str, str]:
+    return f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
 
 
-def update_docs(docs_path: Path, section: str) -> None:
+def docs_section(report: dict, png_rel: str | None, name: str = "bench_gemm", title: str = "GEMM results") -> str:
+    begin, end = markers(name)
+    return f"{begin}\n## {title}\n\n{markdown(report, png_rel)}{end}"
+
+
+def update_docs(docs_path: Path, section: str, name: str = "bench_gemm") -> None:
     """Replaces the marked section of docs_path (creating the file / appending the section as needed)."""
     text = docs_path.read_text() if docs_path.exists() else INTRO
-    begin, end = text.find(BEGIN), text.find(END)
+    begin_marker, end_marker = markers(name)
+    begin, end = text.find(begin_marker), text.find(end_marker)
     if begin >= 0 and end > begin:
-        text = text[:begin] + section + text[end + len(END) :]
+        text = text[:begin] + section + text[end + len(end_marker) :]
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     docs_path.parent.mkdir(parents=True, exist_ok=True)
@@ -322,6 +326,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--png", type=Path, help="plot to link (default: bench_gemm.png beside the JSON)")
     ap.add_argument("--docs", type=Path, default=DEFAULT_DOCS, help=f"markdown file to update (default {DEFAULT_DOCS})")
     ap.add_argument("--replot", action="store_true", help="(re)draw the plot from the JSON first")
+    ap.add_argument("--section", default="bench_gemm", help="marker name of the section (one per run kind)")
+    ap.add_argument("--title", default="GEMM results", help="heading of the section")
     args = ap.parse_args(argv)
     report = load_report(args.json)
     png = args.png or args.json.with_name("bench_gemm.png")
@@ -330,8 +336,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     png_rel = os.path.relpath(png.resolve(), args.docs.resolve().parent) if png.exists() else None
     if png_rel is None:
         print(f"note: {png} does not exist; the section will have no plot (use --replot)")
-    update_docs(args.docs, docs_section(report, png_rel))
-    print(f"wrote the GEMM section of {args.docs}")
+    update_docs(args.docs, docs_section(report, png_rel, args.section, args.title), args.section)
+    print(f"wrote the {args.section} section of {args.docs}")
 
 
 if __name__ == "__main__":

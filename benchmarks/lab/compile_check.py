@@ -31,9 +31,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parent.parent))
 
-import kernel_lab as lab
+import kernel_lab as lab  # noqa: E402 (after the sys.path inserts)
 
-from fp8inductor.reference import quantize_activation_ref, quantize_weight_ref
+from fp8inductor.reference import quantize_activation_ref, quantize_weight_ref  # noqa: E402
 
 H100_MAX_SHARED = 232448
 
