@@ -28,7 +28,6 @@ magnitudes, identical to cuBLAS blockwise on the same inputs (2^-15.8); normwise
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import torch
@@ -37,8 +36,8 @@ import triton.language as tl
 
 from ..reference import FP8_DTYPE, ceil_div, check_weight_scale
 from .act_quant import act_quant_1x128
+from .config import CONFIGS, QBLOCK, GemmConfig, pick_config  # noqa: F401 (re-exported)
 
-QBLOCK = 128  # scale block: activation group along K, weight block along N and K; also BLOCK_K
 _OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 # ----------------------------------------------------------------------------------------------
@@ -272,47 +271,8 @@ def _splitk_reduce_kernel(
 
 
 # ----------------------------------------------------------------------------------------------
-# Configurations
+# Configurations (GemmConfig, CONFIGS, pick_config: kernels/config.py)
 # ----------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class GemmConfig:
-    """One launch configuration. kind: "tma" (persistent), "tiles" (one program per tile) or "splitk"."""
-
-    kind: str
-    block_m: int
-    block_n: int
-    num_warps: int
-    num_stages: int
-    group_m: int = 8
-    split_k: int = 1  # splitk: target number of K splits (fewer if K has fewer 128-blocks)
-    ctas_per_sm: int = 1  # tma: persistent programs per SM
-    flatten: bool = False  # tma: software-pipeline across tiles
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("tma", "tiles", "splitk"):
-            raise ValueError(f"unknown GEMM kernel kind {self.kind!r}")
-        bn = self.block_n
-        if (bn <= QBLOCK and QBLOCK % bn) or (bn > QBLOCK and bn % QBLOCK):
-            raise ValueError(f"block_n must divide 128 or be a multiple of it, got {bn}")
-
-
-# The configurations the heuristic below picks from, with the H100 kernel-lab numbers that chose them
-# (benchmarks/kernel_lab.py, 2026-11-25, triton 3.6). Tested one by one in tests/test_kernels.py.
-CONFIGS: dict[str, GemmConfig] = {
-    # M >= 2048: 841 (4096^3), 825 (2048x6144x4096), 903 (8192x7168x16384) TFLOP/s
-    "tma_128x128": GemmConfig("tma", 128, 128, 8, 4, flatten=False),
-    # 64 < M <= 1024: 2 CTAs per SM; 849 (2048x6144x4096), 830 at 512x4096x14336 was 128x128
-    "tma_64x128": GemmConfig("tma", 64, 128, 4, 4, ctas_per_sm=2, flatten=True),
-    # pointer fallbacks (non-contiguous or K % 16 != 0): 738-799 at large M; 64x64: best M=64 tiles
-    "tiles_128x128": GemmConfig("tiles", 128, 128, 8, 4),
-    "tiles_64x64": GemmConfig("tiles", 64, 64, 4, 4),
-    # decode: BLOCK_M = 16 (mma.sync, exact accumulation)
-    "tiles_16x64": GemmConfig("tiles", 16, 64, 4, 4),
-    "tiles_16x128": GemmConfig("tiles", 16, 128, 4, 4),
-    "splitk_16x64": GemmConfig("splitk", 16, 64, 4, 4, split_k=8),
-}
 
 
 @functools.cache
@@ -320,6 +280,22 @@ def _num_sms(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
     return 4  # Triton interpreter: a few programs, so the persistent loop runs over several tiles
+
+
+@functools.cache
+def _device_name(device: torch.device) -> str | None:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else None
+
+
+def _tuned_config(device: torch.device, m: int, n: int, k: int, tma_ok: bool) -> GemmConfig | None:
+    """The shipped tuned config for this device and shape (``fp8inductor.tuned``), if it fits the layout."""
+    name = _device_name(device)
+    if name is None:
+        return None
+    from ..tuned import lookup
+
+    cfg = lookup(name, m, n, k)
+    return cfg if cfg is not None and (cfg.kind != "tma" or tma_ok) else None
 
 
 def _tma_ok(xq: torch.Tensor, wq: torch.Tensor, out_dtype: torch.dtype) -> bool:
@@ -333,22 +309,6 @@ def _tma_ok(xq: torch.Tensor, wq: torch.Tensor, out_dtype: torch.dtype) -> bool:
         and xq.data_ptr() % 16 == 0
         and wq.data_ptr() % 16 == 0
     )
-
-
-def pick_config(m: int, n: int, k: int, num_sms: int, tma_ok: bool) -> GemmConfig:
-    """Heuristic from the H100 kernel lab (see CONFIGS); tuned tables per shape come later."""
-    if m <= 64:
-        bm = 16 if m <= 16 else 64
-        bn = 128 if n >= 16384 else 64
-        tiles = ceil_div(m, bm) * ceil_div(n, bn)
-        # Too few tiles to stream the weights with every SM busy: split K (M=16, N=2112, K=7168:
-        # 43 vs 23 TFLOP/s; N=4096, K=4096: 50 vs 39). Enough tiles: one program per tile.
-        if tiles < (num_sms if m <= 16 else num_sms // 2):
-            return CONFIGS["splitk_16x64"]
-        return CONFIGS["tiles_16x128" if bn == 128 else "tiles_16x64"] if m <= 16 else CONFIGS["tiles_64x64"]
-    if tma_ok:
-        return CONFIGS["tma_64x128" if m <= 1024 else "tma_128x128"]
-    return CONFIGS["tiles_128x128"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -473,7 +433,7 @@ def fp8_block_gemm(
         bias = bias.contiguous()
     tma_ok = _tma_ok(xq, wq, out_dtype)
     if config is None:
-        config = pick_config(m, n, k, _num_sms(xq.device), tma_ok)
+        config = _tuned_config(xq.device, m, n, k, tma_ok) or pick_config(m, n, k, _num_sms(xq.device), tma_ok)
     elif config.kind == "tma" and not tma_ok:
         raise ValueError("fp8_block_gemm: TMA needs contiguous xq/wq, K % 16 == 0 and 16-byte aligned output rows")
     _launch(xq, xs, wq, ws, bias, y, config)

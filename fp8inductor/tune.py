@@ -1,0 +1,168 @@
+"""``python -m fp8inductor tune``: time GEMM configurations per (N, K, M bucket) and write the table.
+
+For every shape it checks each candidate against a float32 reference of the same quantized inputs
+(rows sampled, relative error < 1e-2), times it under CUDA graphs (GPU time: the table picks
+kernels, host overhead is the same for all), and records the fastest, the heuristic's time and
+every candidate's time. The JSON is rewritten after each shape, and ``--resume`` skips the shapes it
+already has, so an interrupted run continues where it stopped.
+
+    python -m fp8inductor tune [--shapes suite|models|all] [--out fp8inductor/configs/<device>.json] [--resume]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .kernels.config import GemmConfig
+from .tuned import CONFIG_DIR, M_BUCKETS, SCHEMA, device_slug, shape_key
+
+# (N, K) of the kernel issue's suite and of common models.
+SUITE_NK = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336), (7168, 16384), (24576, 1536), (2112, 7168)]
+MODEL_NK = [
+    (1024, 4096), (14336, 4096),  # Llama-3-8B / Mistral-7B (kv, gate/up; q/o and down are in the suite)
+    (8192, 8192), (1024, 8192), (28672, 8192), (8192, 28672),  # Llama-3-70B
+    (3584, 3584), (512, 3584), (18944, 3584), (3584, 18944),  # Qwen2.5-7B
+    (32768, 512), (4096, 7168), (7168, 2048), (18432, 7168), (576, 7168),  # DeepSeek-V3
+]  # fmt: skip
+
+
+def candidates(m: int) -> list[GemmConfig]:
+    """Configurations worth timing for this M (pruned by the 2026-11-25 kernel lab)."""
+    if m <= 16:
+        return [GemmConfig("tiles", 16, 64, 4, 4), GemmConfig("tiles", 16, 128, 4, 4),
+                GemmConfig("splitk", 16, 64, 4, 4, split_k=4), GemmConfig("splitk", 16, 64, 4, 4, split_k=8),
+                GemmConfig("splitk", 16, 128, 4, 4, split_k=4)]  # fmt: skip
+    if m <= 64:
+        return [GemmConfig("tiles", 64, 64, 4, 4), GemmConfig("tiles", 16, 64, 4, 4),
+                GemmConfig("splitk", 16, 64, 4, 4, split_k=2), GemmConfig("splitk", 16, 64, 4, 4, split_k=4),
+                GemmConfig("splitk", 16, 64, 4, 4, split_k=8)]  # fmt: skip
+    if m <= 512:
+        return [GemmConfig("tma", 64, 128, 4, 4, ctas_per_sm=2, flatten=True),
+                GemmConfig("tma", 64, 128, 4, 3, ctas_per_sm=2, flatten=True),
+                GemmConfig("tma", 128, 128, 8, 4), GemmConfig("tiles", 64, 64, 4, 4),
+                GemmConfig("tiles", 64, 128, 4, 4)]  # fmt: skip
+    return [GemmConfig("tma", 128, 128, 8, 4), GemmConfig("tma", 128, 128, 8, 3, flatten=True),
+            GemmConfig("tma", 64, 128, 4, 3, ctas_per_sm=2, flatten=True),
+            GemmConfig("tma", 64, 128, 4, 4, ctas_per_sm=2, flatten=True),
+            GemmConfig("tma", 128, 64, 4, 4, ctas_per_sm=2, flatten=True)]  # fmt: skip
+
+
+def _git_sha() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return os.environ.get("FP8_BENCH_GIT_SHA", "unknown")
+
+
+def _operands(m: int, n: int, k: int, copies: int):
+    """Quantized operands: x [M, K] and ``copies`` weight copies (rotation past L2)."""
+    from . import quantize_activation, quantize_weight
+
+    g = torch.Generator(device="cuda").manual_seed(m * 7 + n * 3 + k)
+    xq, xs = quantize_activation(torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=g))
+    ws = [quantize_weight(torch.randn(n, k, device="cuda", dtype=torch.bfloat16, generator=g) / k**0.5)
+          for _ in range(copies)]  # fmt: skip
+    return xq, xs, ws
+
+
+def _reference_rows(xq, xs, wq, ws, rows: torch.Tensor) -> torch.Tensor:
+    from .reference import dequantize_activation_ref, dequantize_weight_ref
+
+    x = dequantize_activation_ref(xq[rows], xs[rows], dtype=torch.float32)
+    w = dequantize_weight_ref(wq, ws, dtype=torch.float32)
+    return x @ w.t()
+
+
+def tune_shape(m: int, n: int, k: int, reps_ms: int = 20) -> dict:
+    import triton
+
+    from .kernels.block_gemm import _num_sms, _tma_ok, fp8_block_gemm, pick_config
+
+    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    copies = max(1, min(8, -(-2 * l2 // (n * k))))
+    xq, xs, weights = _operands(m, n, k, copies)
+    rows = torch.randperm(m, device="cuda")[:64]
+    ref = _reference_rows(xq, xs, *weights[0], rows)
+    heuristic = pick_config(m, n, k, _num_sms(xq.device), _tma_ok(xq, weights[0][0], torch.bfloat16))
+    cands = candidates(m)
+    if heuristic not in cands:
+        cands.append(heuristic)
+    times: dict[str, float] = {}
+    for cfg in cands:
+        label = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
+        try:
+            y = fp8_block_gemm(xq, xs, *weights[0], config=cfg)
+            err = ((y[rows].float() - ref).norm() / ref.norm()).item()
+            if not err < 1e-2:
+                times[label] = float("inf")
+                print(f"    WRONG rel err {err:.2e}: {cfg}", flush=True)
+                continue
+            it = iter(range(1 << 62))
+
+            def fn(cfg=cfg, it=it):
+                wq, ws = weights[next(it) % copies]
+                fp8_block_gemm(xq, xs, wq, ws, config=cfg)
+
+            times[label] = triton.testing.do_bench_cudagraph(fn, rep=reps_ms, return_mode="median") * 1e3
+        except Exception as e:  # a config that does not compile or fit: skip it, say why
+            times[label] = float("inf")
+            print(f"    failed {cfg}: {type(e).__name__}: {str(e).splitlines()[0][:120]}", flush=True)
+    best = min(times, key=times.get)
+    heur_label = json.dumps(dataclasses.asdict(heuristic), sort_keys=True)
+    return {"config": json.loads(best), "us": round(times[best], 3), "heuristic_us": round(times[heur_label], 3),
+            "candidates": {lbl: (round(t, 3) if t != float("inf") else None) for lbl, t in times.items()}}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m fp8inductor tune", description=__doc__.splitlines()[0])
+    p.add_argument("--shapes", choices=["suite", "models", "all"], default="all")
+    p.add_argument("--m", default=",".join(map(str, M_BUCKETS)), help="M buckets to tune")
+    p.add_argument("--out", type=Path, help="JSON to write (default: the shipped table of this device)")
+    p.add_argument("--resume", action="store_true", help="keep the shapes already in --out")
+    p.add_argument("--budget-s", type=float, default=float("inf"), help="stop starting new shapes after this")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("tune needs a CUDA GPU", file=sys.stderr)
+        return 2
+    device = torch.cuda.get_device_name(0)
+    out = args.out or CONFIG_DIR / f"{device_slug(device)}.json"
+    nks = {"suite": SUITE_NK, "models": MODEL_NK, "all": SUITE_NK + MODEL_NK}[args.shapes]
+    ms = [int(v) for v in args.m.split(",")]
+    data = json.loads(out.read_text()) if args.resume and out.exists() else {}
+    if data and data.get("device") != device:
+        print(f"{out} was tuned on {data.get('device')!r}, not {device!r}: not resuming it", file=sys.stderr)
+        return 2
+    import triton
+
+    data.update(schema=SCHEMA, device=device, capability=list(torch.cuda.get_device_capability(0)),
+                torch=torch.__version__, triton=triton.__version__, git_sha=_git_sha(), m_buckets=ms,
+                timing="triton.testing.do_bench_cudagraph median, weights rotated past 2x L2",
+                tuned_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))  # fmt: skip
+    entries = data.setdefault("entries", {})
+    todo = [(n, k, m) for n, k in nks for m in ms if str(m) not in entries.get(shape_key(n, k), {})]
+    t0 = time.perf_counter()
+    for i, (n, k, m) in enumerate(todo, 1):
+        if time.perf_counter() - t0 > args.budget_s:
+            print(f"budget reached: {len(todo) - i + 1} shapes left (rerun with --resume)")
+            break
+        rec = tune_shape(m, n, k)
+        entries.setdefault(shape_key(n, k), {})[str(m)] = rec
+        print(f"[{i}/{len(todo)} {time.perf_counter() - t0:6.0f}s] M={m:<5} N={n:<6} K={k:<6} best {rec['us']:9.2f} us "
+              f"(heuristic {rec['heuristic_us']:9.2f}) {rec['config']['kind']} {rec['config']['block_m']}x"
+              f"{rec['config']['block_n']}", flush=True)  # fmt: skip
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {out}")
+    return 0

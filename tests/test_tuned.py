@@ -1,0 +1,89 @@
+"""Tuning tables: format validation, M-bucket lookup, fallbacks (CPU only: no GPU needed)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+
+import pytest
+
+from fp8inductor import tuned
+from fp8inductor.kernels.config import CONFIGS, GemmConfig, pick_config
+
+DEV = "Test GPU 80GB"
+
+
+def _table(entries, device=DEV, schema=tuned.SCHEMA):
+    return {"schema": schema, "device": device, "entries": entries}
+
+
+def _rec(cfg: GemmConfig):
+    return {"config": dataclasses.asdict(cfg), "us": 1.0}
+
+
+@pytest.fixture
+def config_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(tuned, "CONFIG_DIR", tmp_path)
+    tuned.load_table.cache_clear()
+    tuned._warn_untuned.cache_clear()
+    yield tmp_path
+    tuned.load_table.cache_clear()
+
+
+def _write(config_dir, data, device=DEV):
+    (config_dir / f"{tuned.device_slug(device)}.json").write_text(json.dumps(data))
+
+
+def test_nearest_bucket_is_log2_nearest():
+    assert [tuned.nearest_bucket(m) for m in (1, 2, 5, 16, 40, 100, 300, 1000, 3000, 100000)] == [
+        1, 1, 16, 16, 64, 128, 512, 512, 2048, 8192]  # fmt: skip
+
+
+def test_lookup_uses_exact_nk_and_nearest_m(config_dir):
+    small, large = CONFIGS["splitk_16x64"], CONFIGS["tma_128x128"]
+    _write(config_dir, _table({"N=4096,K=4096": {"1": _rec(small), "2048": _rec(large)}}))
+    assert tuned.lookup(DEV, 3, 4096, 4096) == small
+    assert tuned.lookup(DEV, 9000, 4096, 4096) == large
+    assert tuned.lookup(DEV, 3, 4096, 4097) is None
+
+
+def test_untuned_shape_warns_once(config_dir, caplog):
+    _write(config_dir, _table({"N=4096,K=4096": {"1": _rec(CONFIGS["tiles_16x64"])}}))
+    with caplog.at_level(logging.WARNING, logger="fp8inductor"):
+        for _ in range(3):
+            assert tuned.lookup(DEV, 5, 1024, 4096) is None
+    assert [r.getMessage() for r in caplog.records].count(
+        f"fp8inductor: no tuned GEMM config for N=1024,K=4096 on {DEV}; using the heuristic") == 1
+
+
+@pytest.mark.parametrize(
+    "data,why",
+    [
+        ("{not json", "ignoring tuned GEMM configs"),
+        (json.dumps(_table({}, schema=99)), "not a schema-1"),
+        (json.dumps(_table({"N=1,K=2": {"1": {"config": {"kind": "warp"}}}})), "entry N=1,K=2 M=1"),
+        (json.dumps(_table({"oops": {}})), "malformed entry 'oops'"),
+        (json.dumps(_table({}, device="Other GPU")), "tuned on 'Other GPU'"),
+    ],
+)
+def test_bad_or_foreign_files_are_ignored_with_a_warning(config_dir, caplog, data, why):
+    (config_dir / f"{tuned.device_slug(DEV)}.json").write_text(data)
+    with caplog.at_level(logging.WARNING, logger="fp8inductor"):
+        assert tuned.lookup(DEV, 16, 4096, 4096) is None
+    assert any(why in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+def test_shipped_tables_are_valid():
+    for path in tuned.CONFIG_DIR.glob("*.json"):
+        data = json.loads(path.read_text())
+        table = tuned.parse_table(data, str(path))
+        assert table and path.stem == tuned.device_slug(data["device"])
+        for per_m in table.values():
+            for cfg in per_m.values():
+                assert isinstance(cfg, GemmConfig)
+
+
+def test_heuristic_regimes():
+    assert pick_config(1, 2112, 7168, 132, True).kind == "splitk"
+    assert pick_config(8192, 4096, 4096, 132, False) == CONFIGS["tiles_128x128"]
