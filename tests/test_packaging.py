@@ -32,6 +32,7 @@ def test_wheel_layout_and_entry_point(wheel):
         "fp8inductor/patterns/linear.py",
     } <= set(names)
     assert not [n for n in names if n.startswith("patterns/")], "no top-level 'patterns' package"
+    assert "fp8inductor/configs/NVIDIA_H100_80GB_HBM3.json" in names, "tuned tables ship as package data"
     (ep,) = [n for n in names if n.endswith("entry_points.txt")]
     text = zipfile.ZipFile(wheel).read(ep).decode()
     assert "[torch_dynamo_backends]" in text and "fp8block = fp8inductor.backend:fp8block" in text
