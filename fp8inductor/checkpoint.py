@@ -95,7 +95,7 @@ def load_quantized_(model: nn.Module, path: str | Path) -> list[str]:
     widened to float32 exactly.
     """
     path = Path(path)
-    tensors = _read_tensors(path)
+    tensors = _normalize_names(_read_tensors(path))
     scale_fmt = _scale_fmt(path)
     converted: list[str] = []
     for key in sorted(k for k in tensors if k.endswith(SCALE_SUFFIX)):
@@ -135,6 +135,16 @@ def load_quantized_(model: nn.Module, path: str | Path) -> list[str]:
     if missing:
         raise ValueError(f"checkpoint: missing tensor {missing[0]}")
     return converted
+
+
+def _normalize_names(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """DeepSeek's converted checkpoints (and DeepSeek-V4-Flash) name the block scale ``P.scale``."""
+    for key in [k for k in tensors if k.endswith(".scale")]:
+        prefix = key[: -len(".scale")]
+        w = tensors.get(f"{prefix}.weight")
+        if w is not None and w.dtype == FP8_DTYPE and f"{prefix}{SCALE_SUFFIX}" not in tensors:
+            tensors[f"{prefix}{SCALE_SUFFIX}"] = tensors.pop(key)
+    return tensors
 
 
 def _is_fp8_weight(model: nn.Module, key: str) -> bool:
