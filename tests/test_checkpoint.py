@@ -55,12 +55,17 @@ def test_transformers_loads_our_checkpoint(tmp_path, name):
     from transformers import AutoModelForCausalLM
 
     model, _, _ = _saved(tmp_path, name)
-    hf = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16)  # CPU: dequantizes to bf16
+    # Without a GPU transformers dequantizes to bf16; with one it keeps its FP8Linear modules.
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16)
     hf_sd = hf.state_dict()
     for path, mod in model.named_modules():
         if isinstance(mod, FP8BlockLinear):
-            ours = fp8inductor.dequantize_weight(mod.weight, mod.weight_scale_inv, dtype=torch.float32)
             theirs = hf_sd[f"{path}.weight"]
+            if theirs.dtype == torch.float8_e4m3fn:  # kept as FP8: our bytes and scales, unchanged
+                assert_fp8_equal(theirs.cpu(), mod.weight, path)
+                assert torch.equal(hf_sd[f"{path}.weight_scale_inv"].cpu(), mod.weight_scale_inv), path
+                continue
+            ours = fp8inductor.dequantize_weight(mod.weight, mod.weight_scale_inv, dtype=torch.float32)
             # transformers dequantizes q * s into the model dtype: the same product, then one rounding.
             assert torch.equal(theirs, ours.to(theirs.dtype)), path
     # The raw tensors on disk are ours, bit for bit.
