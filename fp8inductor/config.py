@@ -93,8 +93,5 @@ def split_options(options: Mapping[str, Any] | None) -> tuple[FP8BlockConfig, di
 
 
 def _is_inductor_option(inductor_config: Any, key: str) -> bool:
-    try:
-        inductor_config.get_config_copy()  # ensures the module is a ConfigModule
-        return key in inductor_config._config  # dotted names such as "triton.cudagraphs" included
-    except AttributeError:
-        return hasattr(inductor_config, key)
+    known = getattr(inductor_config, "_config", None)  # a ConfigModule: dotted names ("triton.cudagraphs") included
+    return key in known if known is not None else hasattr(inductor_config, key)

@@ -7,8 +7,7 @@ from collections.abc import Iterable
 import torch
 
 from .config import FP8BlockConfig
-
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+from .reference import FLOAT_DTYPES
 
 
 def skip_reason(

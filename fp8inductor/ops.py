@@ -35,11 +35,9 @@ FP8_MIN_CAPABILITY = (8, 9)
 # Validation shared by every implementation (fake included, so bad shapes fail at trace time).
 # ---------------------------------------------------------------------------------------------
 
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
 
 def _check_float(t: torch.Tensor, what: str) -> None:
-    if t.dtype not in _FLOAT_DTYPES:
+    if t.dtype not in ref.FLOAT_DTYPES:
         raise TypeError(f"fp8inductor: {what} must be float32, float16 or bfloat16, got {t.dtype}")
 
 

@@ -154,6 +154,7 @@ class _Rewriter:
         self.params_flat = list(ctx.params_flat) if ctx is not None and ctx.params_flat is not None else []
         self.fake_mode = ctx.fake_mode if ctx is not None else None
         self.placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+        self.placeholder_index = {n: i for i, n in enumerate(self.placeholders)}
         self.quantized: dict[tuple[fx.Node, str], tuple[fx.Node, fx.Node]] = {}
         self.seen_anchors: set[fx.Node] = set()
 
@@ -162,7 +163,7 @@ class _Rewriter:
     def _param_index(self, node: fx.Node) -> int | None:
         if node.op != "placeholder":
             return None
-        i = self.placeholders.index(node)
+        i = self.placeholder_index[node]
         return i if i < len(self.params_flat) else None
 
     def _weight_name(self, node: fx.Node) -> str:

@@ -33,6 +33,7 @@ FP8_DTYPE = torch.float8_e4m3fn
 FP8_E4M3_MAX = 448.0  # largest finite float8_e4m3fn
 SCALE_EPS = 1e-4  # lower bound on the amax, so all-zero groups get a finite, non-zero scale
 SCALE_FMTS = ("float", "ue8m0")
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # high-precision dtypes the ops take
 
 
 def ceil_div(a: int, b: int) -> int:

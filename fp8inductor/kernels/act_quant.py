@@ -15,10 +15,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ..reference import FP8_DTYPE, _check_scale_fmt, ceil_div
+from ..reference import FLOAT_DTYPES, FP8_DTYPE, _check_scale_fmt, ceil_div
 
 GROUP_K = 128  # activation group along K (== the weight block's K size)
-_FLOAT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 # ----------------------------------------------------------------------------------------------
 # Shared helpers (also used by weight_quant.py)
@@ -138,7 +137,7 @@ def act_quant_1x128(x: torch.Tensor, scale_fmt: str = "float") -> tuple[torch.Te
     _check_scale_fmt(scale_fmt)
     if x.dim() != 2:
         raise ValueError(f"act_quant_1x128: x must be 2-D [M, K], got shape {tuple(x.shape)}")
-    if x.dtype not in _FLOAT_DTYPES:
+    if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"act_quant_1x128: x must be float32, float16 or bfloat16, got {x.dtype}")
     m, k = x.shape
     num_groups = ceil_div(k, GROUP_K)

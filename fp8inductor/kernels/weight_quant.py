@@ -12,11 +12,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ..reference import FP8_DTYPE, _check_scale_fmt, ceil_div
+from ..reference import FLOAT_DTYPES, FP8_DTYPE, _check_scale_fmt, ceil_div
 from .act_quant import _amax_to_scale, _fp32_to_e4m3_rne, _upcast_fp32
 
 WEIGHT_BLOCK = 128  # block_n == block_k
-_FLOAT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
 @triton.jit
@@ -63,7 +62,7 @@ def weight_quant_128x128(w: torch.Tensor, scale_fmt: str = "float") -> tuple[tor
     _check_scale_fmt(scale_fmt)
     if w.dim() != 2:
         raise ValueError(f"weight_quant_128x128: w must be 2-D [N, K], got shape {tuple(w.shape)}")
-    if w.dtype not in _FLOAT_DTYPES:
+    if w.dtype not in FLOAT_DTYPES:
         raise TypeError(f"weight_quant_128x128: w must be float32, float16 or bfloat16, got {w.dtype}")
     n, k = w.shape
     nb, kb = ceil_div(n, WEIGHT_BLOCK), ceil_div(k, WEIGHT_BLOCK)
