@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch._inductor.config as inductor_config
 
-from . import _compat
+from . import _compat, lowering  # noqa: F401  (registers the block_linear lowering)
 from .config import split_options
 from .passes import FP8BlockPass, compile_scope
 from .report import RewriteReport

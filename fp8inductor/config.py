@@ -12,6 +12,9 @@ from .reference import SCALE_FMTS
 _RESERVED_INDUCTOR_KEYS = ("freezing", "joint_custom_pre_pass")
 
 
+GEMM_LOWERINGS = ("template", "extern")
+
+
 @dataclasses.dataclass(frozen=True)
 class FP8BlockConfig:
     """Options of the ``fp8block`` backend (``torch.compile(..., options={...})``).
@@ -25,6 +28,10 @@ class FP8BlockConfig:
             dot-separated path components anywhere in the path ("mlp.gate" matches
             "model.layers.0.mlp.gate" but not "model.layers.0.mlp.gate_proj").
         min_in_features / min_out_features: smaller linears are skipped (too small to gain).
+        gemm_lowering: "template" (default): on FP8 GPUs, static-M linears lower to Triton templates
+            whose store carries the fused epilogue (bias, cast, residual add, activation); see
+            ``fp8inductor.lowering``. "extern": always the opaque op (activation quant + GEMM
+            launched by the op, config chosen per call).
     """
 
     weight_block_size: tuple[int, int] = (128, 128)
@@ -33,6 +40,7 @@ class FP8BlockConfig:
     modules_to_not_convert: tuple[str, ...] = ("lm_head",)
     min_in_features: int = 128
     min_out_features: int = 128
+    gemm_lowering: str = "template"
 
     def __post_init__(self) -> None:
         bs = tuple(self.weight_block_size)
@@ -51,6 +59,8 @@ class FP8BlockConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if self.gemm_lowering not in GEMM_LOWERINGS:
+            raise ValueError(f"gemm_lowering must be one of {GEMM_LOWERINGS}, got {self.gemm_lowering!r}")
 
     def skips_module(self, path: str) -> str | None:
         """The ``modules_to_not_convert`` entry matching module ``path``, or None."""

@@ -23,6 +23,7 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
+import hashlib
 import operator
 import os
 import re
@@ -30,7 +31,7 @@ from collections.abc import Iterator
 
 import torch
 import torch.fx as fx
-from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
+from torch._inductor.custom_graph_pass import CustomGraphPass
 
 from . import ops  # noqa: F401  (registers torch.ops.fp8inductor)
 from .config import FP8BlockConfig
@@ -81,20 +82,42 @@ def compile_scope(config: FP8BlockConfig, param_names: list[str]) -> Iterator[Co
         _ACTIVE_SCOPE.reset(token)
 
 
+def source_files(roots: list[str] | None = None) -> tuple[str, ...]:
+    """Every file that shapes a compiled graph: the pass, patterns, ops, lowering, Triton kernels and
+    template, and the tuned-config tables (all ``.py`` and ``.json`` under fp8inductor and patterns).
+
+    Inductor's FX-graph cache keys on the pass ``uuid`` but knows nothing of lowerings or template
+    sources, so all of them go into the uuid: editing any one must not reuse a stale graph.
+    """
+    if roots is None:
+        import fp8inductor.patterns as patterns_pkg
+
+        roots = [os.path.dirname(__file__), os.path.dirname(patterns_pkg.__file__)]
+    return tuple(
+        sorted(
+            os.path.join(dirpath, f)
+            for root in roots
+            for dirpath, _, names in os.walk(root)
+            for f in names
+            if f.endswith((".py", ".json"))
+        )
+    )
+
+
+def hash_files(files: tuple[str, ...]) -> bytes:
+    """sha256 over the base names and contents of ``files`` (not cached: tests edit files)."""
+    h = hashlib.sha256()
+    for path in files:
+        h.update(os.path.basename(path).encode())
+        with open(path, "rb") as f:
+            h.update(f.read())
+    return h.digest()
+
+
 @functools.cache
 def _source_hash() -> bytes:
-    """Hash of every source file that shapes the rewritten graph (pass, patterns, ops, config)."""
-    import fp8inductor.patterns as patterns_pkg
-
-    roots = [os.path.dirname(__file__), os.path.dirname(patterns_pkg.__file__)]
-    files = sorted(
-        os.path.join(dirpath, f)
-        for root in roots
-        for dirpath, _, names in os.walk(root)
-        for f in names
-        if f.endswith((".py", ".json"))
-    )
-    return get_hash_for_files(tuple(files))
+    """Hash of ``source_files()``, once per process."""
+    return hash_files(source_files())
 
 
 class FP8BlockPass(CustomGraphPass):
@@ -114,6 +137,27 @@ class FP8BlockPass(CustomGraphPass):
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+def _unflattened_activation(x: fx.Node) -> tuple[fx.Node, bool]:
+    """(x_nd, True) when the mm's activation is ``view(x_nd, [prod(lead), K])`` of an N-D x_nd, else (x, False).
+
+    ``block_linear`` then takes x_nd [..., K] and returns [..., N], so the linear's output keeps
+    the caller's shape: the Inductor lowering builds its epilogue in that shape and the caller's
+    pointwise ops (residual add, activation) fuse into the GEMM's store. The graph's own view back
+    to [..., N] becomes a pair of pointless views that Inductor removes.
+    """
+    if x.op != "call_function" or x.target not in (aten.view.default, aten.reshape.default):
+        return x, False
+    src = x.args[0]
+    if not isinstance(src, fx.Node):
+        return x, False
+    src_val, x_val = _val(src), _val(x)
+    if src_val is None or x_val is None or src_val.dim() < 3 or x_val.dim() != 2:
+        return x, False
+    if src_val.shape[-1] != x_val.shape[-1]:  # not a flatten of the leading dims
+        return x, False
+    return src, True
 
 
 def module_path_from_stack(node: fx.Node) -> str | None:
@@ -300,12 +344,14 @@ class _Rewriter:
     def _rewrite(self, match: LinearMatch) -> None:
         q, s = self._quantized_weight(match)
         anchor = match.anchor
+        x, flattened = _unflattened_activation(match.x)
         with self.graph.inserting_before(anchor):
             y = self._call(
-                fp8_ops.block_linear.default,
-                (match.x, q, s, match.bias, self.config.group_size, self.config.scale_fmt),
+                fp8_ops.block_linear.default, (x, q, s, match.bias, self.config.group_size, self.config.scale_fmt)
             )
-        y.meta.update({k: v for k, v in anchor.meta.items() if k not in ("val", "tensor_meta")})
+            y.meta.update({k: v for k, v in anchor.meta.items() if k not in ("val", "tensor_meta")})
+            if flattened:  # y is [..., N]; the graph's users expect the mm's [M, N] (and usually view back)
+                y = self._call(aten.view.default, (y, list(_val(anchor).shape)))
         anchor.replace_all_uses_with(y)
         operands = list(anchor.all_input_nodes)
         self.graph.erase_node(anchor)

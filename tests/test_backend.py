@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import warnings
 
 import pytest
@@ -274,6 +275,81 @@ def test_pass_uuid_depends_on_config_and_sources():
     passes._source_hash.cache_clear()
     with warnings.catch_warnings():
         assert passes._source_hash() == a.uuid()[: len(passes._source_hash())]
+
+
+def test_cache_key_covers_every_source_that_shapes_the_graph(tmp_path):
+    """Lowering, template, kernels, ops, pass, patterns and tuned tables are all in the pass uuid."""
+    import shutil
+
+    from fp8inductor import passes
+
+    def get_hash_for_files(files):
+        return passes.hash_files(files)
+
+    files = {os.path.relpath(f, os.path.dirname(os.path.dirname(passes.__file__))) for f in passes.source_files()}
+    for must in (
+        "fp8inductor/lowering.py",
+        "fp8inductor/kernels/template.py",
+        "fp8inductor/kernels/block_gemm.py",
+        "fp8inductor/kernels/act_quant.py",
+        "fp8inductor/ops.py",
+        "fp8inductor/passes.py",
+    ):
+        assert must in files, must
+    assert any(f.startswith("fp8inductor/configs/") and f.endswith(".json") for f in files)
+    assert any(f.endswith(os.path.join("patterns", "linear.py")) for f in files)
+    # An edit to any file changes the hash (tested on a copy of the package).
+    copy = tmp_path / "pkg"
+    shutil.copytree(os.path.dirname(passes.__file__), copy, ignore=shutil.ignore_patterns("__pycache__"))
+    before = get_hash_for_files(passes.source_files([str(copy)]))
+    for rel in ("kernels/template.py", "lowering.py", next(f for f in files if f.endswith(".json"))[12:]):
+        path = copy / rel
+        original = path.read_bytes()
+        path.write_bytes(original + b"\n")
+        assert get_hash_for_files(passes.source_files([str(copy)])) != before, rel
+        path.write_bytes(original)
+    assert get_hash_for_files(passes.source_files([str(copy)])) == before
+
+
+def test_edited_sources_do_not_reuse_a_cached_graph(monkeypatch):
+    """End to end through Inductor's FX-graph cache: same sources hit, edited sources miss."""
+    from torch._inductor import config as inductor_config
+
+    from fp8inductor import passes
+
+    lin = nn.Linear(256, 256)
+    x = torch.randn(4, 256)
+
+    def compile_and_count(source_hash: bytes) -> tuple[int, int]:
+        monkeypatch.setattr(passes, "_source_hash", lambda: source_hash)
+        torch._dynamo.reset()
+        counters.clear()
+        with torch.inference_mode(), warnings.catch_warnings(), inductor_config.patch(fx_graph_cache=True):
+            warnings.simplefilter("ignore")
+            compile_fp8(lin)(x)
+        return counters["inductor"]["fxgraph_cache_hit"], counters["inductor"]["fxgraph_cache_miss"]
+
+    salt = os.urandom(8)  # fresh keys for this test run
+    assert compile_and_count(b"sources-A" + salt) == (0, 1)
+    assert compile_and_count(b"sources-A" + salt) == (1, 0)
+    assert compile_and_count(b"sources-B" + salt) == (0, 1)  # an edited source: recompiled
+
+
+def test_lowering_is_gated_off_on_cpu_and_keeps_nd_activations():
+    """On the CPU the op stays a FallbackKernel (no Triton codegen there) and takes x [..., K] as is."""
+    from torch._inductor.utils import run_and_get_code
+
+    model = nn.Sequential(nn.Linear(256, 384), nn.SiLU())
+    x = torch.randn(2, 3, 256)
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        y, codes = run_and_get_code(compile_fp8(model), x)
+    calls = [line for line in codes[0].splitlines() if "fp8inductor.block_linear.default(" in line]
+    assert len(calls) == 1 and "reinterpret_tensor" not in calls[0], calls  # the 3-D input, not a 2-D view
+    assert "triton_heuristics.template" not in codes[0]
+    torch.testing.assert_close(y, model[1](fp8_linear(x, model[0].weight, model[0].bias)), rtol=0, atol=0)
+    with pytest.raises(Exception, match="gemm_lowering must be one of"), torch.inference_mode():
+        compile_fp8(nn.Linear(256, 256), options={"gemm_lowering": "cutlass"})(torch.randn(2, 256))
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import torch
 
 import fp8inductor
 from fp8inductor import reference as ref
-from fp8inductor.testing import assert_fp8_equal
+from fp8inductor.testing import assert_fp8_equal, gemm_abs_sum_max, gemm_tolerance
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -41,6 +41,29 @@ def test_opcheck(device):
     op(x, q, s, b, 128, "float")
     for t0, t1 in zip(before, (x, q, s, b)):
         assert torch.equal(t0.view(torch.uint8), t1.view(torch.uint8)), "block_linear must not mutate its inputs"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["block_gemm", "cublas_block_gemm"])
+def test_gemm_ops_match_block_linear(device, name):
+    """The lowering's extern GEMM choices: same result as block_linear's GEMM, N-D activations, fp32 out."""
+    if name == "cublas_block_gemm" and device == "cuda" and torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("cuBLAS blockwise scaling needs sm_90")
+    # cuBLAS blockwise needs K % 128 == 0 (the lowering offers it only then); the Triton op takes any K.
+    x, w, b = _inputs(device, k=384) if name == "cublas_block_gemm" else _inputs(device)
+    q, s = fp8inductor.quantize_weight(w)
+    x3 = x.reshape(1, 5, -1)
+    xq, xs = fp8inductor.quantize_activation(x3)
+    op = getattr(torch.ops.fp8inductor, name).default
+    no_schema = ("test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+    torch.library.opcheck(op, (xq, xs, q, s, torch.float32), test_utils=no_schema)
+    y = op(xq, xs, q, s, torch.float32)
+    assert y.shape == (1, 5, w.shape[0]) and y.dtype == torch.float32
+    want = ref.block_gemm_ref(xq.reshape(5, -1), xs.reshape(5, -1), q, s, None, torch.float32).reshape(1, 5, -1)
+    tol = gemm_tolerance(torch.float32, gemm_abs_sum_max(xq.reshape(5, -1), xs.reshape(5, -1), q, s), True)
+    torch.testing.assert_close(y, want, **tol)
+    with pytest.raises(ValueError, match="xs must be float32"):
+        op(xq, xs[..., :-1], q, s, torch.float32)
 
 
 @pytest.mark.parametrize("device", DEVICES)

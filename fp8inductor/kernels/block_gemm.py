@@ -131,6 +131,41 @@ def _store_tile(acc, y_ptr, bias_ptr, pid_m, pid_n, M, N, stride_ym, stride_yn, 
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=(offs_m < M)[:, None] & mask_n[None, :])
 
 
+@triton.jit
+def _mainloop_tma(x_desc, w_desc, xs_ptrs, ws_ptrs, pid_m, pid_n, nkb, stride_xsk, stride_wsk,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, QBLOCK: tl.constexpr):
+    """The promoted fp32 sum of one [BLOCK_M, BLOCK_N] tile over K blocks [0, nkb), TMA loads.
+
+    The main loop of the persistent kernel below and of the Inductor template
+    (``fp8inductor.kernels.template``): one source for both. x_desc: [M, K] fp8 descriptor with
+    block [BLOCK_M, BLOCK_K]; w_desc: [N, K] fp8 descriptor with block [BLOCK_N, BLOCK_K]; xs_ptrs,
+    ws_ptrs from ``_scale_ptrs``. Out-of-bounds TMA reads are zeros (partial M, N, K tiles).
+    """
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for kb in range(nkb):
+        a = x_desc.load([pid_m * BLOCK_M, kb * BLOCK_K])
+        b = w_desc.load([pid_n * BLOCK_N, kb * BLOCK_K])
+        acc += tl.dot(a, b.T) * _kblock_scale(xs_ptrs, ws_ptrs, kb, stride_xsk, stride_wsk, BLOCK_N, QBLOCK)
+    return acc
+
+
+@triton.jit
+def _mainloop_ptr(a_ptrs, b_ptrs, xs_ptrs, ws_ptrs, kb_lo, kb_hi, K, stride_xk, stride_wk, stride_xsk, stride_wsk,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, QBLOCK: tl.constexpr,
+                  EVEN_K: tl.constexpr):
+    """The promoted fp32 sum of one [BLOCK_M, BLOCK_N] tile over K blocks [kb_lo, kb_hi), pointer loads.
+
+    The main loop of the tiles and split-K kernels and of the Inductor template; a_ptrs, b_ptrs from
+    ``_tile_ptrs`` (any strides), xs_ptrs, ws_ptrs from ``_scale_ptrs``.
+    """
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for kb in range(kb_lo, kb_hi):
+        a, b = _load_kblock(a_ptrs, b_ptrs, kb, K, stride_xk, stride_wk, BLOCK_K, EVEN_K)
+        d = tl.dot(a, tl.trans(b))  # fp8 x fp8 -> fresh fp32 accumulator (one K block)
+        acc += d * _kblock_scale(xs_ptrs, ws_ptrs, kb, stride_xsk, stride_wsk, BLOCK_N, QBLOCK)
+    return acc
+
+
 # ----------------------------------------------------------------------------------------------
 # Kernels
 # ----------------------------------------------------------------------------------------------
@@ -161,11 +196,8 @@ def _fp8_gemm_tiles_kernel(
         xq_ptr, wq_ptr, pid_m, pid_n, M, N, stride_xm, stride_xk, stride_wn, stride_wk, BLOCK_M, BLOCK_N, BLOCK_K
     )
     xs_ptrs, ws_ptrs = _scale_ptrs(xs_ptr, ws_ptr, pid_m, pid_n, M, N, stride_xsm, stride_wsn, BLOCK_M, BLOCK_N, QBLOCK)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for kb in range(tl.cdiv(K, BLOCK_K)):
-        a, b = _load_kblock(a_ptrs, b_ptrs, kb, K, stride_xk, stride_wk, BLOCK_K, EVEN_K)
-        d = tl.dot(a, tl.trans(b))  # fp8 x fp8 -> fresh fp32 accumulator (one K block)
-        acc += d * _kblock_scale(xs_ptrs, ws_ptrs, kb, stride_xsk, stride_wsk, BLOCK_N, QBLOCK)
+    acc = _mainloop_ptr(a_ptrs, b_ptrs, xs_ptrs, ws_ptrs, 0, tl.cdiv(K, BLOCK_K), K, stride_xk, stride_wk,
+                        stride_xsk, stride_wsk, BLOCK_M, BLOCK_N, BLOCK_K, QBLOCK, EVEN_K)
     _store_tile(acc, y_ptr, bias_ptr, pid_m, pid_n, M, N, stride_ym, stride_yn, HAS_BIAS, BLOCK_M, BLOCK_N)
 
 
@@ -201,11 +233,8 @@ def _fp8_gemm_tma_kernel(
         xs_ptrs, ws_ptrs = _scale_ptrs(
             xs_ptr, ws_ptr, pid_m, pid_n, M, N, stride_xsm, stride_wsn, BLOCK_M, BLOCK_N, QBLOCK
         )
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for kb in range(nkb):
-            a = x_desc.load([pid_m * BLOCK_M, kb * BLOCK_K])
-            b = w_desc.load([pid_n * BLOCK_N, kb * BLOCK_K])
-            acc += tl.dot(a, b.T) * _kblock_scale(xs_ptrs, ws_ptrs, kb, stride_xsk, stride_wsk, BLOCK_N, QBLOCK)
+        acc = _mainloop_tma(x_desc, w_desc, xs_ptrs, ws_ptrs, pid_m, pid_n, nkb, stride_xsk, stride_wsk,
+                            BLOCK_M, BLOCK_N, BLOCK_K, QBLOCK)
         tile_id_c += num_progs
         pid_m, pid_n = _grouped_tile(tile_id_c, num_pid_m, num_pid_n, GROUP_M)
         if HAS_BIAS:
@@ -241,10 +270,8 @@ def _fp8_gemm_splitk_kernel(
     xs_ptrs, ws_ptrs = _scale_ptrs(xs_ptr, ws_ptr, pid_m, pid_n, M, N, stride_xsm, stride_wsn, BLOCK_M, BLOCK_N, QBLOCK)
     kb_lo = split * kb_per_split
     kb_hi = tl.minimum(kb_lo + kb_per_split, tl.cdiv(K, BLOCK_K))
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for kb in range(kb_lo, kb_hi):
-        a, b = _load_kblock(a_ptrs, b_ptrs, kb, K, stride_xk, stride_wk, BLOCK_K, EVEN_K)
-        acc += tl.dot(a, tl.trans(b)) * _kblock_scale(xs_ptrs, ws_ptrs, kb, stride_xsk, stride_wsk, BLOCK_N, QBLOCK)
+    acc = _mainloop_ptr(a_ptrs, b_ptrs, xs_ptrs, ws_ptrs, kb_lo, kb_hi, K, stride_xk, stride_wk, stride_xsk,
+                        stride_wsk, BLOCK_M, BLOCK_N, BLOCK_K, QBLOCK, EVEN_K)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     p_ptrs = part_ptr + (split * M + offs_m.to(tl.int64))[:, None] * N + offs_n[None, :]

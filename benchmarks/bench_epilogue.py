@@ -1,0 +1,122 @@
+"""Epilogue fusion, measured: a Llama-3-8B MLP block compiled three ways (GPU).
+
+    python benchmarks/bench_epilogue.py [--out docs/bench_epilogue.json] [--ms 1,16,128,512,2048,8192]
+
+Block: ``y = down(silu(gate(x)) * up(x)) + x`` with x [1, M, 4096], gate/up 4096 -> 14336 and down
+14336 -> 4096, bf16 weights (random, scaled 1/sqrt(K)). Rows, each compiled once per M (static shapes):
+
+* ``bf16``: ``torch.compile`` (Inductor default), bf16 cuBLAS GEMMs;
+* ``fp8 extern``: ``backend="fp8block"`` with ``gemm_lowering="extern"``: each linear is the opaque op
+  (activation quant + GEMM kernels), SiLU * mul and the residual add are separate Inductor kernels;
+* ``fp8 template``: ``backend="fp8block"`` (default): the GEMMs are Triton templates whose stores
+  carry the SiLU * mul and the residual add.
+
+Timing: ``triton.testing.do_bench_cudagraph`` (median of CUDA-graph replays, so host overhead is out
+of the picture, as under ``mode="reduce-overhead"``). Also records the kernels each graph launches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import re
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class MLPBlock(nn.Module):
+    def __init__(self, hidden: int = 4096, inter: int = 14336) -> None:
+        super().__init__()
+        self.gate = nn.Linear(hidden, inter, bias=False)
+        self.up = nn.Linear(hidden, inter, bias=False)
+        self.down = nn.Linear(inter, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.silu(self.gate(x)) * self.up(x)) + x
+
+
+def _build(seed: int = 0) -> MLPBlock:
+    torch.manual_seed(seed)
+    block = MLPBlock().to("cuda", torch.bfloat16)
+    with torch.no_grad():
+        for lin in (block.gate, block.up, block.down):
+            lin.weight.normal_(0.0, lin.in_features**-0.5)
+    return block.eval()
+
+
+def _measure(block: MLPBlock, x: torch.Tensor, backend: str, options: dict | None) -> dict:
+    import triton
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    compiled = torch.compile(block, backend=backend, options=options)
+    with torch.inference_mode():
+        y, codes = run_and_get_code(compiled, x)
+        ms = triton.testing.do_bench_cudagraph(lambda: compiled(x), rep=100)
+    kernels = re.findall(r"(triton_\w+)\.run", codes[0])
+    externs = re.findall(r"torch\.ops\.fp8inductor\.(\w+)\.default\(", codes[0])
+    return {"ms": ms, "y": y, "kernels": kernels, "fp8inductor_ops": externs}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ms", default="1,16,128,512,2048,8192")
+    ap.add_argument("--out", default=str(REPO_ROOT / "docs" / "bench_epilogue.json"))
+    args = ap.parse_args()
+    import triton
+
+    import fp8inductor.backend  # noqa: F401  (turns freezing on: applies to the bf16 row too, as a user would see)
+
+    block = _build()
+    rows = []
+    for m in [int(v) for v in args.ms.split(",")]:
+        x = torch.randn(1, m, 4096, device="cuda", dtype=torch.bfloat16)
+        res = {
+            "bf16": _measure(block, x, "inductor", None),
+            "fp8 extern": _measure(block, x, "fp8block", {"gemm_lowering": "extern"}),
+            "fp8 template": _measure(block, x, "fp8block", None),
+        }
+        ref = res["bf16"]["y"].float()
+        flops = 2 * m * 4096 * 14336 * 3
+        row = {"M": m}
+        for name, r in res.items():
+            err = float((r["y"].float() - ref).norm() / ref.norm())
+            row[name] = {
+                "us": r["ms"] * 1e3,
+                "tflops": flops / (r["ms"] * 1e-3) / 1e12,
+                "rel_err_vs_bf16": err,
+                "kernels": r["kernels"],
+                "fp8inductor_ops": r["fp8inductor_ops"],
+            }
+        row["template_vs_extern"] = row["fp8 extern"]["us"] / row["fp8 template"]["us"]
+        row["template_vs_bf16"] = row["bf16"]["us"] / row["fp8 template"]["us"]
+        rows.append(row)
+        print(
+            f"M={m:5d}  bf16 {row['bf16']['us']:8.1f} us  extern {row['fp8 extern']['us']:8.1f} us  "
+            f"template {row['fp8 template']['us']:8.1f} us  template/extern {row['template_vs_extern']:.2f}x  "
+            f"vs bf16 {row['template_vs_bf16']:.2f}x  kernels(template)={len(row['fp8 template']['kernels'])} "
+            f"ops={row['fp8 template']['fp8inductor_ops']}",
+            flush=True,
+        )
+    out = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "date": datetime.date.today().isoformat(),
+        "block": "y = down(silu(gate(x)) * up(x)) + x; hidden 4096, intermediate 14336, x [1, M, 4096] bf16",
+        "timing": "triton.testing.do_bench_cudagraph median (ms -> us)",
+        "rows": rows,
+    }
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

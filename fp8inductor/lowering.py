@@ -1,0 +1,250 @@
+"""Inductor lowering of ``fp8inductor::block_linear``: Triton templates with fused epilogues.
+
+Without this module Inductor calls the op as an opaque FallbackKernel (activation quant + GEMM
+kernels chosen at run time). With it, inside an ``fp8block`` compile on an FP8 GPU and for a static
+M, ``block_linear(x, wq, ws, bias)`` lowers to
+
+    xq, xs = quantize_activation(x)                     # FallbackKernel (Triton, bit-exact)
+    acc    = <GEMM choice>(xq, xs, wq, ws)              # [..., N] float32, x's leading shape
+    y      = (acc + bias.float()).to(x.dtype)           # pointwise: fused into the template's store
+
+so Inductor fuses the bias, the cast and any pointwise consumer (residual add, activation) into the
+GEMM's store (``store_output``) instead of writing the linear's output and reading it back.
+
+GEMM choices:
+* outside max-autotune: one choice, no benchmarking: the shipped tuned config for this device and
+  shape (``fp8inductor.tuned``) or the heuristic (``pick_config``) as a template. When that config
+  is split-K (small M, few output tiles: two kernels, no single store to fuse into) the op stays a
+  FallbackKernel, as without this module.
+* under ``max_autotune`` / ``max_autotune_gemm``: every template config of ``kernels.config.CONFIGS``
+  that fits, the tuned one, the op's own launcher (``fp8inductor::block_gemm``, which can split K)
+  and cuBLAS blockwise ``torch._scaled_mm`` (``fp8inductor::cublas_block_gemm``: K % 128 == 0,
+  M >= 2, CUDA >= 12.9), benchmarked by Inductor's autotuner.
+
+A symbolic M (``dynamic=True``, ``mark_dynamic``) keeps the FallbackKernel, whose launcher picks the
+config per M at run time: one compiled graph serves prefill and decode with the right kernel for
+each (a template's block sizes would be fixed at compile time for one M hint).
+
+Gated off (FallbackKernel): CPU tensors, GPUs below compute capability 8.9, group size != 128,
+``gemm_lowering="extern"``, compiles outside the fp8block backend (whose pass ``uuid`` puts these
+sources in the FX-graph cache key), and any failure to build the template (logged once).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+
+import sympy
+import torch
+from torch._inductor import config as inductor_config
+from torch._inductor import ir
+from torch._inductor import lowering as L
+from torch._inductor.virtualized import V
+from torch._inductor.select_algorithm import (
+    ExternKernelChoice,
+    SymbolicGridFn,
+    TritonTemplate,
+    autotune_select_algorithm,
+)
+
+from . import ops
+from .kernels.config import CONFIGS, QBLOCK, GemmConfig
+from .kernels.template import TEMPLATE_NAME, TEMPLATE_SOURCE
+
+log = logging.getLogger("fp8inductor")
+aten = torch.ops.aten
+
+
+@SymbolicGridFn
+def _grid(m, n, meta, *, cdiv, min):
+    """Programs: one per [BLOCK_M, BLOCK_N] output tile, at most NUM_PROGS when persistent."""
+    tiles = cdiv(m, meta["BLOCK_M"]) * cdiv(n, meta["BLOCK_N"])
+    return (min(meta["NUM_PROGS"], tiles) if meta["PERSISTENT"] else tiles, 1, 1)
+
+
+_TEMPLATE = TritonTemplate(name=TEMPLATE_NAME, grid=_grid, source=TEMPLATE_SOURCE)
+_EXTERN_TRITON = ExternKernelChoice(
+    ops.block_gemm, name="fp8inductor_block_gemm", has_out_variant=False, op_overload=ops.block_gemm,
+    use_fallback_kernel=True,
+)  # fmt: skip
+_EXTERN_CUBLAS = ExternKernelChoice(
+    ops.cublas_block_gemm, name="fp8inductor_cublas_block_gemm", has_out_variant=False,
+    op_overload=ops.cublas_block_gemm, use_fallback_kernel=True,
+)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Gates
+# ---------------------------------------------------------------------------------------------
+
+
+def _active_config():
+    """The FP8BlockConfig of the fp8block compile in progress, or None outside one."""
+    from .passes import _ACTIVE_SCOPE
+
+    scope = _ACTIVE_SCOPE.get()
+    return None if scope is None else scope.config
+
+
+def _fp8_gpu(device: torch.device) -> bool:
+    return device.type == "cuda" and ops._cuda_has_fp8(device.index if device.index is not None else 0)
+
+
+def _static_int(expr) -> int | None:
+    """An int for a static size (int or sympy.Integer), None for a symbolic one."""
+    if isinstance(expr, int):
+        return expr
+    if isinstance(expr, sympy.Expr) and expr.is_Integer:
+        return int(expr)
+    return None
+
+
+def _max_autotune() -> bool:
+    return bool(inductor_config.max_autotune or inductor_config.max_autotune_gemm)
+
+
+@functools.cache
+def _warn_template_failure(reason: str) -> None:
+    log.warning("fp8inductor: GEMM template unavailable (%s); using the op's own kernels", reason)
+
+
+# ---------------------------------------------------------------------------------------------
+# Choices
+# ---------------------------------------------------------------------------------------------
+
+
+def _template_kwargs(cfg: GemmConfig, k: int, num_sms: int) -> dict:
+    return dict(
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        BLOCK_K=QBLOCK,
+        QBLOCK=QBLOCK,
+        GROUP_M=cfg.group_m,
+        PERSISTENT=cfg.kind == "tma",
+        FLATTEN=cfg.flatten,
+        EVEN_K=k % QBLOCK == 0,
+        NUM_PROGS=num_sms * cfg.ctas_per_sm,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
+
+
+def _default_config(device: torch.device, m: int, n: int, k: int, tma_ok: bool) -> GemmConfig:
+    from .kernels.block_gemm import _num_sms, _tuned_config, pick_config
+
+    return _tuned_config(device, m, n, k, tma_ok) or pick_config(m, n, k, _num_sms(device), tma_ok)
+
+
+def _candidate_configs(device: torch.device, m: int, n: int, k: int, tma_ok: bool) -> list[GemmConfig]:
+    """Template configs worth offering: the default pick first, then the shipped CONFIGS that fit."""
+    picked = _default_config(device, m, n, k, tma_ok)
+    out = [] if picked.kind == "splitk" else [picked]
+    if _max_autotune():
+        for cfg in CONFIGS.values():
+            if cfg.kind == "splitk" or (cfg.kind == "tma" and not tma_ok) or cfg in out:
+                continue
+            if cfg.block_m > 16 and m <= 16:  # 64+ rows of padding per tile for a decode batch
+                continue
+            out.append(cfg)
+    return out
+
+
+def _cublas_applies(m: int, k: int) -> bool:
+    cuda = torch.version.cuda
+    return (
+        cuda is not None and tuple(int(p) for p in cuda.split(".")[:2]) >= (12, 9) and m >= 2 and k % QBLOCK == 0
+    )
+
+
+def _quantized_activation(x, scale_fmt: str):
+    """(xq [..., K] fp8, xs [..., ceil(K/128)] fp32) of x, one quantization per activation per graph.
+
+    Linears that read the same activation (q/k/v, gate/up) share one ``quantize_activation`` kernel:
+    the result is memoized on the graph under the realized buffer's name and layout.
+    """
+    x = ir.ExternKernel.realize_input(x)
+    memo = V.graph.__dict__.setdefault("_fp8inductor_act_quant", {})
+    key = (x.get_name(), str(x.get_layout()), scale_fmt)
+    if key not in memo:
+        memo[key] = L.fallback_handler(ops.quantize_activation, add_to_fallback_set=False)(x, QBLOCK, scale_fmt)
+    return memo[key]
+
+
+def _gemm(x, wq, ws, scale_fmt: str, lead: list[int], n: int, k: int):
+    """[*lead, N] float32 TensorBox of the block-scaled GEMM of x [*lead, K] against (wq, ws), or None."""
+    device = x.get_device()
+    m = math.prod(lead)
+    tma_ok = k % 16 == 0  # xq and wq are row-major and freshly allocated (aligned); TMA rows need 16 B
+    configs = _candidate_configs(device, m, n, k, tma_ok)
+    if not configs:
+        return None  # split-K: the FallbackKernel's launcher does it better
+    from .kernels.block_gemm import _ensure_tma_allocator, _num_sms
+
+    _ensure_tma_allocator(device)  # device-side TMA descriptors need a workspace allocator
+    xq, xs = _quantized_activation(x, scale_fmt)
+    inputs = [ir.ExternKernel.require_contiguous(t) for t in (xq, xs, wq, ws)]
+    layout = ir.FixedLayout(device, torch.float32, [*lead, n], ir.FlexibleLayout.contiguous_strides([*lead, n]))
+    choices: list = []
+    for cfg in configs:
+        try:
+            choices.append(
+                _TEMPLATE.generate(
+                    input_nodes=tuple(inputs),
+                    layout=layout,
+                    call_sizes=[sympy.Integer(m), sympy.Integer(n)],  # the grid's (M, N)
+                    OUT_NDIM=len(lead) + 1,
+                    **_template_kwargs(cfg, k, _num_sms(device)),
+                )
+            )
+        except NotImplementedError as exc:  # Inductor's way of declining a template config
+            _warn_template_failure(f"{cfg}: {exc}")
+    if not choices:
+        _warn_template_failure("no template choice could be generated")
+        return None
+    if _max_autotune():
+        choices.append(_EXTERN_TRITON.bind(tuple(inputs), layout, out_dtype=torch.float32))
+        if _cublas_applies(m, k):
+            choices.append(_EXTERN_CUBLAS.bind(tuple(inputs), layout, out_dtype=torch.float32))
+    result = autotune_select_algorithm("fp8inductor_block_gemm", choices, inputs, layout)
+    return result[0] if isinstance(result, tuple) else result
+
+
+# ---------------------------------------------------------------------------------------------
+# The lowering
+# ---------------------------------------------------------------------------------------------
+
+
+def _fallback(*args):
+    return L.fallback_handler(ops.block_linear, add_to_fallback_set=False)(*args)
+
+
+@L.register_lowering(ops.block_linear, type_promotion_kind=None)
+def lower_block_linear(x, wq, ws, bias=None, group_size: int = 128, scale_fmt: str = "float"):
+    """x [..., K] float, wq [N, K] fp8, ws [ceil(N/128), ceil(K/128)] fp32, bias [N] or None -> [..., N]."""
+    args = (x, wq, ws, bias, group_size, scale_fmt)
+    config = _active_config()
+    device = x.get_device()
+    if config is None or config.gemm_lowering != "template" or group_size != QBLOCK or not _fp8_gpu(device):
+        return _fallback(*args)
+    *lead, k_expr = x.get_size()
+    n, k = _static_int(wq.get_size()[0]), _static_int(k_expr)
+    lead_ints = [_static_int(d) for d in lead]
+    if n is None or k is None or any(d is None for d in lead_ints):
+        return _fallback(*args)  # symbolic M: run-time config choice in the FallbackKernel
+    if math.prod(lead_ints) == 0 or n == 0 or k == 0:
+        return _fallback(*args)
+    try:
+        acc = _gemm(x, wq, ws, scale_fmt, lead_ints, n, k)
+    except Exception as exc:  # never fail a compile over a template: the op's kernels are as correct
+        _warn_template_failure(f"{type(exc).__name__}: {exc}")
+        acc = None
+    if acc is None:
+        return _fallback(*args)
+    # acc is [..., N] in the caller's shape, so this epilogue and the caller's own pointwise ops
+    # (residual add, activation) index it as the template stores it and fuse into that store.
+    y = acc
+    if bias is not None:
+        y = L.lowerings[aten.add.Tensor](y, L.to_dtype(bias, torch.float32))
+    return L.to_dtype(y, x.get_dtype())
