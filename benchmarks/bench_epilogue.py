@@ -65,11 +65,66 @@ def _measure(block: MLPBlock, x: torch.Tensor, backend: str, options: dict | Non
     return {"ms": ms, "y": y, "kernels": kernels, "fp8inductor_ops": externs}
 
 
+SECTION = "## Epilogue fusion (`benchmarks/bench_epilogue.py`)"
+
+
+def render(data: dict) -> str:
+    """The docs/benchmarks.md section for a bench_epilogue JSON."""
+    lines = [
+        SECTION,
+        "",
+        f"{data['device']}, torch {data['torch']}, triton {data['triton']}, {data['date']}. Block: "
+        f"`{data['block']}`. Time: {data['timing']}, so host overhead is excluded. Each row is compiled "
+        "once per M (static shapes); `fp8 extern` is `options={'gemm_lowering': 'extern'}` (the opaque op, "
+        "SiLU * mul and the residual add as separate kernels), `fp8 template` the default lowering.",
+        "",
+        "| M | bf16 µs | fp8 extern µs | fp8 template µs | template vs extern | template vs bf16 | template graph's kernels |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in data["rows"]:
+        t = r["fp8 template"]
+        kernels = len(t["kernels"]) + len(t["fp8inductor_ops"])
+        ops = ", ".join(t["fp8inductor_ops"])
+        lines.append(
+            f"| {r['M']} | {r['bf16']['us']:.1f} | {r['fp8 extern']['us']:.1f} | {t['us']:.1f} | "
+            f"{r['template_vs_extern']:.2f}x | {r['template_vs_bf16']:.2f}x | {kernels} ({len(t['kernels'])} Triton + {ops}) |"
+        )
+    lines += [
+        "",
+        "Reading: with the template the whole block is 5 launches at M >= 128 (two activation quantizations, "
+        "three GEMM templates carrying SiLU * mul and the residual add). At M <= 16 the down projection "
+        "(N = 4096, few output tiles) takes the op's split-K path (its own quantization, split-K and "
+        "reduce kernels), which has no single store to fuse into, so the residual add stays a "
+        "separate kernel. The fused epilogue saves the bf16 round trips of the gate/up outputs and of the "
+        "down projection's output: 4-6% at M <= 128, nothing measurable at M >= 2048 where the GEMMs "
+        "dominate, and at M = 512 the template was 6% slower than the op (the same GEMM config with "
+        "the gate product and SiLU in the persistent kernel's store; not profiled yet).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_section(doc: Path, section: str) -> None:
+    """Replace (or append) the epilogue section of docs/benchmarks.md, leaving the others as they are."""
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    start = text.find(SECTION)
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + len(SECTION))
+        text = text[:start] + section + (text[end + 1 :] if end >= 0 else "")
+    doc.write_text(text)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--ms", default="1,16,128,512,2048,8192")
     ap.add_argument("--out", default=str(REPO_ROOT / "docs" / "bench_epilogue.json"))
+    ap.add_argument("--render", metavar="JSON", help="only write the docs/benchmarks.md section from JSON")
     args = ap.parse_args()
+    if args.render:
+        write_section(REPO_ROOT / "docs" / "benchmarks.md", render(json.loads(Path(args.render).read_text())))
+        return
     import triton
 
     import fp8inductor.backend  # noqa: F401  (turns freezing on: applies to the bf16 row too, as a user would see)
