@@ -9,6 +9,10 @@ Public API (SPEC section 1):
 * ``dequantize_weight(q, scale_inv, block=(128, 128), dtype=torch.bfloat16)``
 * ``block_fp8_linear(x, q, scale_inv, bias=None) -> y``
 * ``FP8BlockConfig``; ``fp8block`` (the backend); ``reports()`` / ``last_report()``.
+* Eager modules: ``FP8BlockLinear``, ``quantize_(model)``, ``convert_transformers_fp8_(model)``
+  (transformers' ``FP8Linear`` -> ``FP8BlockLinear``, tensors shared), ``release_bf16_weights(model)``
+  (after a backend-only compile: convert in place and drop the compiled graphs' FP8 copies).
+  Checkpoints: ``fp8inductor.checkpoint`` (see docs/checkpoints.md).
 
 Importing this package does not import the backend (which turns Inductor freezing on) nor Triton.
 """
@@ -21,20 +25,25 @@ import torch
 
 from . import ops as _ops
 from .config import FP8BlockConfig
+from .modules import FP8BlockLinear, convert_transformers_fp8_, quantize_, release_bf16_weights
 from .reference import FP8_DTYPE, FP8_E4M3_MAX, dequantize_weight_ref
 
 __version__ = "0.1.0"
 
 __all__ = [
     "FP8BlockConfig",
+    "FP8BlockLinear",
     "FP8_DTYPE",
     "FP8_E4M3_MAX",
     "block_fp8_linear",
+    "convert_transformers_fp8_",
     "dequantize_weight",
     "fp8block",
     "last_report",
+    "quantize_",
     "quantize_activation",
     "quantize_weight",
+    "release_bf16_weights",
     "reports",
 ]
 

@@ -10,12 +10,17 @@ Files are safetensors only.
   converted; writes the format above through ``model.save_pretrained`` (transformers itself loads it).
 * ``load_quantized_(model, path)``: loads such a checkpoint (ours, transformers', DeepSeek's) into a
   model built from its config: every ``P`` with a ``P.weight_scale_inv`` becomes an ``FP8BlockLinear``
-  holding the stored bytes as they are; everything else loads into the model. Malformed files are a
-  clear error naming the tensor.
+  holding the stored bytes as they are; everything else loads into the model.
+
+Errors: every malformed checkpoint raises ``CheckpointError`` (a ``ValueError``) whose message names
+the file and, where one is at fault, the tensor; a wrong dtype raises ``CheckpointDtypeError``, a
+``CheckpointError`` that is also a ``TypeError``. A missing path raises ``FileNotFoundError``. The
+whole checkpoint is checked before the model is touched: after an error the model is unchanged.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -23,16 +28,29 @@ import torch
 from torch import nn
 
 from .config import FP8BlockConfig
-from .modules import FP8BlockLinear, _linear_weight_nk
-from .reference import FP8_DTYPE, check_weight_scale
+from .modules import FP8BlockLinear, _linear_weight_nk, _swap_module, is_transformers_fp8_linear
+from .reference import FP8_DTYPE, FLOAT_DTYPES, SCALE_FMTS, ceil_div
 
 SCALE_SUFFIX = ".weight_scale_inv"
+_HIGH_PRECISION = (*FLOAT_DTYPES, torch.float64)  # what a non-FP8 floating tensor may be stored as
+
+
+class CheckpointError(ValueError):
+    """A malformed FineGrainedFP8 checkpoint; the message names the file and the tensor."""
+
+
+class CheckpointDtypeError(CheckpointError, TypeError):
+    """A checkpoint tensor of the wrong dtype; also a ``TypeError``, like every dtype error of the package."""
 
 
 def quantization_config(model: nn.Module, config: FP8BlockConfig | None = None) -> dict:
     """The ``quantization_config`` of ``model`` as converted by ``quantize_`` (SPEC section 3)."""
     config = config or FP8BlockConfig()
-    kept = [path for path, mod in model.named_modules() if _linear_weight_nk(mod) is not None and path]
+    kept = [
+        path
+        for path, mod in model.named_modules()
+        if path and _linear_weight_nk(mod) is not None and not is_transformers_fp8_linear(mod)
+    ]
     qc = {
         "quant_method": "fp8",
         "activation_scheme": "dynamic",
@@ -58,101 +76,237 @@ def save_pretrained(model: nn.Module, path: str | Path, config: FP8BlockConfig |
     model.save_pretrained(str(path), safe_serialization=True)
 
 
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+# ---------------------------------------------------------------------------------------------
+# Reading: files -> tensors, each remembered with the file it came from.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Checkpoint:
+    """The tensors of a checkpoint, the file each came from, and its scale format."""
+
+    path: Path
+    tensors: dict[str, torch.Tensor]
+    files: dict[str, Path]
+    scale_fmt: str
+
+    def where(self, key: str) -> str:
+        """``file: key`` for error messages."""
+        return f"{self.files.get(key, self.path)}: {key}"
+
+
+def _safetensors_files(path: Path) -> list[Path]:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint file or directory")
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
+    if files:
+        return files
+    if any(path.glob("*.bin")) or any(path.glob("*.pt")):
+        raise CheckpointError(f"{path}: only safetensors checkpoints are read (no pickle)")
+    raise FileNotFoundError(f"{path}: no .safetensors files")
+
+
+def _read_file(file: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of one safetensors file; anything the library rejects is a ``CheckpointError``."""
     from safetensors import safe_open
 
-    files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
-    if not files:
-        if path.is_dir() and (any(path.glob("*.bin")) or any(path.glob("*.pt"))):
-            raise ValueError(f"{path}: only safetensors checkpoints are read (no pickle)")
-        raise FileNotFoundError(f"{path}: no .safetensors files")
-    tensors: dict[str, torch.Tensor] = {}
-    for f in files:
-        with safe_open(str(f), "pt") as reader:
-            for key in reader.keys():
-                if key in tensors:
-                    raise ValueError(f"{f}: tensor {key!r} appears in two files")
-                tensors[key] = reader.get_tensor(key)
-    return tensors
+    try:
+        with safe_open(str(file), "pt") as reader:
+            return {key: reader.get_tensor(key) for key in reader.keys()}
+    except OSError:
+        raise  # unreadable (permissions, vanished): not a format problem; the message names the file
+    except Exception as e:  # the library's SafetensorError and whatever its bindings raise on bad headers
+        raise CheckpointError(f"{file}: not a valid safetensors file ({type(e).__name__}: {e})") from e
 
 
-def _scale_fmt(path: Path) -> str:
+def _read_scale_fmt(path: Path) -> str:
+    """The ``scale_fmt`` declared by ``config.json`` next to the weights (``"float"`` without one)."""
     cfg_file = path / "config.json" if path.is_dir() else None
     if cfg_file is None or not cfg_file.exists():
         return "float"
-    qc = json.loads(cfg_file.read_text()).get("quantization_config") or {}
-    fmt = qc.get("scale_fmt", "float")
-    if qc.get("weight_block_size", [128, 128]) != [128, 128]:
-        raise ValueError(f"{cfg_file}: weight_block_size {qc['weight_block_size']} is not supported (only [128, 128])")
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{cfg_file}: not valid JSON ({e})") from e
+    qc = cfg.get("quantization_config") if isinstance(cfg, dict) else None
+    if not isinstance(cfg, dict) or not isinstance(qc, (dict, type(None))):
+        raise CheckpointError(f"{cfg_file}: expected a JSON object with an object 'quantization_config'")
+    return _check_quantization_config(qc or {}, cfg_file)
+
+
+def _check_quantization_config(qc: dict, cfg_file: Path) -> str:
+    """Validate a FineGrainedFP8 ``quantization_config``; returns its scale format."""
+    if qc.get("quant_method", "fp8") != "fp8":
+        raise CheckpointError(f"{cfg_file}: quant_method {qc['quant_method']!r} is not 'fp8' (FineGrainedFP8)")
+    block = qc.get("weight_block_size", [128, 128])
+    if not isinstance(block, (list, tuple)) or list(block) != [128, 128]:
+        raise CheckpointError(f"{cfg_file}: weight_block_size {block!r} is not supported (only [128, 128])")
+    scheme = qc.get("activation_scheme", "dynamic")
+    if not isinstance(scheme, str) or scheme.lower() != "dynamic":
+        raise CheckpointError(f"{cfg_file}: activation_scheme {scheme!r} is not supported (only 'dynamic')")
+    fmt = qc.get("scale_fmt") or "float"
+    if fmt not in SCALE_FMTS:
+        raise CheckpointError(f"{cfg_file}: scale_fmt {fmt!r} is not one of {SCALE_FMTS}")
     return fmt
+
+
+def _read_checkpoint(path: Path) -> _Checkpoint:
+    tensors: dict[str, torch.Tensor] = {}
+    files: dict[str, Path] = {}
+    for file in _safetensors_files(path):
+        for key, tensor in _read_file(file).items():
+            if key in tensors:
+                raise CheckpointError(f"{file}: tensor {key!r} also appears in {files[key]}")
+            tensors[key], files[key] = tensor, file
+    ckpt = _Checkpoint(path, tensors, files, _read_scale_fmt(path))
+    _normalize_names(ckpt)
+    return ckpt
+
+
+def _normalize_names(ckpt: _Checkpoint) -> None:
+    """DeepSeek's converted checkpoints (and DeepSeek-V4-Flash) name the block scale ``P.scale``."""
+    for key in [k for k in ckpt.tensors if k.endswith(".scale")]:
+        prefix = key[: -len(".scale")]
+        w = ckpt.tensors.get(f"{prefix}.weight")
+        new = f"{prefix}{SCALE_SUFFIX}"
+        if w is not None and w.dtype == FP8_DTYPE and new not in ckpt.tensors:
+            ckpt.tensors[new] = ckpt.tensors.pop(key)
+            ckpt.files[new] = ckpt.files.pop(key)
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning: check everything against the model, build the FP8 modules, change nothing yet.
+# ---------------------------------------------------------------------------------------------
+
+
+def _checked_scale(ckpt: _Checkpoint, key: str) -> torch.Tensor:
+    """The block scale ``key`` as float32 [ceil(N/128), ceil(K/128)]; finite and >= 0."""
+    scale = ckpt.tensors[key]
+    if scale.dtype == getattr(torch, "float8_e8m0fnu", None):
+        scale = scale.float()  # powers of two: exact
+    if scale.dtype != torch.float32:
+        raise CheckpointDtypeError(f"{ckpt.where(key)} has dtype {scale.dtype}, expected float32 (or float8_e8m0fnu)")
+    if not bool((torch.isfinite(scale) & (scale >= 0)).all()):
+        raise CheckpointError(f"{ckpt.where(key)}: block scales must be finite and >= 0 (found NaN, Inf or < 0)")
+    return scale
+
+
+def _checked_weight(ckpt: _Checkpoint, key: str) -> torch.Tensor:
+    """The FP8 weight ``key``: float8_e4m3fn [N, K]."""
+    weight = ckpt.tensors[key]
+    if weight.dtype != FP8_DTYPE:
+        raise CheckpointDtypeError(f"{ckpt.where(key)} has dtype {weight.dtype}, expected {FP8_DTYPE}")
+    if weight.dim() != 2:
+        raise CheckpointError(f"{ckpt.where(key)} has shape {tuple(weight.shape)}, expected 2-D [N, K]")
+    return weight
+
+
+def _check_grid(ckpt: _Checkpoint, key: str, scale: torch.Tensor, wkey: str, weight: torch.Tensor) -> None:
+    """The block scale ``key`` must be the [ceil(N/128), ceil(K/128)] grid of ``weight`` [N, K]."""
+    n, k = weight.shape
+    want = (ceil_div(n, 128), ceil_div(k, 128))
+    if tuple(scale.shape) != want:
+        raise CheckpointError(
+            f"{ckpt.where(key)} has shape {tuple(scale.shape)}, expected {want} "
+            f"for the [{n}, {k}] weight {wkey} in 128x128 blocks"
+        )
+
+
+def _linear_shape(module: nn.Module) -> tuple[int, int] | None:
+    """[N, K] of a module that can hold an FP8 weight, or None."""
+    if isinstance(module, FP8BlockLinear):
+        return module.out_features, module.in_features
+    w = _linear_weight_nk(module)
+    return None if w is None else (w.shape[0], w.shape[1])
+
+
+def _target_module(model: nn.Module, ckpt: _Checkpoint, prefix: str, weight: torch.Tensor) -> nn.Module:
+    """The model's linear at ``prefix``, checked to take ``weight`` [N, K]."""
+    wkey = f"{prefix}.weight"
+    try:
+        module = model.get_submodule(prefix)
+    except AttributeError as e:
+        raise CheckpointError(f"{ckpt.where(wkey)} has no module {prefix!r} in the model") from e
+    shape = _linear_shape(module)
+    if shape is None:
+        raise CheckpointError(f"{ckpt.where(wkey)} is FP8 but {prefix!r} is a {type(module).__name__}, not a linear")
+    if tuple(weight.shape) != shape:
+        raise CheckpointError(f"{ckpt.where(wkey)} has shape {tuple(weight.shape)}, the model expects {shape}")
+    return module
+
+
+def _checked_bias(ckpt: _Checkpoint, prefix: str, module: nn.Module, n: int) -> torch.Tensor | None:
+    """The stored bias [N] in the module's bias dtype, or None; its presence must match the module."""
+    key = f"{prefix}.bias"
+    bias = ckpt.tensors.get(key)
+    if (bias is None) != (module.bias is None):
+        raise CheckpointError(f"{ckpt.where(key)} is {'missing' if bias is None else 'unexpected'}")
+    if bias is None:
+        return None
+    if bias.dtype not in _HIGH_PRECISION:
+        raise CheckpointDtypeError(f"{ckpt.where(key)} has dtype {bias.dtype}, expected a float dtype")
+    if tuple(bias.shape) != (n,):
+        raise CheckpointError(f"{ckpt.where(key)} has shape {tuple(bias.shape)}, expected ({n},)")
+    return bias.to(module.bias.dtype)
+
+
+def _plan_fp8_module(model: nn.Module, ckpt: _Checkpoint, prefix: str) -> FP8BlockLinear:
+    """The ``FP8BlockLinear`` for ``prefix`` from its stored weight, scale and bias (bytes as stored)."""
+    skey, wkey = f"{prefix}{SCALE_SUFFIX}", f"{prefix}.weight"
+    if wkey not in ckpt.tensors:
+        raise CheckpointError(f"{ckpt.where(skey)} has no {wkey}")
+    weight, scale = _checked_weight(ckpt, wkey), _checked_scale(ckpt, skey)
+    _check_grid(ckpt, skey, scale, wkey, weight)
+    module = _target_module(model, ckpt, prefix, weight)
+    bias = _checked_bias(ckpt, prefix, module, weight.shape[0])
+    return FP8BlockLinear(weight, scale, bias, ckpt.scale_fmt)
+
+
+def _fp8_keys(prefix: str) -> tuple[str, str, str]:
+    return f"{prefix}.weight", f"{prefix}{SCALE_SUFFIX}", f"{prefix}.bias"
+
+
+def _check_high_precision(model: nn.Module, ckpt: _Checkpoint, fp8_prefixes: set[str]) -> dict[str, torch.Tensor]:
+    """The remaining (non-FP8) tensors, checked against the model's state dict: names, shapes, dtypes."""
+    covered = {key for prefix in fp8_prefixes for key in _fp8_keys(prefix)}
+    rest = {k: t for k, t in ckpt.tensors.items() if k not in covered}
+    expected = model.state_dict(keep_vars=True)
+    for key, tensor in sorted(rest.items()):
+        if tensor.dtype == FP8_DTYPE and key.endswith(".weight"):
+            raise CheckpointError(f"{ckpt.where(key)}: FP8 tensor {key} has no weight_scale_inv")
+        if key not in expected:
+            raise CheckpointError(f"{ckpt.where(key)}: unexpected tensor {key}")
+        want = expected[key]
+        if tuple(tensor.shape) != tuple(want.shape):
+            raise CheckpointError(
+                f"{ckpt.where(key)} has shape {tuple(tensor.shape)}, the model expects {tuple(want.shape)}"
+            )
+        same_kind = tensor.dtype in _HIGH_PRECISION if want.is_floating_point() else not tensor.is_floating_point()
+        if not same_kind:
+            raise CheckpointDtypeError(f"{ckpt.where(key)} has dtype {tensor.dtype}, the model holds {want.dtype}")
+    tied = _tied_names(model)
+    missing = [k for k in expected if k not in rest and k not in covered and k not in tied]
+    if missing:
+        raise CheckpointError(f"{ckpt.path}: missing tensor {missing[0]}")
+    return rest
 
 
 def load_quantized_(model: nn.Module, path: str | Path) -> list[str]:
     """Load a FineGrainedFP8 checkpoint into ``model`` in place; returns the converted module paths.
 
-    ``model`` is built from the checkpoint's config (high-precision modules). The FP8 bytes and
-    scales are used as stored (never requantized); ue8m0 scales stored as float8_e8m0fnu are
-    widened to float32 exactly.
+    ``model`` is built from the checkpoint's config (high-precision modules; ``FP8BlockLinear``
+    modules are replaced too). The FP8 bytes and scales are used as stored (never requantized);
+    ue8m0 scales stored as float8_e8m0fnu are widened to float32 exactly. Malformed checkpoints
+    raise ``CheckpointError`` (see the module docstring) before the model is changed.
     """
-    path = Path(path)
-    tensors = _normalize_names(_read_tensors(path))
-    scale_fmt = _scale_fmt(path)
-    converted: list[str] = []
-    for key in sorted(k for k in tensors if k.endswith(SCALE_SUFFIX)):
-        prefix = key[: -len(SCALE_SUFFIX)]
-        wkey = f"{prefix}.weight"
-        if wkey not in tensors:
-            raise ValueError(f"checkpoint: {key} has no {wkey}")
-        weight, scale = tensors.pop(wkey), tensors.pop(key)
-        if scale.dtype == getattr(torch, "float8_e8m0fnu", None):
-            scale = scale.float()  # powers of two: exact
-        check_weight_scale(weight, scale, (128, 128), name=wkey)
-        try:
-            module = model.get_submodule(prefix)
-        except AttributeError as e:
-            raise ValueError(f"checkpoint: {wkey} has no module {prefix!r} in the model") from e
-        w_nk = _linear_weight_nk(module)
-        if w_nk is None:
-            raise ValueError(f"checkpoint: {wkey} is FP8 but {prefix!r} is a {type(module).__name__}, not a linear")
-        if tuple(w_nk.shape) != tuple(weight.shape):
-            raise ValueError(f"checkpoint: {wkey} has shape {tuple(weight.shape)}, the model expects {tuple(w_nk.shape)}")
-        bias = tensors.pop(f"{prefix}.bias", None)
-        if (bias is None) != (module.bias is None):
-            raise ValueError(f"checkpoint: {prefix}.bias is {'missing' if bias is None else 'unexpected'}")
-        new = FP8BlockLinear(weight, scale, None if bias is None else bias.to(module.bias.dtype), scale_fmt)
-        parent, _, name = prefix.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, name, new)
-        converted.append(prefix)
-    stray = [k for k, t in tensors.items() if t.dtype == FP8_DTYPE]
-    if stray:
-        raise ValueError(f"checkpoint: FP8 tensor {stray[0]} has no weight_scale_inv")
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    missing = [k for k in missing if not k.endswith(SCALE_SUFFIX) and not _is_fp8_weight(model, k)]
-    tied = _tied_names(model)
-    missing = [k for k in missing if k not in tied]
-    if unexpected:
-        raise ValueError(f"checkpoint: unexpected tensor {unexpected[0]}")
-    if missing:
-        raise ValueError(f"checkpoint: missing tensor {missing[0]}")
-    return converted
-
-
-def _normalize_names(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """DeepSeek's converted checkpoints (and DeepSeek-V4-Flash) name the block scale ``P.scale``."""
-    for key in [k for k in tensors if k.endswith(".scale")]:
-        prefix = key[: -len(".scale")]
-        w = tensors.get(f"{prefix}.weight")
-        if w is not None and w.dtype == FP8_DTYPE and f"{prefix}{SCALE_SUFFIX}" not in tensors:
-            tensors[f"{prefix}{SCALE_SUFFIX}"] = tensors.pop(key)
-    return tensors
-
-
-def _is_fp8_weight(model: nn.Module, key: str) -> bool:
-    prefix, _, attr = key.rpartition(".")
-    try:
-        return isinstance(model.get_submodule(prefix), FP8BlockLinear) and attr in ("weight", "bias")
-    except AttributeError:
-        return False
+    ckpt = _read_checkpoint(Path(path))
+    prefixes = sorted(k[: -len(SCALE_SUFFIX)] for k in ckpt.tensors if k.endswith(SCALE_SUFFIX))
+    new_modules = {prefix: _plan_fp8_module(model, ckpt, prefix) for prefix in prefixes}
+    rest = _check_high_precision(model, ckpt, set(new_modules))
+    for prefix, module in new_modules.items():
+        _swap_module(model, prefix, module)
+    model.load_state_dict(rest, strict=False)
+    return prefixes
 
 
 def _tied_names(model: nn.Module) -> set[str]:

@@ -6,17 +6,36 @@
 frees the high-precision weight. Its forward calls ``torch.ops.fp8inductor.block_linear``, so it
 runs eagerly (CPU reference, CUDA Triton kernels) and under ``backend="fp8block"``, which sees the
 op and does not quantize again. Eligibility is the backend's (``fp8inductor.eligibility``).
+
+``convert_transformers_fp8_(model)`` swaps transformers' own FineGrainedFP8 ``FP8Linear`` modules
+(what ``from_pretrained`` keeps on an FP8 GPU) for ``FP8BlockLinear``, sharing their tensors.
+``release_bf16_weights(model)`` is the memory exit of the backend-only route: it converts the
+model with ``quantize_`` and drops every compiled graph, so neither the high-precision weights
+nor the graphs' own FP8 copies stay alive.
 """
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import nn
 
-from . import ops
-from .config import FP8BlockConfig
+from . import _compat, ops
+from .config import FP8BlockConfig, split_options
 from .eligibility import skip_reason
-from .reference import check_weight_scale
+from .reference import SCALE_FMTS, check_weight_scale
+
+# transformers' FineGrainedFP8 linear is recognised by its class name (``FP8Linear`` in every version
+# since 4.50, and in vendored copies of the integration); ``FP8GroupedLinear`` (block-diagonal),
+# ``FP8Experts`` and ``FP8Embedding`` are different operations and are left alone. The attribute
+# names differ between versions only in ways listed here; the first one present is used.
+_TRANSFORMERS_FP8_LINEAR = "FP8Linear"
+_SCALE_ATTRS = ("weight_scale_inv", "weight_scales_inv")
+_BLOCK_ATTRS = ("block_size", "weight_block_size")
+_BLOCK = (128, 128)
 
 
 class FP8BlockLinear(nn.Module):
@@ -31,7 +50,9 @@ class FP8BlockLinear(nn.Module):
     ) -> None:
         """weight: [N, K] float8_e4m3fn; weight_scale_inv: [ceil(N/128), ceil(K/128)] float32; bias: [N]."""
         super().__init__()
-        check_weight_scale(weight, weight_scale_inv, (128, 128), name="FP8BlockLinear")
+        check_weight_scale(weight, weight_scale_inv, _BLOCK, name="FP8BlockLinear")
+        if scale_fmt not in SCALE_FMTS:
+            raise ValueError(f"FP8BlockLinear: scale_fmt must be one of {SCALE_FMTS}, got {scale_fmt!r}")
         self.out_features, self.in_features = weight.shape
         self.scale_fmt = scale_fmt
         self.register_buffer("weight", weight)
@@ -47,6 +68,28 @@ class FP8BlockLinear(nn.Module):
         q, s = ops.quantize_weight(weight_nk.detach(), *config.weight_block_size, config.scale_fmt)
         return cls(q, s, None if bias is None else bias.detach().clone(), config.scale_fmt)
 
+    @classmethod
+    def from_transformers(cls, module: nn.Module, path: str, scale_fmt: str | None = None) -> FP8BlockLinear:
+        """A module sharing the tensors of transformers' ``FP8Linear`` ``module`` (no copy).
+
+        ``path`` names the module in errors. ``scale_fmt`` None: "ue8m0" when the scales are stored
+        as float8_e8m0fnu, else "float". e8m0 scales are widened to float32 (exact; the one copy,
+        [ceil(N/128), ceil(K/128)] floats); the weight and bias are always shared.
+        """
+        _check_transformers_fp8_linear(module, path)
+        weight = module.weight.detach()  # [N, K] float8_e4m3fn, same storage
+        scale = _first_attr(module, _SCALE_ATTRS, path).detach()  # [ceil(N/128), ceil(K/128)]
+        e8m0 = scale.dtype == getattr(torch, "float8_e8m0fnu", None)
+        if e8m0:
+            scale = scale.float()  # powers of two: exact
+        check_weight_scale(weight, scale, _BLOCK, name=f"{path}.weight")
+        if scale.device != weight.device:
+            raise ValueError(f"{path}: weight is on {weight.device} but its weight_scale_inv on {scale.device}")
+        bias = None if module.bias is None else module.bias.detach()  # [N]
+        if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+            raise ValueError(f"{path}.bias: shape {tuple(bias.shape)}, expected ({weight.shape[0]},)")
+        return cls(weight, scale, bias, scale_fmt or ("ue8m0" if e8m0 else "float"))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.block_linear(x, self.weight, self.weight_scale_inv, self.bias, 128, self.scale_fmt)
 
@@ -55,6 +98,103 @@ class FP8BlockLinear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.bias is not None}, scale_fmt={self.scale_fmt}"
         )
+
+
+def is_transformers_fp8_linear(module: nn.Module) -> bool:
+    """True for transformers' FineGrainedFP8 ``FP8Linear`` (any version; matched by class name)."""
+    return type(module).__name__ == _TRANSFORMERS_FP8_LINEAR and isinstance(
+        getattr(module, "weight", None), torch.Tensor
+    )
+
+
+def _first_attr(module: nn.Module, names: tuple[str, ...], path: str) -> Any:
+    for name in names:
+        if hasattr(module, name):
+            return getattr(module, name)
+    raise ValueError(f"{path}: {type(module).__name__} has none of the attributes {names}")
+
+
+def _check_transformers_fp8_linear(module: nn.Module, path: str) -> None:
+    """Clear errors for an ``FP8Linear`` that ``FP8BlockLinear`` cannot run as it is."""
+    block = _first_attr(module, _BLOCK_ATTRS, path)
+    if block is None:
+        raise ValueError(f"{path}: per-tensor FP8 (block_size None) is not supported; only 128x128 blocks")
+    if not isinstance(block, (tuple, list)) or tuple(block) != _BLOCK:
+        shown = tuple(block) if isinstance(block, (tuple, list)) else block
+        raise ValueError(f"{path}: block_size {shown!r} is not supported; only 128x128 blocks")
+    scheme = str(getattr(module, "activation_scheme", "dynamic")).lower()
+    if scheme != "dynamic":
+        raise ValueError(
+            f"{path}: activation_scheme {scheme!r} is not supported; only 'dynamic' (per-token 1x128 activation scales)"
+        )
+    if getattr(module, "activation_scale", None) is not None:
+        raise ValueError(f"{path}: a stored (static) activation_scale is not supported; only dynamic activation scales")
+    if module.weight.is_meta:
+        raise ValueError(f"{path}: the weight is on the meta device (not loaded yet)")
+
+
+def _declared_scale_fmt(model: nn.Module) -> str | None:
+    """``scale_fmt`` of the model's transformers ``quantization_config`` (object or dict), if any."""
+    qc = getattr(getattr(model, "config", None), "quantization_config", None)
+    fmt = qc.get("scale_fmt") if isinstance(qc, Mapping) else getattr(qc, "scale_fmt", None)
+    return fmt if fmt in SCALE_FMTS else None
+
+
+def _plan_transformers_fp8(
+    model: nn.Module, skip: FP8BlockConfig | None, scale_fmt: str | None
+) -> tuple[list[tuple[str, FP8BlockLinear]], dict[str, str]]:
+    """Build (path, replacement) for every ``FP8Linear`` of ``model`` without changing it.
+
+    A module reachable by several paths gets one replacement used at each path. Modules that
+    ``skip.modules_to_not_convert`` matches are left out: {path: reason}.
+    """
+    if scale_fmt is not None and scale_fmt not in SCALE_FMTS:
+        raise ValueError(f"scale_fmt must be one of {SCALE_FMTS} or None, got {scale_fmt!r}")
+    scale_fmt = scale_fmt or _declared_scale_fmt(model)
+    swaps: list[tuple[str, FP8BlockLinear]] = []
+    skipped: dict[str, str] = {}
+    made: dict[int, FP8BlockLinear] = {}
+    for path, module in model.named_modules(remove_duplicate=False):
+        if not is_transformers_fp8_linear(module):
+            continue
+        entry = skip.skips_module(path) if skip is not None else None
+        if entry is not None:
+            skipped[path] = f"modules_to_not_convert entry {entry!r}"
+            continue
+        if id(module) not in made:
+            made[id(module)] = FP8BlockLinear.from_transformers(module, path, scale_fmt)
+        swaps.append((path, made[id(module)]))
+    return swaps, skipped
+
+
+def _swap_module(model: nn.Module, path: str, new: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, name, new)
+
+
+def convert_transformers_fp8_(model: nn.Module, scale_fmt: str | None = None) -> list[str]:
+    """Swap transformers' FineGrainedFP8 ``FP8Linear`` modules for ``FP8BlockLinear``; returns their paths.
+
+    transformers keeps ``FP8Linear`` modules when it loads a ``FineGrainedFP8Config`` checkpoint on
+    an FP8 GPU; their forward fetches its GEMM kernel from the Hugging Face Hub at run time
+    (``kernels``), which fails offline. After this call the model runs on fp8inductor's ops (CPU
+    reference, Triton on CUDA), eagerly or under ``torch.compile(backend="fp8block")`` (which sees
+    them as FP8 already and quantizes nothing again); nothing is downloaded.
+
+    The new modules share the ``FP8Linear`` tensors (same storage: ``weight`` float8_e4m3fn [N, K],
+    ``weight_scale_inv`` float32 [ceil(N/128), ceil(K/128)], ``bias`` [N]); only float8_e8m0fnu
+    scales are widened to a new float32 tensor. ``scale_fmt`` None takes the model's
+    ``config.quantization_config.scale_fmt``, else "ue8m0" for e8m0 scales, else "float".
+
+    Every module is checked before any is replaced: an unsupported block size (only 128x128), a
+    static activation scheme, a weight on the meta device, or wrong dtypes/shapes raise
+    ValueError/TypeError naming the module path, and the model is left unchanged.
+    ``FP8GroupedLinear``, ``FP8Experts`` and ``FP8Embedding`` are not converted.
+    """
+    swaps, _ = _plan_transformers_fp8(model, None, scale_fmt)
+    for path, new in swaps:
+        _swap_module(model, path, new)
+    return [path for path, _ in swaps]
 
 
 def _linear_weight_nk(module: nn.Module) -> torch.Tensor | None:
@@ -71,10 +211,16 @@ def quantize_(model: nn.Module, config: FP8BlockConfig | None = None) -> dict[st
 
     The high-precision weights of converted modules are dropped from the model (their storage is
     freed once nothing else references it; tied weights stay alive through their other user).
+    transformers ``FP8Linear`` modules (already FP8) are converted as ``convert_transformers_fp8_``
+    does, sharing their tensors and keeping their checkpoint's scale format, unless
+    ``modules_to_not_convert`` matches them; ``min_in_features``/``min_out_features`` do not apply
+    to them (there is nothing to quantize).
     """
     config = config or FP8BlockConfig()
-    skipped: dict[str, str] = {}
+    fp8_swaps, skipped = _plan_transformers_fp8(model, config, None)
     for path, module in list(model.named_modules()):
+        if is_transformers_fp8_linear(module):
+            continue
         w = _linear_weight_nk(module)
         if w is None:
             continue
@@ -83,8 +229,51 @@ def quantize_(model: nn.Module, config: FP8BlockConfig | None = None) -> dict[st
         if reason is not None:
             skipped[path] = reason
             continue
-        new = FP8BlockLinear.from_weight(w, module.bias, config)
-        parent_path, _, name = path.rpartition(".")
-        parent = model.get_submodule(parent_path) if parent_path else model
-        setattr(parent, name, new)
+        _swap_module(model, path, FP8BlockLinear.from_weight(w, module.bias, config))
+    for path, new in fp8_swaps:
+        _swap_module(model, path, new)
     return skipped
+
+
+def release_bf16_weights(
+    model: nn.Module, config: FP8BlockConfig | Mapping[str, Any] | None = None
+) -> dict[str, str]:
+    """Free the high-precision weights that a ``backend="fp8block"`` compile leaves in ``model``.
+
+    Compiling a bf16 model with the backend quantizes the weights into the compiled graph (Inductor
+    freezing) while ``model`` keeps its bf16 parameters: both copies stay alive. This converts
+    ``model`` in place with ``quantize_`` (the same ``torch.ops.fp8inductor.quantize_weight``, so
+    the FP8 bytes equal the compiled graph's) and then drops every compiled graph of the process
+    (``torch.compiler.reset()`` plus Inductor's in-memory module cache, which holds the frozen
+    FP8 constants). The next call of the compiled model recompiles against the FP8 modules (same
+    output) and quantizes nothing.
+
+    Global: every other ``torch.compile``d function in the process recompiles on its next call.
+    ``config``: the ``FP8BlockConfig`` or the ``torch.compile`` ``options`` dict the model was
+    compiled with (``modules_to_not_convert``, ``scale_fmt``); Inductor options in it are ignored.
+    ``model`` may be the ``torch.compile`` wrapper. Returns ``quantize_``'s {path: skip reason}.
+    """
+    model = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule wraps the model
+    skipped = quantize_(model, _as_config(config))
+    _drop_compiled_graphs()
+    return skipped
+
+
+def _as_config(config: FP8BlockConfig | Mapping[str, Any] | None) -> FP8BlockConfig:
+    if config is None or isinstance(config, FP8BlockConfig):
+        return config or FP8BlockConfig()
+    options = {k: v for k, v in config.items() if k != "mode"}
+    return split_options(options)[0]
+
+
+def _drop_compiled_graphs() -> None:
+    """Drop every compiled graph of the process and the constants (frozen weights) they hold.
+
+    ``torch.compiler.reset()`` clears Dynamo's caches, but Inductor's ``PyCodeCache`` (and
+    ``sys.modules``) keep each loaded output module, whose globals hold the frozen constants.
+    """
+    torch.compiler.reset()
+    _compat.forget_inductor_output_modules()
+    for _ in range(4):  # compiled graphs sit in reference cycles whose finalizers free further cycles
+        if not gc.collect():
+            break

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import gc
 import json
+import weakref
 
 import pytest
 import torch
@@ -92,11 +95,11 @@ KEY = "model.layers.0.mlp.up_proj"
         (lambda t: t.pop(f"{KEY}.weight_scale_inv"), f"FP8 tensor {KEY}.weight has no weight_scale_inv"),
         (lambda t: t.pop(f"{KEY}.weight"), f"{KEY}.weight_scale_inv has no {KEY}.weight"),
         (lambda t: t.__setitem__(f"{KEY}.weight_scale_inv", t[f"{KEY}.weight_scale_inv"][:1]),
-         rf"{KEY}.weight: weight_scale_inv has shape \(1, 2\), expected \(4, 2\)"),
+         rf"{KEY}.weight_scale_inv has shape \(1, 2\), expected \(4, 2\)"),
         (lambda t: t.__setitem__(f"{KEY}.weight_scale_inv", t[f"{KEY}.weight_scale_inv"].double()),
-         f"{KEY}.weight: weight_scale_inv must be float32"),
+         rf"{KEY}.weight_scale_inv has dtype torch.float64, expected float32"),
         (lambda t: t.__setitem__(f"{KEY}.weight", t[f"{KEY}.weight"][:, :128].contiguous()),
-         rf"{KEY}.weight: weight_scale_inv has shape \(4, 2\), expected \(4, 1\)"),
+         rf"{KEY}.weight_scale_inv has shape \(4, 2\), expected \(4, 1\)"),
         (lambda t: t.__setitem__("model.layers.0.mlp.extra.weight_scale_inv", torch.ones(1, 1)),
          "has no model.layers.0.mlp.extra.weight"),
         (lambda t: t.__setitem__("model.bogus", torch.ones(3)), "unexpected tensor model.bogus"),
@@ -182,3 +185,218 @@ def test_round_trip_on_cuda(tmp_path):
     # Triton kernels vs the CPU reference: same quantized weights; bf16 intermediates may round apart.
     # Measured 0.03-0.05 between Inductor and eager on the CPU for the same reason (test_models.py).
     assert fp8inductor.testing.rel_err(y_loaded.cpu(), y_cpu) < 0.1
+
+
+# ---------------------------------------------------------------------------------------------
+# transformers' own FP8Linear modules -> FP8BlockLinear (tensors shared)
+# ---------------------------------------------------------------------------------------------
+
+
+def _hf_fp8_model(name):
+    """(bf16 model, the same model with transformers FP8Linear modules holding our quantized bytes, inputs, n)."""
+    from transformers import FineGrainedFP8Config
+    from transformers.integrations.finegrained_fp8 import replace_with_fp8_linear
+
+    torch.manual_seed(0)
+    model, inputs, n = zoo.MODELS[name](torch.bfloat16)
+    hf = copy.deepcopy(model)
+    # On the CPU transformers creates the FP8Linear modules on the meta device; its loader would fill them.
+    replace_with_fp8_linear(hf, ["lm_head"], FineGrainedFP8Config(weight_block_size=[128, 128]))
+    for path, mod in hf.named_modules():
+        if type(mod).__name__ == "FP8Linear":
+            src = model.get_submodule(path)
+            q, s = fp8inductor.quantize_weight(src.weight.detach())
+            mod.weight = torch.nn.Parameter(q, requires_grad=False)
+            mod.weight_scale_inv = torch.nn.Parameter(s, requires_grad=False)
+            if src.bias is not None:
+                mod.bias = torch.nn.Parameter(src.bias.detach().clone(), requires_grad=False)
+    return model, hf, inputs, n
+
+
+def _fp8_linear_tensors(model):
+    """{path: (weight, weight_scale_inv, bias)} of the transformers FP8Linear modules."""
+    return {
+        path: (mod.weight, mod.weight_scale_inv, mod.bias)
+        for path, mod in model.named_modules()
+        if type(mod).__name__ == "FP8Linear"
+    }
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2"])  # qwen2: q/k/v projections with bias
+def test_convert_transformers_fp8_shares_tensors_and_matches_quantize_(name):
+    model, hf, inputs, n = _hf_fp8_model(name)
+    before = _fp8_linear_tensors(hf)
+    assert len(before) == n
+    converted = fp8inductor.convert_transformers_fp8_(hf)
+    assert sorted(converted) == sorted(before)
+    for path, (weight, scale, bias) in before.items():
+        new = hf.get_submodule(path)
+        assert isinstance(new, FP8BlockLinear) and new.scale_fmt == "float"
+        assert new.weight.data_ptr() == weight.data_ptr(), path  # shared, not copied
+        assert new.weight_scale_inv.data_ptr() == scale.data_ptr(), path
+        assert (new.bias is None) == (bias is None) and (bias is None or new.bias.data_ptr() == bias.data_ptr())
+    assert not _fp8_linear_tensors(hf)
+    ours = copy.deepcopy(model)
+    fp8inductor.quantize_(ours)
+    with torch.no_grad():
+        assert torch.equal(zoo.main_output(hf(**inputs)), zoo.main_output(ours(**inputs)))
+        torch._dynamo.reset()
+        y_hf = zoo.main_output(torch.compile(hf, backend="fp8block")(**inputs))
+        assert not fp8inductor.last_report().converted  # FP8 already: nothing quantized again
+        torch._dynamo.reset()
+        y_ours = zoo.main_output(torch.compile(ours, backend="fp8block")(**inputs))
+    torch._dynamo.reset()
+    assert torch.equal(y_hf, y_ours)
+
+
+def test_quantize_converts_fp8linear_modules_too_unless_told_not_to():
+    model, hf, inputs, n = _hf_fp8_model("llama")
+    before = _fp8_linear_tensors(hf)
+    keep = "model.layers.1.mlp.down_proj"
+    skipped = fp8inductor.quantize_(hf, fp8inductor.FP8BlockConfig(modules_to_not_convert=("lm_head", keep)))
+    assert skipped[keep] == f"modules_to_not_convert entry {keep!r}"
+    assert type(hf.get_submodule(keep)).__name__ == "FP8Linear"
+    assert set(_fp8_linear_tensors(hf)) == {keep}
+    for path, (weight, _, _) in before.items():
+        if path != keep:
+            assert hf.get_submodule(path).weight.data_ptr() == weight.data_ptr(), path
+    assert "lm_head" in skipped  # the bf16 lm_head: skipped as before
+
+
+def test_convert_transformers_fp8_ue8m0_scales():
+    from transformers.integrations.finegrained_fp8 import FP8Linear
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = FP8Linear(256, 576, block_size=(128, 128), scale_fmt="ue8m0")
+
+    w = torch.randn(576, 256) / 16
+    q, s = fp8inductor.quantize_weight(w, scale_fmt="ue8m0")
+    block = Block()
+    block.proj.weight = torch.nn.Parameter(q, requires_grad=False)
+    block.proj.weight_scale_inv = torch.nn.Parameter(s.to(torch.float8_e8m0fnu), requires_grad=False)
+    assert fp8inductor.convert_transformers_fp8_(block) == ["proj"]
+    assert block.proj.scale_fmt == "ue8m0" and block.proj.weight.data_ptr() == q.data_ptr()
+    assert torch.equal(block.proj.weight_scale_inv, s)  # e8m0 widened to float32 exactly
+    x = torch.randn(3, 256)
+    assert torch.equal(block.proj(x), fp8inductor.block_fp8_linear(x, q, s, scale_fmt="ue8m0"))
+
+
+def _fp8_linear(**kw):
+    from transformers.integrations.finegrained_fp8 import FP8Linear
+
+    mod = FP8Linear(256, 384, **{"block_size": (128, 128), **kw})
+    q, s = fp8inductor.quantize_weight(torch.randn(384, 256))
+    mod.weight = torch.nn.Parameter(q, requires_grad=False)
+    if mod.weight_scale_inv.dim() == 2:
+        mod.weight_scale_inv = torch.nn.Parameter(s, requires_grad=False)
+    return mod
+
+
+def _break_scale_shape(mod):
+    mod.weight_scale_inv = torch.nn.Parameter(torch.ones(1, 1), requires_grad=False)
+
+
+def _break_weight_dtype(mod):
+    mod.weight = torch.nn.Parameter(torch.zeros(384, 256, dtype=torch.bfloat16), requires_grad=False)
+
+
+def _break_scale_dtype(mod):
+    mod.weight_scale_inv = torch.nn.Parameter(mod.weight_scale_inv.double(), requires_grad=False)
+
+
+def _meta_weight(mod):
+    mod.weight = torch.nn.Parameter(torch.empty(384, 256, dtype=torch.float8_e4m3fn, device="meta"))
+
+
+@pytest.mark.parametrize(
+    "kw,edit,error,match",
+    [
+        ({"block_size": (64, 64)}, None, ValueError, r"b\.proj: block_size \(64, 64\) is not supported"),
+        ({"block_size": None}, None, ValueError, r"b\.proj: per-tensor FP8 \(block_size None\)"),
+        ({"activation_scheme": "static"}, None, ValueError, r"b\.proj: activation_scheme 'static' is not supported"),
+        ({}, _break_scale_shape, ValueError, r"b\.proj\.weight: weight_scale_inv has shape \(1, 1\), expected \(3, 2\)"),
+        ({}, _break_weight_dtype, TypeError, r"b\.proj\.weight: FP8 weight must be torch\.float8_e4m3fn"),
+        ({}, _break_scale_dtype, TypeError, r"b\.proj\.weight: weight_scale_inv must be float32"),
+        ({}, _meta_weight, ValueError, r"b\.proj: the weight is on the meta device"),
+    ],
+)
+def test_convert_transformers_fp8_errors_name_the_module_and_change_nothing(kw, edit, error, match):
+    model = torch.nn.Module()
+    model.a = _fp8_linear()  # valid: must stay an FP8Linear when another module fails
+    model.b = torch.nn.Module()
+    model.b.proj = _fp8_linear(**kw)
+    if edit is not None:
+        edit(model.b.proj)
+    with pytest.raises(error, match=match):
+        fp8inductor.convert_transformers_fp8_(model)
+    assert type(model.a).__name__ == "FP8Linear"
+    with pytest.raises(error, match=match):
+        fp8inductor.quantize_(model)  # quantize_ converts FP8Linear modules the same way
+    assert type(model.a).__name__ == "FP8Linear"
+
+
+# ---------------------------------------------------------------------------------------------
+# Backend-only route: bf16 model in, FP8 in the compiled graph; release_bf16_weights
+# ---------------------------------------------------------------------------------------------
+
+
+def _live_fp8_tensors() -> list[torch.Tensor]:
+    """Every plain (not fake, not meta) float8_e4m3fn tensor the garbage collector can see."""
+    gc.collect()
+    return [
+        o
+        for o in gc.get_objects()
+        if type(o) in (torch.Tensor, torch.nn.Parameter) and o.dtype == torch.float8_e4m3fn and not o.is_meta
+    ]
+
+
+def _linear_paths(model):
+    return [p for p, m in model.named_modules() if isinstance(m, torch.nn.Linear) and p != "lm_head"]
+
+
+@pytest.mark.usefixtures("fresh_dynamo")
+def test_release_bf16_weights_frees_both_copies_and_recompiles_to_the_same_output():
+    torch.manual_seed(0)
+    model, inputs, n = zoo.llama()
+    paths = _linear_paths(model)
+    bf16_weights = [weakref.ref(model.get_submodule(p).weight) for p in paths]
+    preexisting = {id(t) for t in _live_fp8_tensors()}
+    with torch.no_grad():
+        fast = torch.compile(model, backend="fp8block")
+        y = zoo.main_output(fast(**inputs))
+        assert len(fp8inductor.last_report().converted) == n
+        graph_fp8 = [weakref.ref(t) for t in _live_fp8_tensors() if id(t) not in preexisting]
+        assert len(graph_fp8) >= n  # the compiled graph's own FP8 weights
+
+        skipped = fp8inductor.release_bf16_weights(fast)  # the torch.compile wrapper is accepted
+
+        assert set(skipped) == {"lm_head"}
+        assert all(isinstance(model.get_submodule(p), FP8BlockLinear) for p in paths)
+        assert all(r() is None for r in bf16_weights)  # nothing holds the bf16 weights any more
+        assert all(r() is None for r in graph_fp8)  # nor the old graph's FP8 copies
+        assert torch.equal(zoo.main_output(fast(**inputs)), y)  # same bytes: same output, bit for bit
+        assert not fp8inductor.last_report().converted  # recompiled against FP8 modules: no requantization
+        longer = torch.randint(0, 512, (2, 19), generator=torch.Generator().manual_seed(1))
+        y_longer = zoo.main_output(fast(input_ids=longer))  # a new shape recompiles
+        eager = zoo.main_output(model(input_ids=longer))
+    assert y_longer.shape == (2, 19, 512)
+    assert fp8inductor.testing.rel_err(y_longer, eager) < 0.08  # Inductor vs eager bf16 rounding (test_models)
+
+
+@pytest.mark.usefixtures("fresh_dynamo")
+def test_in_place_weight_update_after_compile_is_stale_until_released():
+    torch.manual_seed(0)
+    model, inputs, _ = zoo.llama()
+    with torch.no_grad():
+        fast = torch.compile(model, backend="fp8block")
+        y = zoo.main_output(fast(**inputs))
+        model.model.layers[0].mlp.up_proj.weight.data.mul_(2)
+        # Documented pitfall: the compiled graph holds FP8 constants frozen at compile time.
+        assert torch.equal(zoo.main_output(fast(**inputs)), y)
+        fp8inductor.release_bf16_weights(fast)  # quantizes the updated weights and recompiles
+        y_new = zoo.main_output(fast(**inputs))
+        eager = zoo.main_output(model(**inputs))
+    assert fp8inductor.testing.rel_err(y_new, eager) < 0.08
+    assert fp8inductor.testing.rel_err(y_new, y) > 4 * fp8inductor.testing.rel_err(y_new, eager)
