@@ -6,6 +6,11 @@
 ``<!-- END bench_gemm -->``
 (creating the file, with an introduction on the method, if it does not exist; appending the section
 if the markers are missing). ``bench_gemm.py`` uses the same functions for its ``.md`` and ``.png``.
+
+    python benchmarks/render_docs.py --section model [docs/bench_model.json] [--png docs/bench_model.png] [--replot]
+
+writes the "Model level" section (markers ``bench_model``) and its plot from ``bench_model.json``
+(``benchmarks/bench_model.py``); it draws the plot when it is missing or with ``--replot``.
 Needs no GPU and no torch; matplotlib only for the plot.
 """
 
@@ -320,15 +325,433 @@ def update_docs(docs_path: Path, section: str, name: str = "bench_gemm") -> None
     docs_path.write_text(text)
 
 
+# ---------------------------------------------------------------------------------------------- model level
+# The "Model level" section, from bench_model.json (benchmarks/bench_model.py): `render_docs.py --section model`.
+MODEL_SECTION = "bench_model"
+MODEL_TITLE = "Model level"
+MODEL_DEFAULT_JSON = REPO_ROOT / "docs" / "bench_model.json"
+MODEL_BASELINE = "compile_bf16"
+# Targets of the FP8 rows against compile_bf16 (issue 4): speedups at least, compile-time ratio at most.
+MODEL_TARGETS = {"prefill": 1.4, "decode_b1": 1.6, "compile": 1.5}
+GIB = 2**30
+
+MODEL_METHOD = """* **Model**: transformers `LlamaForCausalLM` with {dims} but **{layers_text}**; random bf16 weights made on the device (linears `randn / sqrt(K)`, embeddings
+  `randn`, seed {seed}), SDPA attention, `eval()` under `torch.{grad_mode}()`. Each row runs in its own
+  process; Inductor and Triton caches: {caches}.
+* **Rows**: `eager_bf16`; `compile_bf16` (`torch.compile`, Inductor, no fp8inductor import in the
+  process); `compile_bf16_max_autotune` (prefill `max-autotune-no-cudagraphs`, decode `max-autotune`);
+  `fp8block` (the bf16 model compiled with `backend="fp8block"`: weights quantized at compile time);
+  `fp8block_quantized` (`quantize_(model)` first, then `backend="fp8block"`); `fp8block_max_autotune`
+  (as `fp8block`, modes as the bf16 max-autotune row, through `options={{"mode": ...}}`).
+* **Prefill**: one forward of the whole prompt (no cache, `logits_to_keep=1`: logits of the last
+  position only) at batch x length {prefill}; tokens/s = batch x length / time. Compiled rows: default
+  mode, static shapes (one graph per shape), no CUDA graphs.
+* **Decode**: one step of B new tokens (B = {batches}) against a transformers `StaticCache` of
+  {cache_len} positions (filled with random keys/values), written at position {pos}, attention over
+  positions 0..{pos} (4-D mask); the step resets the cache's length counters first (one small launch),
+  so every replay is the same step. CUDA graphs: compiled rows use Inductor's (`mode="reduce-overhead"`,
+  for fp8block `options={{"mode": "reduce-overhead"}}`; max-autotune rows `max-autotune`), eager captures
+  the step in a `torch.cuda.CUDAGraph` by hand. tokens/s = B / step time.
+* **Timing**: `triton.testing.do_bench` median (warmup {warmup_ms} ms, rep {rep_ms} ms) after the compiling
+  and capturing calls.
+* **Compile**: wall time of the calls that compile, per phase: prefill = first call of each shape;
+  decode = first call + the two calls that warm up and record the CUDA graph, per batch (eager: capture
+  only). Peak = `max_memory_allocated` over those calls (reset before each phase).
+* **Memory**: "steady" = `memory_allocated` after the prefill phase (model + compiled graphs' constants;
+  no KV cache, no activations). "held for linears" = steady minus the embedding, `lm_head` and norms as
+  stored in bf16 (counted from the model's tensors), i.e. what holds the decoder layers' linear weights,
+  as a fraction of those weights in bf16 ({linear_gib:.2f} GiB). "decode" = `memory_allocated` after the
+  decode phase minus the KV caches (adds the CUDA graph pools).
+* **decode b1 weights TB/s**: the weight bytes a step reads (decoder linears, FP8 rows: FP8 + scales;
+  the bf16 `lm_head`, which fp8block leaves unconverted) / batch-1 step time; the H100 copies about
+  3.0 TB/s. With a bf16 `lm_head` of {lm_head_gib:.2f} GiB beside {linear_gib:.2f} GiB of bf16 linears, FP8 can
+  speed a bandwidth-bound step up by at most {ceiling:.2f}x at this depth.
+* **Correctness**: each row's logits (last prefill position, first decode step) against eager bf16 of
+  the same model in the same process, relative Frobenius error; flagged above {flag}. For scale: one
+  FP8 linear on this data (`randn` x, `randn / sqrt(K)` W, K = 4096) is 3.7e-2 from the exact product
+  (bf16: 1.7e-3), and the error grows with depth. `fp8block_quantized` is also compared with eager
+  logits of its own quantized model (in parentheses): same FP8 weights, so what remains is compile
+  noise, which FP8 rounding of the activations amplifies."""
+
+
+def model_metric_keys(report: dict) -> list[tuple[str, str]]:
+    """(key, label) of the tokens/s metrics, in table order: the prefill shapes, then the decode batches."""
+    shapes = report["meta"]["shapes"]
+    keys = [(f"prefill_{b}x{s}", f"prefill {b}x{s}") for b, s in shapes["prefill"]]
+    keys += [(f"decode_b{b}", f"decode b{b}") for b in shapes["decode_batches"]]
+    return keys
+
+
+def model_tokens_per_s(row: dict | None, key: str) -> float | None:
+    if row is None:
+        return None
+    phase = "prefill" if key.startswith("prefill") else "decode"
+    return ((row.get(phase) or {}).get(key) or {}).get("tokens_per_s")
+
+
+def model_compile_s(row: dict | None) -> float | None:
+    """Prefill + decode compile (and capture) seconds of a compiled row; None for eager or when missing."""
+    if row is None or row.get("backend") in (None, "eager"):
+        return None
+    parts = [row.get("prefill_compile_s"), row.get("decode_compile_s")]
+    parts = [p for p in parts if p is not None]
+    return sum(parts) if parts else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b and b > 0 else None
+
+
+def model_ratios(report: dict) -> dict[str, dict[str, float | None]]:
+    """row -> metric key (tokens/s keys, 'compile') -> ratio vs compile_bf16 (tokens/s: higher is better;
+    compile: row time / baseline time, lower is better)."""
+    base = report["rows"].get(MODEL_BASELINE)
+    out = {}
+    for name, row in report["rows"].items():
+        r = {
+            key: _ratio(model_tokens_per_s(row, key), model_tokens_per_s(base, key))
+            for key, _ in model_metric_keys(report)
+        }
+        r["compile"] = _ratio(model_compile_s(row), model_compile_s(base))
+        out[name] = r
+    return out
+
+
+def _held_for_linears(row: dict) -> tuple[float | None, float | None]:
+    """(bytes held for the decoder linears after setup, as a fraction of those linears in bf16)."""
+    model = row.get("model") or {}
+    steady = row.get("steady_prefill_bytes")
+    if steady is None or not model.get("linear_bf16_bytes"):
+        return None, None
+    held = steady - model["embed_bytes"] - model["lm_head_bytes"] - model["other_bytes"]
+    return held, held / model["linear_bf16_bytes"]
+
+
+def _decode_weight_bytes(row: dict) -> int | None:
+    """Weight bytes one decode step reads: the decoder linears (FP8 rows: half, + 1/8192 for the fp32
+    block scales) and the bf16 lm_head; embedding row reads, norms and the KV cache left out."""
+    model = row.get("model") or {}
+    if not model.get("linear_bf16_bytes"):
+        return None
+    linear = model["linear_bf16_bytes"]
+    if row.get("fp8"):
+        linear = linear // 2 + linear // 2 // (128 * 128) * 4
+    return linear + model["lm_head_bytes"]
+
+
+def model_decode_b1_tbps(row: dict, key: str = "decode_b1") -> float | None:
+    """Weight bytes per batch-1 decode step / step time, TB/s (H100 copy ceiling: about 3.0)."""
+    entry = (row.get("decode") or {}).get(key) or {}
+    nbytes = _decode_weight_bytes(row)
+    if nbytes is None or not entry.get("median_ms"):
+        return None
+    return nbytes / (entry["median_ms"] * 1e-3) / 1e12
+
+
+def _max_err(row: dict, key: str = "rel_err") -> float | None:
+    errs = [e.get(key) for phase in ("prefill", "decode") for e in (row.get(phase) or {}).values()]
+    errs = [e for e in errs if e is not None]
+    return max(errs) if errs else None
+
+
+def _fmt_tok(v: float | None) -> str:
+    return "–" if v is None else f"{v:,.0f}"
+
+
+def _fmt_gib(v: float | None) -> str:
+    return "–" if v is None else f"{v / GIB:.2f}"
+
+
+def _fmt_x(v: float | None) -> str:
+    return "–" if v is None else f"{v:.2f}x"
+
+
+def _row_status_cell(name: str, row: dict) -> str:
+    status = row.get("status", "?")
+    return name if status == "ok" else f"{name} ({status})"
+
+
+def model_tables(report: dict) -> list[tuple[list[str], list[list[str]]]]:
+    """Throughput table (tokens/s, ratio vs compile_bf16) and compile/memory/accuracy table."""
+    keys = model_metric_keys(report)
+    ratios = model_ratios(report)
+    t1_head = ["row", *(f"{label} tok/s" for _, label in keys)]
+    t1 = []
+    for name, row in report["rows"].items():
+        cells = []
+        for key, _ in keys:
+            v = model_tokens_per_s(row, key)
+            r = ratios[name][key]
+            cells.append(_fmt_tok(v) + (f" ({r:.2f}x)" if r is not None and v is not None else ""))
+        t1.append([_row_status_cell(name, row), *cells])
+    t2_head = [
+        "row",
+        "compile s prefill / decode",
+        "compile vs compile_bf16",
+        "peak GiB prefill / decode",
+        "steady GiB",
+        "held for linears GiB (/ bf16)",
+        "decode − KV GiB",
+        "decode b1 weights TB/s",
+        "max rel. err vs eager bf16 (same FP8 weights)",
+    ]
+    t2 = []
+    for name, row in report["rows"].items():
+        compiled = row.get("backend") not in (None, "eager")
+        cp, cd = row.get("prefill_compile_s"), row.get("decode_compile_s")
+        comp = f"{_fmt(cp, '.1f')} / {_fmt(cd, '.1f')}" if compiled else "– / –"
+        peak = f"{_fmt_gib(row.get('prefill_compile_peak_bytes'))} / {_fmt_gib(row.get('decode_compile_peak_bytes'))}"
+        held, frac = _held_for_linears(row)
+        dec = row.get("steady_decode_bytes")
+        dec_kv = dec - row.get("kv_cache_bytes", 0) if dec is not None else None
+        t2.append(
+            [
+                _row_status_cell(name, row),
+                comp,
+                _fmt_x(ratios[name]["compile"]),
+                peak,
+                _fmt_gib(row.get("steady_prefill_bytes")),
+                f"{_fmt_gib(held)} ({frac:.2f})" if frac is not None else "–",
+                _fmt_gib(dec_kv),
+                _fmt(model_decode_b1_tbps(row), ".2f"),
+                _fmt(_max_err(row), ".1e")
+                + (
+                    f" ({_fmt(_max_err(row, 'rel_err_same_weights'), '.1e')})"
+                    if _max_err(row, "rel_err_same_weights")
+                    else ""
+                ),
+            ]
+        )
+    return [(t1_head, t1), (t2_head, t2)]
+
+
+def model_target_lines(report: dict) -> list[str]:
+    """The FP8 rows against the targets (prefill >= 1.4x, batch-1 decode >= 1.6x, compile <= 1.5x)."""
+    ratios = model_ratios(report)
+    if MODEL_BASELINE not in report["rows"]:
+        return [f"no {MODEL_BASELINE} row: no ratios"]
+    lines = []
+    for name, row in report["rows"].items():
+        if not row.get("fp8"):
+            continue
+        parts = []
+        for key, label in model_metric_keys(report):
+            target = MODEL_TARGETS["prefill"] if key.startswith("prefill") else MODEL_TARGETS.get(key)
+            if target is None:
+                continue
+            r = ratios[name][key]
+            verdict = "–" if r is None else ("met" if r >= target else "missed")
+            parts.append(f"{label} {_fmt_x(r)} (>= {target}x: {verdict})")
+        r = ratios[name]["compile"]
+        verdict = "–" if r is None else ("met" if r <= MODEL_TARGETS["compile"] else "missed")
+        parts.append(f"compile time {_fmt_x(r)} (<= {MODEL_TARGETS['compile']}x: {verdict})")
+        lines.append(f"`{name}` vs `{MODEL_BASELINE}`: " + "; ".join(parts))
+    return lines
+
+
+def model_notes(report: dict) -> list[str]:
+    lines = []
+    for run in report["meta"].get("runs", []):
+        for name in run.get("rows", []):
+            if name not in report["rows"]:
+                why = "skipped: the run's --budget-s ran out" if name in run.get("skipped", []) else "skipped or failed"
+                lines.append(f"`{name}`: requested in the run of {run.get('date')}, not measured ({why})")
+    for name, row in report["rows"].items():
+        for where, msg in (row.get("errors") or {}).items():
+            lines.append(f"`{name}` {where}: {msg.splitlines()[0] if msg else ''}"[:400])
+        for flag in row.get("flags") or []:
+            lines.append(f"`{name}` flag: {flag}")
+        for key, entry in (row.get("decode") or {}).items():
+            if entry.get("graph"):
+                lines.append(f"`{name}` {key}: CUDA graph: {entry['graph']}")
+    return lines
+
+
+def model_header_line(report: dict) -> str:
+    meta = report["meta"]
+    sha = meta.get("git_sha") or "unknown"
+    sha = sha[:7] + (" (dirty)" if meta.get("git_dirty") else "")
+    quick = "; QUICK (tiny model): not a measurement" if meta.get("quick") else ""
+    model = (
+        f"tiny config, {meta['layers']} layers"
+        if meta.get("quick")
+        else f"Llama-3-8B dimensions, {meta['layers']} of {meta.get('full_layers', 32)} layers"
+    )
+    return (
+        f"{meta.get('device')}; torch {meta.get('torch')}, triton {meta.get('triton')}, CUDA {meta.get('cuda')}, "
+        f"transformers {meta.get('transformers')}; git {sha}; {meta.get('date')}; {model}; "
+        f"do_bench median, warmup {meta['timer']['warmup_ms']} ms, rep {meta['timer']['rep_ms']} ms; "
+        f"caches {meta.get('caches')}{quick}"
+    )
+
+
+def model_method(report: dict) -> str:
+    meta = report["meta"]
+    shapes = meta["shapes"]
+    model = next((r["model"] for r in report["rows"].values() if r.get("model")), {})
+    linear, lm_head = model.get("linear_bf16_bytes", 0), model.get("lm_head_bytes", 0)
+    ceiling = (linear + lm_head) / (linear / 2 + lm_head) if linear else float("nan")
+    m = meta["model"]
+    dims = (
+        f"hidden {m['hidden_size']}, intermediate {m['intermediate_size']}, {m['num_attention_heads']} heads, "
+        f"{m['num_key_value_heads']} KV heads, vocab {m['vocab_size']}, rope theta {m['rope_theta']:g}"
+    )
+    dims = ("Llama-3-8B's dimensions (" + dims + ")") if not meta.get("quick") else ("a tiny config (" + dims + ")")
+    return MODEL_METHOD.format(
+        dims=dims,
+        layers_text=(
+            f"{meta['layers']} decoder layers"
+            if meta.get("quick")
+            else f"{meta['layers']} of Llama-3-8B's {meta.get('full_layers', 32)} decoder layers"
+        ),
+        seed=meta.get("seed", 0),
+        grad_mode=meta.get("grad_mode", "inference_mode"),
+        caches=meta.get("caches"),
+        prefill=", ".join(f"{b}x{s}" for b, s in shapes["prefill"]),
+        batches=", ".join(str(b) for b in shapes["decode_batches"]),
+        cache_len=shapes["decode_cache_len"],
+        pos=shapes["decode_pos"],
+        warmup_ms=meta["timer"]["warmup_ms"],
+        rep_ms=meta["timer"]["rep_ms"],
+        linear_gib=linear / GIB,
+        lm_head_gib=lm_head / GIB,
+        ceiling=ceiling,
+        flag=meta.get("rel_err_flag", 0.1),
+    )
+
+
+def _model_md_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    """Markdown table, the row names left-aligned, every other column right-aligned."""
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    lines += ["| " + " | ".join(r) + " |" for r in body]
+    return "\n".join(lines)
+
+
+def model_markdown(report: dict, png: str | None = None) -> str:
+    parts = [f"*{model_header_line(report)}*", "", model_method(report), ""]
+    if png:
+        parts += [f"![Model-level tokens/s per row and phase]({png})", ""]
+    (h1, b1), (h2, b2) = model_tables(report)
+    parts += [
+        f"Tokens/s (higher is better); in parentheses: vs `{MODEL_BASELINE}`.",
+        "",
+        _model_md_table(h1, b1),
+        "",
+        "Compile time, memory, accuracy (GiB = 2^30 bytes; compile ratio: lower is better).",
+        "",
+        _model_md_table(h2, b2),
+        "",
+        "Targets:",
+        "",
+        *(f"* {line}" for line in model_target_lines(report)),
+    ]
+    notes_ = model_notes(report)
+    if notes_:
+        parts += ["", "Notes:", "", *(f"* {line}" for line in notes_)]
+    return "\n".join(parts) + "\n"
+
+
+def model_text_report(report: dict) -> str:
+    lines = [model_header_line(report)]
+    for head, body in model_tables(report):
+        lines += ["", to_text(head, body)]
+    lines += ["", "targets:", *model_target_lines(report)]
+    notes_ = model_notes(report)
+    if notes_:
+        lines += ["", "notes:", *notes_]
+    return "\n".join(lines)
+
+
+def model_plot(report: dict, png_path: str | os.PathLike) -> None:
+    """One panel per phase: tokens/s bar per row, annotated with the value and the ratio vs compile_bf16."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = model_metric_keys(report)
+    names = list(report["rows"])
+    ratios = model_ratios(report)
+    colors = {name: f"C{i}" for i, name in enumerate(names)}
+    n_panels = len(keys) + 1  # + compile time
+    ncols = min(3, n_panels)
+    nrows = math.ceil(n_panels / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.0 * ncols, 3.8 * nrows), squeeze=False)
+    flat = list(axes.flat)
+    for ax, (key, label) in zip(flat, keys):
+        vals = [model_tokens_per_s(report["rows"][n], key) for n in names]
+        xs = list(range(len(names)))
+        ax.bar(xs, [v or 0 for v in vals], color=[colors[n] for n in names])
+        top = max([v for v in vals if v] or [1])
+        for x, n, v in zip(xs, names, vals):
+            if v is None:
+                ax.text(x, 0, "n/a", ha="center", va="bottom", fontsize=7)
+                continue
+            r = ratios[n][key]
+            text = f"{v:,.0f}" + (f"\n{r:.2f}x" if r is not None else "")
+            ax.text(x, v + 0.01 * top, text, ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(xs, names, rotation=30, ha="right", fontsize=7)
+        ax.set_ylim(0, top * 1.25)
+        ax.set_title(f"{label} (tokens/s)", fontsize=10)
+        ax.grid(True, axis="y", alpha=0.3)
+    ax = flat[len(keys)]
+    comp = [model_compile_s(report["rows"][n]) for n in names]
+    xs = list(range(len(names)))
+    ax.bar(xs, [c or 0 for c in comp], color=[colors[n] for n in names])
+    top = max([c for c in comp if c] or [1])
+    for x, n, c in zip(xs, names, comp):
+        r = ratios[n]["compile"]
+        text = "–" if c is None else f"{c:.0f} s" + (f"\n{r:.2f}x" if r is not None else "")
+        ax.text(x, (c or 0) + 0.01 * top, text, ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(xs, names, rotation=30, ha="right", fontsize=7)
+    ax.set_ylim(0, top * 1.25)
+    ax.set_title("compile + capture, prefill + decode (s, lower is better)", fontsize=10)
+    ax.grid(True, axis="y", alpha=0.3)
+    for ax in flat[n_panels:]:
+        ax.axis("off")
+    fig.suptitle(model_header_line(report) + f"\nratios vs {MODEL_BASELINE} under the values", fontsize=7, wrap=True)
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
+    fig.savefig(png_path, dpi=120)
+    plt.close(fig)
+
+
+def model_docs_section(report: dict, png_rel: str | None) -> str:
+    begin, end = markers(MODEL_SECTION)
+    return f"{begin}\n## {MODEL_TITLE} (`benchmarks/bench_model.py`)\n\n{model_markdown(report, png_rel)}{end}"
+
+
+def _main_model(args: argparse.Namespace) -> None:
+    json_path = args.json or MODEL_DEFAULT_JSON
+    report = load_report(json_path)
+    png = args.png or json_path.with_name("bench_model.png")
+    if args.replot or not png.exists():
+        model_plot(report, png)
+    png_rel = os.path.relpath(png.resolve(), args.docs.resolve().parent)
+    update_docs(args.docs, model_docs_section(report, png_rel), MODEL_SECTION)
+    print(model_text_report(report))
+    print(f"wrote {png} and the {MODEL_TITLE!r} section of {args.docs}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("json", type=Path, help="bench_gemm.json written by bench_gemm.py")
+    ap.add_argument(
+        "json", type=Path, nargs="?", help="bench_gemm.json (or, with --section model, bench_model.json: the default)"
+    )
     ap.add_argument("--png", type=Path, help="plot to link (default: bench_gemm.png beside the JSON)")
     ap.add_argument("--docs", type=Path, default=DEFAULT_DOCS, help=f"markdown file to update (default {DEFAULT_DOCS})")
     ap.add_argument("--replot", action="store_true", help="(re)draw the plot from the JSON first")
-    ap.add_argument("--section", default="bench_gemm", help="marker name of the section (one per run kind)")
+    ap.add_argument(
+        "--section",
+        default="bench_gemm",
+        help="marker name of the section (one per run kind); 'model': the Model level section from bench_model.json",
+    )
     ap.add_argument("--title", default="GEMM results", help="heading of the section")
     args = ap.parse_args(argv)
+    if args.section in ("model", MODEL_SECTION):
+        _main_model(args)
+        return
+    if args.json is None:
+        ap.error("the JSON file is required (except with --section model)")
     report = load_report(args.json)
     png = args.png or args.json.with_name("bench_gemm.png")
     if args.replot:
