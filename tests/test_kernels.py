@@ -16,7 +16,7 @@ import triton.language as tl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fp8inductor.kernels.act_quant import _fp32_to_e4m3_rne, act_quant_1x128
+from fp8inductor.kernels.act_quant import _fp32_to_e4m3, act_quant_1x128, native_fp8_cast
 from fp8inductor.kernels.block_gemm import (
     CONFIGS,
     GemmConfig,
@@ -70,11 +70,11 @@ def _largest(dtype: torch.dtype) -> float:
 
 
 @triton.jit
-def _e4m3_cast_kernel(x_ptr, q_ptr, n, BLOCK: tl.constexpr):
+def _e4m3_cast_kernel(x_ptr, q_ptr, n, BLOCK: tl.constexpr, NATIVE: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     x = tl.load(x_ptr + offs, mask=mask, other=0.0)
-    tl.store(q_ptr + offs, _fp32_to_e4m3_rne(x), mask=mask)
+    tl.store(q_ptr + offs, _fp32_to_e4m3(x, NATIVE), mask=mask)
 
 
 def _e4m3_edge_values() -> torch.Tensor:
@@ -113,11 +113,13 @@ def _e4m3_edge_values() -> torch.Tensor:
     return torch.cat([pos, -pos])
 
 
-def test_e4m3_rounding_helper_matches_torch_cast():
+# The emulation everywhere; the hardware cast (what the activation kernel uses on a GPU) on a GPU.
+@pytest.mark.parametrize("native", [False] + ([True] if native_fp8_cast(torch.device(DEVICE)) else []))
+def test_e4m3_rounding_helper_matches_torch_cast(native):
     x = _e4m3_edge_values().to(DEVICE)
     q = torch.empty(x.shape, dtype=FP8_DTYPE, device=DEVICE)
     block = 1024
-    _e4m3_cast_kernel[(triton.cdiv(x.numel(), block),)](x, q, x.numel(), BLOCK=block)
+    _e4m3_cast_kernel[(triton.cdiv(x.numel(), block),)](x, q, x.numel(), BLOCK=block, NATIVE=native)
     expected = x.cpu().clamp(-448.0, 448.0).to(FP8_DTYPE)  # torch's cast: round to nearest even
     assert_fp8_equal(q, expected, "e4m3 rounding helper")
 
@@ -162,6 +164,16 @@ def _awkward_activation(m: int, k: int, dtype: torch.dtype, seed: int) -> torch.
 @pytest.mark.parametrize("k", [128, 256, 200, 72, 1000])
 def test_act_quant_matches_reference(m, k, dtype, scale_fmt):
     _check_act(_awkward_activation(m, k, dtype, seed=m * 1000 + k), scale_fmt)
+
+
+@pytest.mark.parametrize("config", [(1, 8, 4), (8, 4, 4), (32, 2, 8)])
+def test_act_quant_tile_configs_match_reference(config):
+    """Programs covering several rows and several groups (masked last groups, K = 1000, 9 rows)."""
+    x = _awkward_activation(9, 1000, torch.bfloat16, seed=7)
+    q, s = act_quant_1x128(x, "float", config=config)
+    ref_q, ref_s = quantize_activation_ref(x.cpu(), 128, "float")
+    assert_scales_equal(s, ref_s)
+    assert_fp8_equal(q, ref_q)
 
 
 @pytest.mark.parametrize("scale_fmt", SCALE_FMTS)

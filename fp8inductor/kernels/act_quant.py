@@ -11,6 +11,8 @@ A NaN anywhere in the group makes its scale and all its codes NaN.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -53,6 +55,22 @@ def _amax_to_scale(amax, has_nan, UE8M0: tl.constexpr):
     # tl.max / tl.maximum may drop NaN on GPU (maxnum semantics), so NaN is restored explicitly:
     # as torch's amax does, a NaN in the group gives a NaN scale (and, through v / s, NaN codes).
     return tl.where(has_nan, float("nan"), s)
+
+
+@triton.jit
+def _fp32_to_e4m3(x, NATIVE: tl.constexpr):
+    """fp32 -> float8e4nv, RNE with saturation to +-448 and NaN -> NaN (0x7F).
+
+    NATIVE: the hardware cast (sm_90 ``cvt.rn.satfinite.e4m3x2.f32``, RNE: the same bytes as
+    ``_fp32_to_e4m3_rne`` on every tie, checked on the H100 by tests/test_kernels.py), about ten
+    fp32 instructions per element cheaper; else the exact emulation (the Triton interpreter).
+    """
+    if NATIVE:
+        is_nan = x != x
+        code = tl.minimum(tl.maximum(x, -448.0), 448.0).to(tl.float8e4nv).to(tl.uint8, bitcast=True)
+        return tl.where(is_nan, 0x7F, code).to(tl.uint8).to(tl.float8e4nv, bitcast=True)
+    else:
+        return _fp32_to_e4m3_rne(x)
 
 
 @triton.jit
@@ -101,34 +119,49 @@ def _act_quant_1x128_kernel(
     stride_xk,
     UE8M0: tl.constexpr,  # scale_fmt == "ue8m0"
     BLOCK_M: tl.constexpr,  # rows per program
+    GROUPS: tl.constexpr,  # 128-groups per program along K
     GROUP: tl.constexpr,  # 128: elements of K per scale
+    NATIVE_CAST: tl.constexpr,  # hardware fp32 -> e4m3 cast (GPU) or the exact emulation (interpreter)
 ):
-    # One program quantizes a [BLOCK_M, GROUP] tile: BLOCK_M rows of one group.
+    # One program quantizes a [BLOCK_M, GROUPS * GROUP] tile: BLOCK_M rows of GROUPS groups.
     pid_m = tl.program_id(0)
-    g = tl.program_id(1)
+    pid_g = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_k = g * GROUP + tl.arange(0, GROUP)
+    offs_k = pid_g * GROUPS * GROUP + tl.arange(0, GROUPS * GROUP)
     mask_m = offs_m < M
     mask = mask_m[:, None] & (offs_k < K)[None, :]
     rows = offs_m.to(tl.int64)  # M * K may exceed 2**31
     x_ptrs = x_ptr + rows[:, None] * stride_xm + offs_k.to(tl.int64)[None, :] * stride_xk
     v = _upcast_fp32(tl.load(x_ptrs, mask=mask, other=0.0))  # padding is 0: never raises the amax
+    v = tl.reshape(v, (BLOCK_M, GROUPS, GROUP))
 
-    amax = tl.max(tl.abs(v), axis=1)  # [BLOCK_M]
-    has_nan = tl.max((v != v).to(tl.int32), axis=1) > 0
-    s = _amax_to_scale(amax, has_nan, UE8M0)  # [BLOCK_M]
-    q = _fp32_to_e4m3_rne(tl.math.div_rn(v, s[:, None]))
+    amax = tl.max(tl.abs(v), axis=2)  # [BLOCK_M, GROUPS]
+    has_nan = tl.max((v != v).to(tl.int32), axis=2) > 0
+    s = _amax_to_scale(amax, has_nan, UE8M0)  # [BLOCK_M, GROUPS]
+    q = _fp32_to_e4m3(tl.math.div_rn(v, s[:, :, None]), NATIVE_CAST)
+    q = tl.reshape(q, (BLOCK_M, GROUPS * GROUP))
 
     tl.store(q_ptr + rows[:, None] * K + offs_k[None, :], q, mask=mask)
-    tl.store(s_ptr + rows * tl.cdiv(K, GROUP) + g, s, mask=mask_m)
+    offs_g = pid_g * GROUPS + tl.arange(0, GROUPS)
+    num_groups = tl.cdiv(K, GROUP)
+    tl.store(
+        s_ptr + rows[:, None] * num_groups + offs_g[None, :], s, mask=mask_m[:, None] & (offs_g < num_groups)[None, :]
+    )
 
 
-def act_quant_1x128(x: torch.Tensor, scale_fmt: str = "float") -> tuple[torch.Tensor, torch.Tensor]:
+# (BLOCK_M, GROUPS, num_warps): benchmarks/lab/act_quant_lab.py on the H100.
+ACT_QUANT_CONFIG = (1, 8, 2)  # 2.67 TB/s at 16384x7168 (copy 2.93), 1.97 at 4096x4096; was (16, 1, 4): 2.52, 1.90
+
+
+def act_quant_1x128(
+    x: torch.Tensor, scale_fmt: str = "float", config: tuple[int, int, int] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize activations per token in groups of 128 along K.
 
     Args:
         x: [M, K] bfloat16/float16/float32, any strides.
         scale_fmt: "float" (fp32 scales) or "ue8m0" (scales rounded up to powers of two).
+        config: (BLOCK_M, GROUPS, num_warps), default ``ACT_QUANT_CONFIG`` (tests and the lab).
     Returns:
         q: [M, K] float8_e4m3fn, contiguous.
         s: [M, ceil(K / 128)] float32, contiguous (a multiplier: x ~= q * s).
@@ -145,8 +178,8 @@ def act_quant_1x128(x: torch.Tensor, scale_fmt: str = "float") -> tuple[torch.Te
     s = torch.empty((m, num_groups), dtype=torch.float32, device=x.device)
     if m == 0 or k == 0:
         return q, s
-    block_m = 16
-    grid = (triton.cdiv(m, block_m), num_groups)
+    block_m, groups, num_warps = config or ACT_QUANT_CONFIG
+    grid = (triton.cdiv(m, block_m), triton.cdiv(num_groups, groups))
     _act_quant_1x128_kernel[grid](
         x,
         q,
@@ -157,7 +190,14 @@ def act_quant_1x128(x: torch.Tensor, scale_fmt: str = "float") -> tuple[torch.Te
         x.stride(1),
         UE8M0=scale_fmt == "ue8m0",
         BLOCK_M=block_m,
+        GROUPS=groups,
         GROUP=GROUP_K,
-        num_warps=4,
+        NATIVE_CAST=native_fp8_cast(x.device),
+        num_warps=num_warps,
     )
     return q, s
+
+
+def native_fp8_cast(device: torch.device) -> bool:
+    """Use the hardware fp32 -> e4m3 cast: a real GPU (not the Triton interpreter) of sm_89+."""
+    return device.type == "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1"
