@@ -6,7 +6,6 @@
 | ``quantize_weight(w, block_n, block_k, scale_fmt)`` | w [N, K] -> (q [N, K] fp8, s [ceil(N/bn), ceil(K/bk)] fp32) |
 | ``block_linear(x, wq, ws, bias, group_size, scale_fmt)`` | x [..., K] -> y [..., N] in x.dtype |
 | ``block_gemm(xq, xs, wq, ws, out_dtype)`` | quantized xq [..., K], xs -> y [..., N] (Triton) |
-| ``cublas_block_gemm(xq, xs, wq, ws, out_dtype)`` | the same through cuBLAS blockwise ``_scaled_mm`` |
 
 Each op has a fake (meta) implementation, a CPU implementation (``fp8inductor.reference``) and a
 CUDA implementation (the Triton kernels in ``fp8inductor.kernels``; on GPUs without FP8 support,
@@ -220,8 +219,8 @@ def _(
 
 
 # ---------------------------------------------------------------------------------------------
-# block_gemm / cublas_block_gemm: the GEMM alone, on already-quantized activations. Inserted by the
-# Inductor lowering (fp8inductor.lowering) as autotuning choices next to the Triton templates.
+# block_gemm: the GEMM alone, on already-quantized activations. Inserted by the Inductor lowering
+# (fp8inductor.lowering) as an autotuning choice next to the Triton templates.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -267,31 +266,6 @@ def _(xq: torch.Tensor, xs: torch.Tensor, wq: torch.Tensor, ws: torch.Tensor, ou
     return xq.new_empty((*xq.shape[:-1], wq.shape[0]), dtype=out_dtype)
 
 
-@torch.library.custom_op(f"{_NS}::cublas_block_gemm", mutates_args=())
-def cublas_block_gemm_op(
-    xq: torch.Tensor, xs: torch.Tensor, wq: torch.Tensor, ws: torch.Tensor, out_dtype: torch.dtype
-) -> torch.Tensor:
-    """``block_gemm`` through cuBLAS blockwise ``torch._scaled_mm`` (sm_90, CUDA >= 12.9); the
-    reference on the CPU. cuBLAS refuses M = 1 and needs K % 128 == 0 (the lowering offers it only then)."""
-    _check_block_gemm_args(xq, xs, wq, ws, out_dtype)
-    return _on_2d(ref.block_gemm_ref, xq, xs, wq, ws, None, out_dtype)
-
-
-@cublas_block_gemm_op.register_kernel("cuda")
-def _(xq: torch.Tensor, xs: torch.Tensor, wq: torch.Tensor, ws: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
-    _check_block_gemm_args(xq, xs, wq, ws, out_dtype)
-    return _on_2d(_cublas_blockwise, xq, xs, wq, ws, None, out_dtype)
-
-
-def _cublas_blockwise(xq, xs, wq, ws, bias, out_dtype):
-    # The layouts cuBLAS accepts (measured on the H100, torch 2.11): activation scales M-major,
-    # weight scales as the transposed *view* of the [N/128, K/128] row-major grid.
-    assert bias is None
-    sa = xs.t().contiguous().t()  # [M, K/128], strides (1, M)
-    sb = ws.t()  # [K/128, N/128], strides (1, K/128)
-    return torch._scaled_mm(xq.contiguous(), wq.t(), sa, sb, out_dtype=out_dtype)
-
-
 def _on_2d(gemm, xq, xs, wq, ws, bias, out_dtype):
     """Run a 2-D ``gemm(xq [M, K], xs [M, kb], wq, ws, bias, out_dtype)`` on xq [..., K]: y [..., N]."""
     *lead, k = xq.shape
@@ -299,14 +273,7 @@ def _on_2d(gemm, xq, xs, wq, ws, bias, out_dtype):
     return y.reshape(*lead, wq.shape[0])
 
 
-@cublas_block_gemm_op.register_fake
-def _(xq: torch.Tensor, xs: torch.Tensor, wq: torch.Tensor, ws: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
-    _check_block_gemm_args(xq, xs, wq, ws, out_dtype)
-    return xq.new_empty((*xq.shape[:-1], wq.shape[0]), dtype=out_dtype)
-
-
 quantize_activation = torch.ops.fp8inductor.quantize_activation.default
 quantize_weight = torch.ops.fp8inductor.quantize_weight.default
 block_linear = torch.ops.fp8inductor.block_linear.default
 block_gemm = torch.ops.fp8inductor.block_gemm.default
-cublas_block_gemm = torch.ops.fp8inductor.cublas_block_gemm.default
