@@ -81,6 +81,7 @@ class RowSpec:
     fp8: bool = False  # the row's linears are FP8 (its logits error is checked against REL_ERR_FLAG)
     optional: bool = False
     label: str = ""
+    convert_lm_head: bool = False  # FP8 lm_head too (modules_to_not_convert=[]; the default skips it)
 
 
 ROW_SPECS: dict[str, RowSpec] = {
@@ -104,6 +105,17 @@ ROW_SPECS: dict[str, RowSpec] = {
             quantize=True,
             fp8=True,
             label="fp8block after quantize_",
+        ),
+        RowSpec(
+            "fp8block_quantized_lm_head",
+            "fp8block",
+            None,
+            "reduce-overhead",
+            quantize=True,
+            fp8=True,
+            optional=True,
+            convert_lm_head=True,
+            label="fp8block after quantize_, lm_head FP8 too",
         ),
         RowSpec(
             "fp8block_max_autotune",
@@ -438,8 +450,10 @@ class RowRunner:
         if spec.backend is None:
             return model
         if spec.backend == "fp8block":
-            options = {"mode": mode} if mode else None
-            return torch.compile(model, backend="fp8block", options=options, dynamic=False)
+            options = {"mode": mode} if mode else {}
+            if spec.convert_lm_head:
+                options["modules_to_not_convert"] = []
+            return torch.compile(model, backend="fp8block", options=options or None, dynamic=False)
         return torch.compile(model, backend="inductor", mode=mode, dynamic=False)
 
     def fp8_reports(self, since: int) -> list[dict]:
@@ -591,7 +605,10 @@ class RowRunner:
                 from fp8inductor.modules import quantize_
 
                 quantize = getattr(sys.modules.get("fp8inductor"), "quantize_", None) or quantize_
-                skipped = quantize(self.model)
+                from fp8inductor.config import FP8BlockConfig
+
+                qconfig = FP8BlockConfig(modules_to_not_convert=()) if spec.convert_lm_head else None
+                skipped = quantize(self.model, qconfig)
                 self.sync()
                 info["quantize_s"] = time.perf_counter() - t0
                 info["quantize_skipped"] = skipped
