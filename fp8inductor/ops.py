@@ -25,6 +25,7 @@ import logging
 import torch
 
 from . import reference as ref
+from . import weight_memo
 
 log = logging.getLogger("fp8inductor")
 
@@ -137,8 +138,14 @@ def _(x: torch.Tensor, group_size: int = 128, scale_fmt: str = "float") -> tuple
 def quantize_weight_op(
     w: torch.Tensor, block_n: int = 128, block_k: int = 128, scale_fmt: str = "float"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """w [N, K] -> (q [N, K] fp8 contiguous, s [ceil(N/block_n), ceil(K/block_k)] fp32 contiguous)."""
-    return ref.quantize_weight_ref(w, (block_n, block_k), scale_fmt)
+    """w [N, K] -> (q [N, K] fp8 contiguous, s [ceil(N/block_n), ceil(K/block_k)] fp32 contiguous).
+
+    Inside an fp8block compile (freezing's constant folding) the result is shared between graphs
+    for the same weight bits (``fp8inductor.weight_memo``); everywhere else it is a fresh tensor.
+    """
+    return weight_memo.memoized(
+        w, block_n, block_k, scale_fmt, lambda: ref.quantize_weight_ref(w, (block_n, block_k), scale_fmt)
+    )
 
 
 @quantize_weight_op.register_kernel("cuda")
@@ -146,11 +153,13 @@ def _(
     w: torch.Tensor, block_n: int = 128, block_k: int = 128, scale_fmt: str = "float"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if (block_n, block_k) != (128, 128) or w.dim() != 2 or not _use_triton(w):
-        return ref.quantize_weight_ref(w, (block_n, block_k), scale_fmt)
+        return weight_memo.memoized(
+            w, block_n, block_k, scale_fmt, lambda: ref.quantize_weight_ref(w, (block_n, block_k), scale_fmt)
+        )
     _check_float(w, "weight")
     from .kernels.weight_quant import weight_quant_128x128
 
-    return weight_quant_128x128(w, scale_fmt)
+    return weight_memo.memoized(w, block_n, block_k, scale_fmt, lambda: weight_quant_128x128(w, scale_fmt))
 
 
 @quantize_weight_op.register_fake

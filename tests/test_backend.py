@@ -367,3 +367,54 @@ def test_module_paths_from_dynamo_sources(source, fqn):
     from fp8inductor.passes import normalize_module_path
 
     assert normalize_module_path(source) == fqn
+
+
+def test_compiled_graphs_share_one_fp8_copy_per_weight(monkeypatch):
+    """Backend-only route: every graph (new shapes, ranks) reuses the first graph's FP8 weight."""
+    import weakref
+
+    from fp8inductor import reference as ref
+
+    made = []
+    original = ref.quantize_weight_ref
+
+    def counting(w, *args, **kwargs):
+        out = original(w, *args, **kwargs)
+        made.append(weakref.ref(out[0]))
+        return out
+
+    monkeypatch.setattr(ref, "quantize_weight_ref", counting)
+    lin = nn.Linear(256, 384)
+    fast = compile_fp8(lin)
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for shape in [(4, 256), (7, 256), (2, 3, 256)]:  # three graphs (static, dynamic M, 3-D)
+            x = torch.randn(*shape)
+            torch.testing.assert_close(fast(x), fp8_linear(x, lin.weight, lin.bias), rtol=0, atol=0)
+        made_in_compiles = len(made) - 3  # fp8_linear's own eager quantizations are not memoized
+    assert made_in_compiles == 1, made_in_compiles
+    assert made[0]() is not None  # the graphs hold that very tensor: shared, not copied
+
+    # An in-place change of the weight's bits (no version bump through .data) is seen by the next
+    # compile: the fingerprint differs, so it quantizes again instead of reusing the old FP8 copy.
+    with torch.no_grad():
+        lin.weight.data.mul_(2)
+    x = torch.randn(1, 2, 5, 256)  # a new rank: a new graph
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.testing.assert_close(fast(x), fp8_linear(x, lin.weight, lin.bias), rtol=0, atol=0)
+
+
+def test_weight_memo_only_inside_an_fp8block_compile():
+    w = torch.randn(256, 256)
+    a, b = fp8inductor.quantize_weight(w), fp8inductor.quantize_weight(w)
+    assert a[0] is not b[0]  # eager callers own their outputs
+    from fp8inductor.weight_memo import fingerprint
+
+    v = w.clone()
+    assert fingerprint(v) == fingerprint(w)
+    v[3, 7] = v[3, 7].item() + 1.0
+    assert fingerprint(v) != fingerprint(w)
+    u = w.clone()
+    u[0, 0], u[0, 1] = w[0, 1].item(), w[0, 0].item()  # a swap keeps the plain sum
+    assert fingerprint(u)[0] == fingerprint(w)[0] and fingerprint(u) != fingerprint(w)
