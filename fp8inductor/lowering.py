@@ -27,9 +27,10 @@ A symbolic M (``dynamic=True``, ``mark_dynamic``) keeps the FallbackKernel, whos
 config per M at run time: one compiled graph serves prefill and decode with the right kernel for
 each (a template's block sizes would be fixed at compile time for one M hint).
 
-Gated off (FallbackKernel): CPU tensors, GPUs below compute capability 8.9, group size != 128,
-``gemm_lowering="extern"``, compiles outside the fp8block backend (whose pass ``uuid`` puts these
-sources in the FX-graph cache key), and any failure to build the template (logged once).
+Gated off (FallbackKernel): CPU tensors, GPUs below compute capability 8.9, group size != 128, 1-D
+activations, ``gemm_lowering="extern"``, compiles outside the fp8block backend (whose pass ``uuid``
+puts these sources in the FX-graph cache key), and any exception while lowering (logged once per
+message). A failure later, when Triton compiles or launches the chosen template, is not caught.
 """
 
 from __future__ import annotations
@@ -152,12 +153,18 @@ def _candidate_configs(device: torch.device, m: int, n: int, k: int, tma_ok: boo
 def _quantized_activation(x, scale_fmt: str):
     """(xq [..., K] fp8, xs [..., ceil(K/128)] fp32) of x, one quantization per activation per graph.
 
-    Linears that read the same activation (q/k/v, gate/up) share one ``quantize_activation`` kernel:
-    the result is memoized on the graph under the realized buffer's name and layout.
+    Linears that read the same activation (q/k/v, gate/up) share one ``quantize_activation`` kernel.
+    The memo is keyed by the activation's FX node: in the functional graph one node is one value,
+    so an in-place update between two linears (a new node after functionalization) can never hand
+    the second linear the first one's quantization. (Keying by Inductor buffer name would: a
+    reinplaced mutation keeps the name. Keying by layout would miss: the first use fixes it.)
     """
-    x = ir.ExternKernel.realize_input(x)
+    fx_node = V.graph.current_node
+    x_node = fx_node.args[0] if fx_node is not None and fx_node.args else None
+    if not isinstance(x_node, torch.fx.Node):
+        return L.fallback_handler(ops.quantize_activation, add_to_fallback_set=False)(x, QBLOCK, scale_fmt)
     memo = V.graph.__dict__.setdefault("_fp8inductor_act_quant", {})
-    key = (x.get_name(), str(x.get_layout()), scale_fmt)
+    key = (x_node, scale_fmt)
     if key not in memo:
         memo[key] = L.fallback_handler(ops.quantize_activation, add_to_fallback_set=False)(x, QBLOCK, scale_fmt)
     return memo[key]
@@ -220,8 +227,8 @@ def lower_block_linear(x, wq, ws, bias=None, group_size: int = 128, scale_fmt: s
     *lead, k_expr = x.get_size()
     n, k = _static_int(wq.get_size()[0]), _static_int(k_expr)
     lead_ints = [_static_int(d) for d in lead]
-    if n is None or k is None or any(d is None for d in lead_ints):
-        return _fallback(*args)  # symbolic M: run-time config choice in the FallbackKernel
+    if not lead or n is None or k is None or any(d is None for d in lead_ints):
+        return _fallback(*args)  # 1-D x; symbolic M: run-time config choice in the FallbackKernel
     if math.prod(lead_ints) == 0 or n == 0 or k == 0:
         return _fallback(*args)
     try:

@@ -351,7 +351,9 @@ class _Rewriter:
             )
             y.meta.update({k: v for k, v in anchor.meta.items() if k not in ("val", "tensor_meta")})
             if flattened:  # y is [..., N]; the graph's users expect the mm's [M, N] (and usually view back)
-                y = self._call(aten.view.default, (y, list(_val(anchor).shape)))
+                m, n = _val(anchor).shape
+                # A symbolic M goes in as -1 (no raw SymInt in node args); a static M (0 included) as is.
+                y = self._call(aten.view.default, (y, [m if isinstance(m, int) else -1, n]))
         anchor.replace_all_uses_with(y)
         operands = list(anchor.all_input_nodes)
         self.graph.erase_node(anchor)

@@ -9,10 +9,11 @@ three more decode graphs, against 5.2 GiB for bf16.
 While an fp8block compile is in progress, ``quantize_weight`` on a real (non-fake) tensor goes
 through ``memoized``: the result for the same weight storage, view, block, format and *content*
 is returned again, so all graphs share one FP8 weight and its scales. Content is checked, not
-assumed: each entry keeps a 128-bit fingerprint of the weight's bits (two int64 checksums over the
-raw bits, computed on the weight's device), and an in-place change of the weight (``w.data.mul_``,
-``copy_``, which need not bump ``w._version``) makes the next compile quantize afresh. Entries hold
-weak references only: once no graph holds the FP8 tensors they are freed as before.
+assumed: each entry keeps a fingerprint of the weight's bits (two 64-bit sums of per-element
+splitmix64 mixes, computed on the weight's device; ``fingerprint``), and an in-place change of the
+weight (``w.data.mul_``, ``copy_``, which need not bump ``w._version``) makes the next compile
+quantize afresh. Entries hold weak references only: once no graph holds the FP8 tensors they are
+freed as before.
 
 Outside a compile (eager calls, ``quantize_``) nothing is memoized: callers own their outputs.
 """
@@ -25,7 +26,7 @@ from collections.abc import Callable
 
 import torch
 
-_CHUNK = 1 << 22  # elements per checksum chunk: bounds the int64 temporaries (32 MiB)
+_CHUNK = 1 << 20  # elements per checksum chunk: bounds the int64 temporaries (~40 MiB)
 _lock = threading.Lock()
 _entries: dict[tuple, tuple[tuple[int, int], weakref.ref, weakref.ref]] = {}
 
@@ -44,22 +45,60 @@ def _key(w: torch.Tensor, block_n: int, block_k: int, scale_fmt: str) -> tuple:
     )
 
 
-def fingerprint(w: torch.Tensor) -> tuple[int, int]:
-    """Two int64 checksums of w's raw bits: their sum, and their sum weighted by (index % 65521 + 1).
+def _signed(c: int) -> int:
+    """A 64-bit constant as the int64 torch arithmetic wraps around."""
+    return c - (1 << 64) if c >= 1 << 63 else c
 
-    Any change of a single element changes the first; swapping elements changes the second. Not a
-    cryptographic hash: it guards against accidental in-place updates, not adversarial ones.
-    """
+
+_SEEDS = (_signed(0x9E3779B97F4A7C15), _signed(0xD1B54A32D192ED03))
+_M1, _M2 = _signed(0xBF58476D1CE4E5B9), _signed(0x94D049BB133111EB)
+
+
+def _mix(v: torch.Tensor) -> torch.Tensor:
+    """splitmix64's finalizer on int64 (wrapping multiplies; arithmetic shifts, fine for mixing)."""
+    v = (v ^ (v >> 30)) * _M1
+    v = (v ^ (v >> 27)) * _M2
+    return v ^ (v >> 31)
+
+
+def _dense(w: torch.Tensor) -> bool:
+    """True when w's elements exactly fill storage[offset, offset + numel) in some dimension order."""
+    expected = 1
+    for d in sorted((d for d in range(w.dim()) if w.size(d) != 1), key=w.stride):
+        if w.stride(d) != expected:
+            return False
+        expected *= w.size(d)
+    return True
+
+
+def _bits_in_storage_order(w: torch.Tensor) -> torch.Tensor:
+    """w's raw bits as a 1-D integer tensor, without a copy when w is dense (a permuted weight too)."""
     bits_dtype = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[w.element_size()]
-    flat = w.detach().contiguous().view(bits_dtype).reshape(-1)
-    total = torch.zeros((), dtype=torch.int64, device=w.device)
-    weighted = torch.zeros((), dtype=torch.int64, device=w.device)
+    if _dense(w):
+        # The elements fill storage[offset, offset + numel): hash them in storage order (the
+        # memo key holds the strides, so the order is part of the identity anyway).
+        flat = torch.empty(0, dtype=w.dtype, device=w.device)
+        flat.set_(w.untyped_storage(), w.storage_offset(), (w.numel(),))
+        return flat.view(bits_dtype)
+    return w.detach().contiguous().view(bits_dtype).reshape(-1)
+
+
+def fingerprint(w: torch.Tensor) -> tuple[int, int]:
+    """Two int64 sums of splitmix64(bits[i] + seed * (i + 1)) over w's raw bits, one per seed.
+
+    Each element is mixed with its position before summing, so any change, swap or pair of
+    cancelling changes alters both sums except with probability ~2**-64 each. Not cryptographic:
+    it guards against accidental in-place updates, not adversarial ones. Cost: one pass over the
+    weight on its device in chunks of 2**20 elements (~40 MiB of int64 temporaries) and one sync.
+    """
+    flat = _bits_in_storage_order(w.detach())
+    sums = [torch.zeros((), dtype=torch.int64, device=w.device) for _ in _SEEDS]
     for start in range(0, flat.numel(), _CHUNK):
         chunk = flat[start : start + _CHUNK].to(torch.int64)
-        idx = torch.arange(start, start + chunk.numel(), device=w.device, dtype=torch.int64)
-        total += chunk.sum()
-        weighted += (chunk * (idx % 65521 + 1)).sum()
-    return int(total), int(weighted)
+        pos = torch.arange(start + 1, start + 1 + chunk.numel(), device=w.device, dtype=torch.int64)
+        for acc, seed in zip(sums, _SEEDS):
+            acc += _mix(chunk + pos * seed).sum()
+    return int(sums[0]), int(sums[1])
 
 
 def _in_fp8block_compile() -> bool:

@@ -415,6 +415,67 @@ def test_weight_memo_only_inside_an_fp8block_compile():
     assert fingerprint(v) == fingerprint(w)
     v[3, 7] = v[3, 7].item() + 1.0
     assert fingerprint(v) != fingerprint(w)
-    u = w.clone()
-    u[0, 0], u[0, 1] = w[0, 1].item(), w[0, 0].item()  # a swap keeps the plain sum
-    assert fingerprint(u)[0] == fingerprint(w)[0] and fingerprint(u) != fingerprint(w)
+    flat = w.clone().view(-1)
+    i, j = 5, 5 + 65521 % flat.numel()  # elements mixed with their positions: swaps and cancelling
+    u = flat.clone()  # pairs of changes (which fool linear checksums) change both sums
+    u[i], u[j] = flat[j].item(), flat[i].item()
+    assert all(a != b for a, b in zip(fingerprint(u), fingerprint(flat)))
+    bits = flat.clone().view(torch.int32)
+    bits[i] += 1
+    bits[j] -= 1
+    assert all(a != b for a, b in zip(fingerprint(bits.view(torch.float32)), fingerprint(flat)))
+    assert fingerprint(w.t()) == fingerprint(w)  # a permuted view is hashed in place, no copy
+
+
+def _cpu_lowering(monkeypatch):
+    """Turn the lowering's GPU path on for CPU tensors, with the op's GEMM in place of the template
+    (Inductor has no Triton codegen on the CPU): exercises everything but the template itself."""
+    from torch._inductor import lowering as L
+
+    from fp8inductor import lowering, ops
+
+    def gemm(x, wq, ws, scale_fmt, lead, n, k):
+        xq, xs = lowering._quantized_activation(x, scale_fmt)
+        return L.fallback_handler(ops.block_gemm, add_to_fallback_set=False)(xq, xs, wq, ws, torch.float32)
+
+    monkeypatch.setattr(lowering, "_fp8_gpu", lambda device: True)
+    monkeypatch.setattr(lowering, "_gemm", gemm)
+
+
+class _TwoReaders(nn.Module):
+    """Two linears on one activation; optionally an in-place update of it in between."""
+
+    def __init__(self, mutate: bool) -> None:
+        super().__init__()
+        self.mutate = mutate
+        self.a = nn.Linear(256, 384)
+        self.b = nn.Linear(256, 384)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x * 2.0
+        ya = self.a(h)
+        if self.mutate:
+            h[:, 0] = 100.0
+        return ya + self.b(h)
+
+
+@pytest.mark.parametrize("mutate", [False, True])
+def test_lowering_shares_activation_quant_and_never_reuses_a_mutated_one(monkeypatch, mutate):
+    from torch._inductor import config as inductor_config
+    from torch._inductor.utils import run_and_get_code
+
+    _cpu_lowering(monkeypatch)
+    model = _TwoReaders(mutate)
+    x = torch.randn(2, 5, 256)
+    with torch.inference_mode(), warnings.catch_warnings(), inductor_config.patch(force_disable_caches=True):
+        warnings.simplefilter("ignore")
+        y, codes = run_and_get_code(compile_fp8(model), x)
+        h = x * 2.0
+        want = fp8_linear(h, model.a.weight, model.a.bias)
+        if mutate:
+            h[:, 0] = 100.0
+        want = want + fp8_linear(h, model.b.weight, model.b.bias)
+    quants = codes[0].count("fp8inductor.quantize_activation.default(")
+    assert quants == (2 if mutate else 1), codes[0]  # shared only when it is the same value
+    assert codes[0].count("fp8inductor.block_gemm.default(") == 2
+    torch.testing.assert_close(y, want, rtol=2**-7, atol=1e-2)

@@ -199,5 +199,6 @@ def act_quant_1x128(
 
 
 def native_fp8_cast(device: torch.device) -> bool:
-    """Use the hardware fp32 -> e4m3 cast: a real GPU (not the Triton interpreter) of sm_89+."""
+    """Use the hardware fp32 -> e4m3 cast: a real GPU, not the Triton interpreter. (Callers run these
+    kernels only on GPUs of compute capability >= 8.9, which have the cast; ``ops._use_triton``.)"""
     return device.type == "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1"
