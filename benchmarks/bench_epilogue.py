@@ -29,6 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+
+import render_docs  # noqa: E402  (the docs-section writer shared by the benchmarks)
 
 
 class MLPBlock(nn.Module):
@@ -65,13 +68,15 @@ def _measure(block: MLPBlock, x: torch.Tensor, backend: str, options: dict | Non
     return {"ms": ms, "y": y, "kernels": kernels, "fp8inductor_ops": externs}
 
 
-SECTION = "## Epilogue fusion (`benchmarks/bench_epilogue.py`)"
+DOCS_SECTION = "bench_epilogue"  # render_docs markers around the section in docs/benchmarks.md
 
 
 def render(data: dict) -> str:
-    """The docs/benchmarks.md section for a bench_epilogue JSON."""
+    """The docs/benchmarks.md section for a bench_epilogue JSON (between render_docs markers)."""
+    begin, end = render_docs.markers(DOCS_SECTION)
     lines = [
-        SECTION,
+        begin,
+        "## Epilogue fusion (`benchmarks/bench_epilogue.py`)",
         "",
         f"{data['device']}, torch {data['torch']}, triton {data['triton']}, {data['date']}. Block: "
         f"`{data['block']}`. Time: {data['timing']}, so host overhead is excluded. Each row is compiled "
@@ -99,21 +104,9 @@ def render(data: dict) -> str:
         "down projection's output: 4-6% at M <= 128, nothing measurable at M >= 2048 where the GEMMs "
         "dominate, and at M = 512 the template was 6% slower than the op (the same GEMM config with "
         "the gate product and SiLU in the persistent kernel's store; not profiled yet).",
-        "",
+        end,
     ]
     return "\n".join(lines)
-
-
-def write_section(doc: Path, section: str) -> None:
-    """Replace (or append) the epilogue section of docs/benchmarks.md, leaving the others as they are."""
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + (text[end + 1 :] if end >= 0 else "")
-    doc.write_text(text)
 
 
 def main() -> None:
@@ -123,7 +116,8 @@ def main() -> None:
     ap.add_argument("--render", metavar="JSON", help="only write the docs/benchmarks.md section from JSON")
     args = ap.parse_args()
     if args.render:
-        write_section(REPO_ROOT / "docs" / "benchmarks.md", render(json.loads(Path(args.render).read_text())))
+        section = render(json.loads(Path(args.render).read_text()))
+        render_docs.update_docs(REPO_ROOT / "docs" / "benchmarks.md", section, DOCS_SECTION)
         return
     import triton
 

@@ -14,12 +14,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import importlib.metadata
 import inspect
 import itertools
 import json
 import math
-import os
 import platform
 import statistics
 import subprocess
@@ -40,6 +38,7 @@ for _p in (str(REPO_ROOT), str(HERE)):
 import render_docs  # noqa: E402
 import seed  # noqa: E402
 import shapes as shape_suite  # noqa: E402
+from provenance import git_meta, package_version  # noqa: E402
 
 from fp8inductor.reference import (  # noqa: E402
     block_fp8_linear_ref,
@@ -373,21 +372,6 @@ def bench_one(
 
 
 # ---------------------------------------------------------------------------------------------- environment
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
 def _driver_version() -> str | None:
     try:
         out = subprocess.run(
@@ -408,7 +392,6 @@ def l2_bytes(device: torch.device) -> int:
 
 
 def environment(cfg: Config, impls: Sequence[Impl], args: argparse.Namespace) -> dict:
-    status = _git("status", "--porcelain", "--untracked-files=no")
     try:
         import triton
 
@@ -421,10 +404,9 @@ def environment(cfg: Config, impls: Sequence[Impl], args: argparse.Namespace) ->
         "torch": torch.__version__,
         "triton": triton_version,
         "cuda": torch.version.cuda,
-        "transformers": _version("transformers"),
+        "transformers": package_version("transformers"),
         "python": platform.python_version(),
-        "git_sha": os.environ.get("FP8_BENCH_GIT_SHA") or _git("rev-parse", "HEAD"),
-        "git_dirty": bool(status) if status is not None else None,
+        **git_meta(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "dry_run": cfg.dry_run,

@@ -33,7 +33,6 @@ import contextlib
 import dataclasses
 import datetime
 import gc
-import importlib.metadata
 import json
 import math
 import os
@@ -57,6 +56,7 @@ for _p in (str(REPO_ROOT), str(HERE)):
         sys.path.insert(0, _p)
 
 import render_docs  # (no torch import: the driver process stays torch-free)
+from provenance import git_meta, package_version  # noqa: E402
 
 DEFAULT_OUT = REPO_ROOT / "docs" / "bench_model.json"
 ERROR_NOTE_CHARS = 600
@@ -243,31 +243,6 @@ def parse_phases(text: str) -> list[str]:
     return phases
 
 
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), *args], check=False, capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def git_meta() -> dict[str, Any]:
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    return {
-        "git_sha": os.environ.get("FP8_BENCH_GIT_SHA") or _git("rev-parse", "HEAD"),
-        "git_dirty": bool(status) if status is not None else None,
-    }
-
-
 def merge_reports(old: dict | None, new: dict) -> dict:
     """new's meta and rows over old's rows (rows keyed by name, in ROW_ORDER). Refuses different setups."""
     if old is None:
@@ -358,7 +333,7 @@ class RowRunner:
             "torch": torch.__version__,
             "triton": triton_version,
             "cuda": torch.version.cuda,
-            "transformers": _version("transformers"),
+            "transformers": package_version("transformers"),
             "python": platform.python_version(),
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "inductor_freezing": bool(inductor_config.freezing),
