@@ -37,10 +37,11 @@ MODEL_NK = [
 
 def candidates(m: int) -> list[GemmConfig]:
     """Configurations worth timing for this M (pruned by the 2026-11-25 kernel lab)."""
-    if m <= 16:
+    if m <= 16:  # split-K with in-kernel reduction (one launch) since 2026-11-25: more splits pay
         return [GemmConfig("tiles", 16, 64, 4, 4), GemmConfig("tiles", 16, 128, 4, 4),
                 GemmConfig("splitk", 16, 64, 4, 4, split_k=4), GemmConfig("splitk", 16, 64, 4, 4, split_k=8),
-                GemmConfig("splitk", 16, 128, 4, 4, split_k=4)]  # fmt: skip
+                GemmConfig("splitk", 16, 128, 4, 4, split_k=2), GemmConfig("splitk", 16, 128, 4, 4, split_k=4),
+                GemmConfig("splitk", 16, 128, 4, 4, split_k=8), GemmConfig("splitk", 16, 64, 4, 6, split_k=16)]  # fmt: skip
     if m <= 64:
         return [GemmConfig("tiles", 64, 64, 4, 4), GemmConfig("tiles", 16, 64, 4, 4),
                 GemmConfig("splitk", 16, 64, 4, 4, split_k=2), GemmConfig("splitk", 16, 64, 4, 4, split_k=4),
@@ -91,7 +92,7 @@ def _reference_rows(xq, xs, wq, ws, rows: torch.Tensor) -> torch.Tensor:
 def tune_shape(m: int, n: int, k: int, reps_ms: int = 20) -> dict:
     import triton
 
-    from .kernels.block_gemm import _num_sms, _tma_ok, fp8_block_gemm, pick_config
+    from .kernels.block_gemm import _gemm, _num_sms, _split_plan, _tma_ok, fp8_block_gemm, pick_config
 
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
     copies = max(1, min(8, -(-2 * l2 // (n * k))))
@@ -113,10 +114,13 @@ def tune_shape(m: int, n: int, k: int, reps_ms: int = 20) -> dict:
                 print(f"    WRONG rel err {err:.2e}: {cfg}", flush=True)
                 continue
             it = iter(range(1 << 62))
+            # Split-K tickets: in a linear the quant kernel clears them (no launch of their own), so
+            # time the GEMM on one zeroed buffer, which the kernel leaves zero after each launch.
+            tickets = torch.zeros(_split_plan(cfg, m, n, k)[2], dtype=torch.int32, device="cuda") if cfg.kind == "splitk" else None
 
-            def fn(cfg=cfg, it=it):
+            def fn(cfg=cfg, it=it, tickets=tickets):
                 wq, ws = weights[next(it) % copies]
-                fp8_block_gemm(xq, xs, wq, ws, config=cfg)
+                _gemm(xq, xs, wq, ws, None, torch.bfloat16, cfg, tickets)
 
             times[label] = triton.testing.do_bench_cudagraph(fn, rep=reps_ms, return_mode="median") * 1e3
         except Exception as e:  # a config that does not compile or fit: skip it, say why

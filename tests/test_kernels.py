@@ -494,3 +494,74 @@ def test_linear_matches_reference(dtype, scale_fmt):
     xq, xs = quantize_activation_ref(x, 128, scale_fmt)
     tol = gemm_tolerance(dtype, gemm_abs_sum_max(xq, xs, wq, ws))
     torch.testing.assert_close(y.float().cpu(), ref.float(), **tol)
+
+
+# ----------------------------------------------------------------------------------------------
+# Split-K: in-kernel reduction by the last split (tile tickets), cleared by the quant kernel
+# ----------------------------------------------------------------------------------------------
+
+# BLOCK_N below, equal to and above the 128-row weight block (scalar vs per-column weight scales);
+# one split, a few, and more splits than K blocks (clamped: no empty split).
+SPLITK_CONFIGS = {
+    "splitk_16x64_s3": GemmConfig("splitk", 16, 64, 4, 4, split_k=3),
+    "splitk_16x128_s8": GemmConfig("splitk", 16, 128, 4, 3, split_k=8),
+    "splitk_16x256_s2": GemmConfig("splitk", 16, 256, 8, 2, split_k=2),
+    "splitk_16x32_s64": GemmConfig("splitk", 16, 32, 4, 4, split_k=64),
+    "splitk_64x64_s1": GemmConfig("splitk", 64, 64, 4, 4, split_k=1),
+}
+SPLITK_SHAPES = [(1, 200, 1000), (5, 576, 384), (16, 130, 72), (17, 256, 640), (70, 136, 1000)]  # (M, N, K)
+
+
+@pytest.mark.parametrize("name", list(SPLITK_CONFIGS))
+@pytest.mark.parametrize("mnk", SPLITK_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_splitk_linear_matches_reference_and_is_deterministic(mnk, name):
+    """fp8_block_linear with a split-K config (tickets cleared by the quant kernel) equals quantize +
+    fp8_block_gemm (tickets from torch.zeros) bit for bit, run after run, and the reference."""
+    cfg = SPLITK_CONFIGS[name]
+    m, n, k = mnk
+    row_mag = torch.pow(10.0, torch.empty(m, 1).uniform_(-3, 3, generator=_gen(m + 1)))
+    for dtype, scale_fmt, with_bias in [(torch.bfloat16, "float", True), (torch.float32, "ue8m0", False)]:
+        x = (torch.randn(m, k, generator=_gen(m + n + k)) * row_mag).to(dtype).to(DEVICE)
+        wq, ws = weight_quant_128x128((torch.randn(n, k, generator=_gen(n)) * 0.05).to(DEVICE))
+        bias = torch.randn(n, generator=_gen(k)).to(dtype).to(DEVICE) if with_bias else None
+        y = fp8_block_linear(x, wq, ws, bias, scale_fmt, config=cfg)
+        assert y.dtype == dtype and y.shape == (m, n) and y.is_contiguous()
+        xq, xs = act_quant_1x128(x, scale_fmt)
+        torch.testing.assert_close(y, fp8_block_gemm(xq, xs, wq, ws, bias, dtype, config=cfg), rtol=0, atol=0)
+        torch.testing.assert_close(y, fp8_block_linear(x, wq, ws, bias, scale_fmt, config=cfg), rtol=0, atol=0)
+        xc, wqc, wsc, bc = _cpu(x, wq, ws, bias)
+        ref = block_fp8_linear_ref(xc, wqc, wsc, bc, scale_fmt=scale_fmt)
+        xq, xs = quantize_activation_ref(xc, 128, scale_fmt)
+        tol = gemm_tolerance(dtype, gemm_abs_sum_max(xq, xs, wqc, wsc), hopper_fp8_mma=DEVICE == "cuda" and cfg.block_m >= 64)
+        torch.testing.assert_close(y.float().cpu(), ref.float(), **tol)
+
+
+def test_act_quant_clears_the_tickets_it_is_given():
+    x = torch.randn(3, 300, generator=_gen(40)).to(DEVICE)
+    for n_zero in (1, 1000, 2500):  # one, within and beyond one 1024-wide store
+        tickets = torch.full((n_zero,), 7, dtype=torch.int32, device=DEVICE)
+        q, s = act_quant_1x128(x, zero=tickets)
+        assert (tickets == 0).all()
+        q_ref, s_ref = act_quant_1x128(x)
+        assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8)) and torch.equal(s, s_ref)
+    tickets = torch.full((5,), 7, dtype=torch.int32, device=DEVICE)
+    act_quant_1x128(x[:0], zero=tickets)  # M = 0: no launch, still cleared
+    assert (tickets == 0).all()
+    with pytest.raises(ValueError, match="zero must be"):
+        act_quant_1x128(x, zero=torch.zeros(4, dtype=torch.int64, device=DEVICE))
+
+
+def test_splitk_tickets_are_left_zero_for_reuse():
+    """The last split of each tile puts its ticket back to zero, so one buffer serves many launches
+    (the tuner relies on it; a stale ticket would make the wrong split reduce)."""
+    from fp8inductor.kernels.block_gemm import _gemm, _split_plan
+
+    cfg = SPLITK_CONFIGS["splitk_16x64_s3"]
+    m, n, k = 5, 200, 1000
+    xq, xs, wq, ws = _gemm_operands(m, n, k, seed=41)
+    tickets = torch.zeros(_split_plan(cfg, m, n, k)[2], dtype=torch.int32, device=DEVICE)
+    first = _gemm(xq, xs, wq, ws, None, torch.bfloat16, cfg, tickets)
+    assert (tickets == 0).all()
+    for _ in range(3):
+        torch.testing.assert_close(_gemm(xq, xs, wq, ws, None, torch.bfloat16, cfg, tickets), first, rtol=0, atol=0)
+    _check_gemm(xq, xs, wq, ws, None, torch.bfloat16, config=cfg)

@@ -113,10 +113,13 @@ def _act_quant_1x128_kernel(
     x_ptr,  # [M, K] bf16/fp16/fp32 activations, strides (stride_xm, stride_xk)
     q_ptr,  # [M, K] float8e4nv codes (out), contiguous
     s_ptr,  # [M, ceil(K/128)] fp32 scales (multipliers: x ~= q * s) (out), contiguous
+    zero_ptr,  # [n_zero] int32 (out: all zero), contiguous; unused unless ZERO
     M,
     K,
     stride_xm,
     stride_xk,
+    n_zero,
+    ZERO: tl.constexpr,  # also clear zero_ptr (the next split-K GEMM's tile tickets: no extra launch)
     UE8M0: tl.constexpr,  # scale_fmt == "ue8m0"
     BLOCK_M: tl.constexpr,  # rows per program
     GROUPS: tl.constexpr,  # 128-groups per program along K
@@ -126,6 +129,11 @@ def _act_quant_1x128_kernel(
     # One program quantizes a [BLOCK_M, GROUPS * GROUP] tile: BLOCK_M rows of GROUPS groups.
     pid_m = tl.program_id(0)
     pid_g = tl.program_id(1)
+    if ZERO:
+        if pid_m == 0 and pid_g == 0:
+            for i in range(0, n_zero, 1024):
+                offs_z = i + tl.arange(0, 1024)
+                tl.store(zero_ptr + offs_z, tl.zeros((1024,), dtype=tl.int32), mask=offs_z < n_zero)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_k = pid_g * GROUPS * GROUP + tl.arange(0, GROUPS * GROUP)
     mask_m = offs_m < M
@@ -154,7 +162,10 @@ ACT_QUANT_CONFIG = (1, 8, 2)  # 2.67 TB/s at 16384x7168 (copy 2.93), 1.97 at 409
 
 
 def act_quant_1x128(
-    x: torch.Tensor, scale_fmt: str = "float", config: tuple[int, int, int] | None = None
+    x: torch.Tensor,
+    scale_fmt: str = "float",
+    config: tuple[int, int, int] | None = None,
+    zero: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize activations per token in groups of 128 along K.
 
@@ -162,6 +173,9 @@ def act_quant_1x128(
         x: [M, K] bfloat16/float16/float32, any strides.
         scale_fmt: "float" (fp32 scales) or "ue8m0" (scales rounded up to powers of two).
         config: (BLOCK_M, GROUPS, num_warps), default ``ACT_QUANT_CONFIG`` (tests and the lab).
+        zero: a contiguous int32 tensor on x's device that the kernel also sets to all zeros: the
+            tile tickets of the split-K GEMM that follows (``block_gemm.fp8_block_linear``), so
+            clearing them costs no launch of its own.
     Returns:
         q: [M, K] float8_e4m3fn, contiguous.
         s: [M, ceil(K / 128)] float32, contiguous (a multiplier: x ~= q * s).
@@ -176,7 +190,11 @@ def act_quant_1x128(
     num_groups = ceil_div(k, GROUP_K)
     q = torch.empty((m, k), dtype=FP8_DTYPE, device=x.device)
     s = torch.empty((m, num_groups), dtype=torch.float32, device=x.device)
+    if zero is not None and (zero.dtype != torch.int32 or not zero.is_contiguous() or zero.device != x.device):
+        raise ValueError("act_quant_1x128: zero must be a contiguous int32 tensor on x's device")
     if m == 0 or k == 0:
+        if zero is not None:
+            zero.zero_()
         return q, s
     block_m, groups, num_warps = config or ACT_QUANT_CONFIG
     grid = (triton.cdiv(m, block_m), triton.cdiv(num_groups, groups))
@@ -184,10 +202,13 @@ def act_quant_1x128(
         x,
         q,
         s,
+        s if zero is None else zero,
         m,
         k,
         x.stride(0),
         x.stride(1),
+        0 if zero is None else zero.numel(),
+        ZERO=zero is not None,
         UE8M0=scale_fmt == "ue8m0",
         BLOCK_M=block_m,
         GROUPS=groups,

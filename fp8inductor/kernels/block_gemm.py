@@ -249,18 +249,31 @@ def _fp8_gemm_splitk_kernel(
     xs_ptr,  # [M, ceil(K/128)] fp32, strides (stride_xsm, stride_xsk)
     wq_ptr,  # [N, K] float8e4nv, strides (stride_wn, stride_wk)
     ws_ptr,  # [ceil(N/128), ceil(K/128)] fp32, strides (stride_wsn, stride_wsk)
-    part_ptr,  # [SPLIT_K, M, N] fp32 partial sums (out), contiguous
+    bias_ptr,  # [N] float, contiguous; unused unless HAS_BIAS
+    part_ptr,  # [num_splits, M, N] fp32 partial sums (scratch), contiguous
+    ticket_ptr,  # [tiles] int32, all zero on entry and again on exit (scratch)
+    y_ptr,  # [M, N] bf16/fp16/fp32, contiguous
     M, N, K,
-    kb_per_split,  # K blocks per split
+    kb_per_split,  # K blocks per split; the grid's axis 1 is the number of splits
     stride_xm, stride_xk, stride_xsm, stride_xsk, stride_wn, stride_wk, stride_wsn, stride_wsk,
+    HAS_BIAS: tl.constexpr,
     EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     QBLOCK: tl.constexpr,
 ):  # fmt: skip
+    """One [BLOCK_M, BLOCK_N] tile over K blocks [split * kb_per_split, ...) per program; one launch.
+
+    Small M streams the weights: K is split over programs so that every SM reads. Each split writes
+    its fp32 partial tile, then takes a ticket (an acq_rel atomic on the tile's counter); the split
+    that draws the last ticket sums the partials in split order (fixed, so deterministic), adds the
+    bias, stores y and puts the ticket back to zero. This replaced a second, reduction kernel (one
+    launch less per linear).
+    """
     pid = tl.program_id(0)
     split = tl.program_id(1)
+    num_splits = tl.num_programs(1)
     num_pid_m = tl.cdiv(M, BLOCK_M)
     pid_m = pid % num_pid_m  # neighbouring programs share a weight tile (L2)
     pid_n = pid // num_pid_m
@@ -274,27 +287,17 @@ def _fp8_gemm_splitk_kernel(
                         stride_wsk, BLOCK_M, BLOCK_N, BLOCK_K, QBLOCK, EVEN_K)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    p_ptrs = part_ptr + (split * M + offs_m.to(tl.int64))[:, None] * N + offs_n[None, :]
-    tl.store(p_ptrs, acc, mask=(offs_m < M)[:, None] & (offs_n < N)[None, :])
-
-
-@triton.jit(do_not_specialize=["M", "N", "SPLIT_K"])
-def _splitk_reduce_kernel(
-    part_ptr,  # [SPLIT_K, M, N] fp32, contiguous
-    bias_ptr,  # [N] float, contiguous; unused unless HAS_BIAS
-    y_ptr,  # [M, N] bf16/fp16/fp32, contiguous
-    M, N, SPLIT_K,
-    HAS_BIAS: tl.constexpr,
-    BLOCK: tl.constexpr,
-):  # fmt: skip
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < M * N
-    acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    for s in range(SPLIT_K):  # fixed order: deterministic
-        acc += tl.load(part_ptr + s * M * N + offs, mask=mask, other=0.0)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs % N, mask=mask, other=0.0).to(tl.float32)
-    tl.store(y_ptr + offs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+    mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
+    p_ptrs = part_ptr + (offs_m.to(tl.int64))[:, None] * N + offs_n[None, :]  # split 0's partial
+    tl.store(p_ptrs + split * M * N, acc, mask=mask)
+    tl.debug_barrier()  # every thread's partial is written before the (one-thread) release below
+    ticket = tl.atomic_add(ticket_ptr + pid, 1, sem="acq_rel", scope="gpu")
+    if ticket == num_splits - 1:  # last split of this tile: every other partial is visible
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for s in range(num_splits):  # fixed order: deterministic
+            acc += tl.load(p_ptrs + s * M * N, mask=mask, other=0.0, cache_modifier=".cg")
+        _store_tile(acc, y_ptr, bias_ptr, pid_m, pid_n, M, N, N, 1, HAS_BIAS, BLOCK_M, BLOCK_N)
+        tl.atomic_xchg(ticket_ptr + pid, 0)  # back to zero: a tickets buffer can serve the next launch
 
 
 # ----------------------------------------------------------------------------------------------
@@ -327,15 +330,13 @@ def _tuned_config(device: torch.device, m: int, n: int, k: int, tma_ok: bool) ->
 
 def _tma_ok(xq: torch.Tensor, wq: torch.Tensor, out_dtype: torch.dtype) -> bool:
     """TMA descriptors need contiguous row-major operands with 16-byte aligned rows and bases."""
-    k, n = xq.shape[1], wq.shape[0]
-    return (
-        xq.is_contiguous()
-        and wq.is_contiguous()
-        and k % 16 == 0
-        and (n * out_dtype.itemsize) % 16 == 0
-        and xq.data_ptr() % 16 == 0
-        and wq.data_ptr() % 16 == 0
-    )
+    return xq.is_contiguous() and xq.data_ptr() % 16 == 0 and _tma_ok_weight(wq, out_dtype)
+
+
+def _tma_ok_weight(wq: torch.Tensor, out_dtype: torch.dtype) -> bool:
+    """The weight's and the output's part of ``_tma_ok`` (K % 16 == 0 covers xq's rows too)."""
+    n, k = wq.shape
+    return wq.is_contiguous() and k % 16 == 0 and (n * out_dtype.itemsize) % 16 == 0 and wq.data_ptr() % 16 == 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -386,7 +387,7 @@ def _ensure_tma_allocator(device: torch.device) -> None:
         _allocator_set = True
 
 
-def _launch(xq, xs, wq, ws, bias, y, cfg: GemmConfig) -> None:
+def _launch(xq, xs, wq, ws, bias, y, cfg: GemmConfig, tickets: torch.Tensor | None = None) -> None:
     m, k = xq.shape
     n = wq.shape[0]
     common = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=QBLOCK, QBLOCK=QBLOCK)
@@ -408,21 +409,34 @@ def _launch(xq, xs, wq, ws, bias, y, cfg: GemmConfig) -> None:
             HAS_BIAS=bias is not None, EVEN_K=k % QBLOCK == 0, GROUP_M=cfg.group_m, **common, **launch,
         )  # fmt: skip
     else:
-        nkb = triton.cdiv(k, QBLOCK)
-        kb_per_split = triton.cdiv(nkb, min(cfg.split_k, nkb))
-        split_k = triton.cdiv(nkb, kb_per_split)  # no empty splits
-        part = torch.empty((split_k, m, n), dtype=torch.float32, device=xq.device)
-        grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), split_k)
-        _fp8_gemm_splitk_kernel[grid](
-            xq, xs, wq, ws, part, m, n, k, kb_per_split,
-            xq.stride(0), xq.stride(1), xs.stride(0), xs.stride(1), wq.stride(0), wq.stride(1),
-            ws.stride(0), ws.stride(1),
-            EVEN_K=k % QBLOCK == 0, **common, **launch,
-        )  # fmt: skip
-        block = 1024
-        _splitk_reduce_kernel[(triton.cdiv(m * n, block),)](
-            part, bias, y, m, n, split_k, HAS_BIAS=bias is not None, BLOCK=block, num_warps=4
-        )
+        _launch_splitk(xq, xs, wq, ws, bias, y, cfg, tickets)
+
+
+def _split_plan(cfg: GemmConfig, m: int, n: int, k: int) -> tuple[int, int, int]:
+    """(K blocks per split, number of splits, output tiles) of a split-K config: at most
+    ``cfg.split_k`` splits, none empty."""
+    nkb = triton.cdiv(k, QBLOCK)
+    kb_per_split = triton.cdiv(nkb, min(cfg.split_k, nkb))
+    return kb_per_split, triton.cdiv(nkb, kb_per_split), triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n)
+
+
+def _launch_splitk(xq, xs, wq, ws, bias, y, cfg: GemmConfig, tickets: torch.Tensor | None) -> None:
+    """``_fp8_gemm_splitk_kernel``; tickets: [tiles] int32 already zero (cleared by the activation
+    quant kernel), or None to allocate zeros here."""
+    m, k = xq.shape
+    n = wq.shape[0]
+    kb_per_split, num_splits, tiles = _split_plan(cfg, m, n, k)
+    part = torch.empty((num_splits, m, n), dtype=torch.float32, device=xq.device)
+    if tickets is None:
+        tickets = torch.zeros((tiles,), dtype=torch.int32, device=xq.device)
+    _fp8_gemm_splitk_kernel[(tiles, num_splits)](
+        xq, xs, wq, ws, bias, part, tickets, y, m, n, k, kb_per_split,
+        xq.stride(0), xq.stride(1), xs.stride(0), xs.stride(1), wq.stride(0), wq.stride(1),
+        ws.stride(0), ws.stride(1),
+        HAS_BIAS=bias is not None, EVEN_K=k % QBLOCK == 0,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=QBLOCK, QBLOCK=QBLOCK,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )  # fmt: skip
 
 
 def fp8_block_gemm(
@@ -448,6 +462,11 @@ def fp8_block_gemm(
     Returns:
         y: [M, N] ``out_dtype``, contiguous.
     """
+    return _gemm(xq, xs, wq, ws, bias, out_dtype, config, tickets=None)
+
+
+def _gemm(xq, xs, wq, ws, bias, out_dtype, config: GemmConfig | None, tickets: torch.Tensor | None) -> torch.Tensor:
+    """``fp8_block_gemm``; tickets: a split-K config's zeroed tile tickets (``fp8_block_linear``) or None."""
     _check_gemm_inputs(xq, xs, wq, ws, bias, out_dtype)
     m, k = xq.shape
     n = wq.shape[0]
@@ -460,11 +479,16 @@ def fp8_block_gemm(
         bias = bias.contiguous()
     tma_ok = _tma_ok(xq, wq, out_dtype)
     if config is None:
-        config = _tuned_config(xq.device, m, n, k, tma_ok) or pick_config(m, n, k, _num_sms(xq.device), tma_ok)
+        config = _default_config(xq.device, m, n, k, tma_ok)
     elif config.kind == "tma" and not tma_ok:
         raise ValueError("fp8_block_gemm: TMA needs contiguous xq/wq, K % 16 == 0 and 16-byte aligned output rows")
-    _launch(xq, xs, wq, ws, bias, y, config)
+    _launch(xq, xs, wq, ws, bias, y, config, tickets)
     return y
+
+
+def _default_config(device: torch.device, m: int, n: int, k: int, tma_ok: bool) -> GemmConfig:
+    """The shipped tuned config for this device and shape, else the heuristic."""
+    return _tuned_config(device, m, n, k, tma_ok) or pick_config(m, n, k, _num_sms(device), tma_ok)
 
 
 def fp8_block_linear(
@@ -473,20 +497,34 @@ def fp8_block_linear(
     ws: torch.Tensor,
     bias: torch.Tensor | None = None,
     scale_fmt: str = "float",
+    config: GemmConfig | None = None,
 ) -> torch.Tensor:
     """``act_quant_1x128`` then ``fp8_block_gemm``; matches ``block_fp8_linear_ref`` for 2-D x.
+
+    Two launches for every config: with a split-K config the quant kernel also clears the GEMM's
+    tile tickets. (Quantizing inside the split-K main loop instead, one launch, was measured slower
+    on the H100: ``benchmarks/lab/small_m_lab.py``, see docs/architecture.md.)
 
     Args:
         x: [M, K] bfloat16/float16/float32, any strides.
         wq: [N, K] float8_e4m3fn; ws: [ceil(N/128), ceil(K/128)] float32 (multipliers).
         bias: [N] or None.
         scale_fmt: activation scale format, "float" or "ue8m0".
+        config: force a configuration (tests, benchmarks); default: tuned table or ``pick_config``.
     Returns:
-        y: [M, N] in x.dtype.
+        y: [M, N] in x.dtype, contiguous.
     """
     if x.dim() != 2:
         raise ValueError(f"fp8_block_linear: x must be 2-D [M, K], got shape {tuple(x.shape)}")
     if wq.dim() != 2 or wq.shape[1] != x.shape[1]:
         raise ValueError(f"fp8_block_linear: x has K={x.shape[1]} but the weight is {tuple(wq.shape)} ([N, K])")
-    xq, xs = act_quant_1x128(x, scale_fmt)
-    return fp8_block_gemm(xq, xs, wq, ws, bias, out_dtype=x.dtype)
+    m, k = x.shape
+    n = wq.shape[0]
+    tickets = None
+    if m > 0 and n > 0 and k > 0 and x.dtype in _OUT_DTYPES and wq.device == x.device:
+        if config is None:  # the config fp8_block_gemm would pick for the fresh, contiguous xq
+            config = _default_config(x.device, m, n, k, _tma_ok_weight(wq, x.dtype))
+        if config.kind == "splitk":
+            tickets = torch.empty((_split_plan(config, m, n, k)[2],), dtype=torch.int32, device=x.device)
+    xq, xs = act_quant_1x128(x, scale_fmt, zero=tickets)
+    return _gemm(xq, xs, wq, ws, bias, x.dtype, config, tickets)
