@@ -98,8 +98,8 @@ def render(data: dict) -> str:
         "",
         "Reading: with the template the whole block is 5 launches at M >= 128 (two activation quantizations, "
         "three GEMM templates carrying SiLU * mul and the residual add). At M <= 16 the down projection "
-        "(N = 4096, few output tiles) takes the op's split-K path (its own quantization, split-K and "
-        "reduce kernels), which has no single store to fuse into, so the residual add stays a "
+        "(N = 4096, few output tiles) takes the op's split-K path (its own quantization kernel, then the "
+        "split-K GEMM, which since 0e351f6 also reduces), which has no single store to fuse into, so the residual add stays a "
         "separate kernel. The fused epilogue saves the bf16 round trips of the gate/up outputs and of the "
         "down projection's output: 4-6% at M <= 128, nothing measurable at M >= 2048 where the GEMMs "
         "dominate, and at M = 512 the template was 6% slower than the op (the same GEMM config with "

@@ -14,8 +14,8 @@ GEMM's store (``store_output``) instead of writing the linear's output and readi
 GEMM choices:
 * outside max-autotune: one choice, no benchmarking: the shipped tuned config for this device and
   shape (``fp8inductor.tuned``) or the heuristic (``pick_config``) as a template. When that config
-  is split-K (small M, few output tiles: two kernels, no single store to fuse into) the op stays a
-  FallbackKernel, as without this module.
+  is split-K (small M, few output tiles: the last split of each tile stores it, no single store to
+  fuse into) the op stays a FallbackKernel, as without this module.
 * under ``max_autotune`` / ``max_autotune_gemm``: every template config of ``kernels.config.CONFIGS``
   that fits, the tuned one, and the op's own launcher (``fp8inductor::block_gemm``, which can split
   K), benchmarked by Inductor's autotuner. cuBLAS blockwise ``torch._scaled_mm`` is not offered: on

@@ -9,7 +9,7 @@ outer product of that block's scales into the running fp32 sum ("promotion", as 
 |---|---|---|
 | ``_fp8_gemm_tma_kernel`` | M > 64, TMA-compatible layout | persistent grid, TMA tensor descriptors: 841-920 TFLOP/s at M >= 2048 on the H100 |
 | ``_fp8_gemm_tiles_kernel`` | otherwise, enough output tiles | one program per tile, pointer loads, any strides |
-| ``_fp8_gemm_splitk_kernel`` (+ reduce) | M <= 64 with too few tiles to fill the GPU | weight streaming: K split over programs, fixed-order reduction (deterministic) |
+| ``_fp8_gemm_splitk_kernel`` | M <= 64 with too few tiles to fill the GPU | weight streaming: K split over programs; the last split of a tile (atomic ticket) sums the partials in fixed order (deterministic) |
 
 Measured on the H100 (triton 3.6, ``benchmarks/kernel_lab.py``, 2026-11-25), best config TFLOP/s:
 M=4096 N=K=4096: TMA 841, tiles 738, cuBLAS blockwise 1186, bf16 735; M=8192 N=7168 K=16384: TMA 920,
