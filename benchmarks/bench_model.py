@@ -518,6 +518,50 @@ class RowRunner:
         self._graphs.append(graph)  # keep alive
         return replay
 
+    # Kernel name -> category of the decode profile (first match wins; names as Triton/cuBLAS emit them).
+    PROFILE_CATEGORIES = (
+        ("fp8 activation quant", ("_act_quant_1x128_kernel",)),
+        ("fp8 GEMM, op kernels", ("_fp8_gemm_splitk_kernel", "_fp8_gemm_tiles_kernel", "_fp8_gemm_tma_kernel")),
+        ("Triton GEMM templates (+ fused epilogue)", ("triton_tem",)),
+        ("cuBLAS GEMM", ("gemm", "gemv", "nvjet", "xmma", "cutlass", "cublas")),
+        ("attention", ("flash", "fmha", "attention", "sdpa", "efficient")),
+        ("Inductor pointwise / reductions", ("triton_",)),
+        ("copies, fills", ("memcpy", "memset", "copy", "fill", "elementwise")),
+    )
+
+    def profile_step(self, step: Callable[[], Any], steps: int = 20) -> dict:
+        """GPU kernel time of one decode step by category (torch.profiler over ``steps`` calls)."""
+        torch = self.torch
+        from torch.profiler import ProfilerActivity, profile
+
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(steps):
+                step()
+            torch.cuda.synchronize()
+        cats: dict[str, dict[str, float]] = {}
+        kernels: list[tuple[str, float, float]] = []
+        for avg in prof.key_averages():
+            us = float(getattr(avg, "device_time_total", None) or getattr(avg, "cuda_time_total", 0.0))
+            if us <= 0:
+                continue
+            name = avg.key
+            low = name.lower()
+            cat = next((c for c, pats in self.PROFILE_CATEGORIES if any(p.lower() in low for p in pats)), "other")
+            slot = cats.setdefault(cat, {"us_per_step": 0.0, "kernels_per_step": 0.0})
+            slot["us_per_step"] += us / steps
+            slot["kernels_per_step"] += avg.count / steps
+            kernels.append((name[:120], us / steps, avg.count / steps))
+        kernels.sort(key=lambda t: -t[1])
+        return {
+            "steps": steps,
+            "gpu_busy_us_per_step": sum(v["us_per_step"] for v in cats.values()),
+            "categories": dict(sorted(cats.items(), key=lambda kv: -kv[1]["us_per_step"])),
+            "top_kernels": [{"name": n, "us_per_step": u, "calls_per_step": c} for n, u, c in kernels[:15]],
+        }
+
     @staticmethod
     def rel_err(y, ref) -> float:
         y, ref = y.float().cpu(), ref.float().cpu()
@@ -730,6 +774,11 @@ class RowRunner:
                 entry.update(t)
                 entry["tokens_per_s"] = b / (t["median_ms"] * 1e-3)
                 self.log(f"{key}: {t['median_ms'] * 1e3:.0f} us/step, {entry['tokens_per_s']:,.0f} tok/s")
+                if self.args.profile_decode and self.cuda and b == self.shape.decode_batches[0]:
+                    entry["profile"] = self.profile_step(step)
+                    for cat, v in entry["profile"]["categories"].items():
+                        self.log(f"{key} profile: {cat}: {v['us_per_step']:.1f} us/step, {v['kernels_per_step']:g} kernels")
+                    self.log(f"{key} profile: GPU busy {entry['profile']['gpu_busy_us_per_step']:.1f} us/step")
                 self.save()
             except Exception as exc:  # noqa: BLE001
                 self._error(key, exc)
@@ -823,6 +872,8 @@ def child_command(args: argparse.Namespace, row: str, row_out: Path) -> list[str
     ]
     if args.quick:
         cmd.append("--quick")
+    if args.profile_decode:
+        cmd.append("--profile-decode")
     return cmd
 
 
@@ -935,6 +986,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--cpu-warmup", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--cpu-reps", type=int, default=3, help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--profile-decode",
+        action="store_true",
+        help="also profile the first decode batch's step (torch.profiler): GPU time per kernel category",
+    )
     ap.add_argument("--row", choices=ROW_ORDER, help=argparse.SUPPRESS)  # child mode: run one row
     ap.add_argument("--row-out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
