@@ -32,6 +32,13 @@ class FP8BlockConfig:
             whose store carries the fused epilogue (bias, cast, residual add, activation); see
             ``fp8inductor.lowering``. "extern": always the opaque op (activation quant + GEMM
             launched by the op, config chosen per call).
+        fuse_siblings: linears that read the same activation with high-precision parameter weights
+            (q/k/v, gate/up) run as one GEMM on the weights concatenated along N: one activation
+            quant and one launch instead of one each, for a static M of at most 128 rows (decode,
+            whose cost is mostly per-launch cost; ``passes.SIBLING_FUSION_MAX_M``). Needs out_features that are multiples of 128 (a weight block
+            never straddles two linears); the concatenated weight is quantized once per process and
+            shared by every graph (``weight_memo``). Linears on already-FP8 modules (``quantize_``)
+            are not fused: that would need a second FP8 copy.
     """
 
     weight_block_size: tuple[int, int] = (128, 128)
@@ -41,6 +48,7 @@ class FP8BlockConfig:
     min_in_features: int = 128
     min_out_features: int = 128
     gemm_lowering: str = "template"
+    fuse_siblings: bool = True
 
     def __post_init__(self) -> None:
         bs = tuple(self.weight_block_size)
@@ -59,6 +67,8 @@ class FP8BlockConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if not isinstance(self.fuse_siblings, bool):
+            raise TypeError(f"fuse_siblings must be a bool, got {self.fuse_siblings!r}")
         if self.gemm_lowering not in GEMM_LOWERINGS:
             raise ValueError(f"gemm_lowering must be one of {GEMM_LOWERINGS}, got {self.gemm_lowering!r}")
 

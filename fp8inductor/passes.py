@@ -55,6 +55,14 @@ _PASS_THROUGH = {
 }
 _MATMULS = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default}
 
+# Sibling linears (``FP8BlockConfig.fuse_siblings``) are fused only for a static M up to this many
+# rows: there a linear costs mostly its launch and ramp (H100 profile, docs/benchmarks.md), and one
+# GEMM on the concatenated weight saves it. At large M the GEMMs are compute-bound, and the caller's
+# pointwise op on two slices (SiLU(gate) * up) could no longer fuse into one template's store: it
+# would be an extra pass over the whole [M, 2 * intermediate] output. A symbolic M (one graph for
+# prefill and decode) is not fused either.
+SIBLING_FUSION_MAX_M = 128
+
 
 @dataclasses.dataclass
 class CompileScope:
@@ -230,13 +238,22 @@ class _Rewriter:
     # -- main loop ------------------------------------------------------------------------------
 
     def run(self) -> None:
+        eligible: list[LinearMatch] = []
         for node in list(self.graph.nodes):
             if node.op != "call_function" or node.target not in (aten.mm.default, aten.addmm.default):
                 continue
             match = self._match(node)
             if match is not None:
                 self.seen_anchors.add(node)
-                self._handle(match)
+                if self._handle(match):
+                    eligible.append(match)
+        groups = self._sibling_groups(eligible) if self.config.fuse_siblings else []
+        fused = {id(m) for g in groups for m in g}
+        for group in groups:
+            self._rewrite_siblings(group)
+        for match in eligible:
+            if id(match) not in fused:
+                self._rewrite(match)
         self._report_unmatched()
         self.graph.lint()
 
@@ -251,7 +268,8 @@ class _Rewriter:
             return LinearMatch(pattern, node, m.kwargs["x"], w, m.kwargs.get("bias"))
         return None
 
-    def _handle(self, match: LinearMatch) -> None:
+    def _handle(self, match: LinearMatch) -> bool:
+        """Record the decision for this match; True if it converts (rewritten later by ``run``)."""
         w_val = _val(match.weight)
         n, k = (
             (w_val.shape if match.pattern.weight_layout == "NK" else w_val.shape[::-1])
@@ -280,10 +298,10 @@ class _Rewriter:
             )
         )
         if reason is None:
-            self._rewrite(match)
             torch._dynamo.utils.counters["fp8inductor"]["linears_converted"] += 1
         else:
             torch._dynamo.utils.counters["fp8inductor"]["linears_skipped"] += 1
+        return reason is None
 
     def _ineligible(self, match: LinearMatch, module: str, n: int, k: int) -> str | None:
         """Why this match must stay as it is, or None if it converts."""
@@ -308,7 +326,7 @@ class _Rewriter:
     # -- rewriting ------------------------------------------------------------------------------
 
     def _fake(self, fn, *args):
-        vals = [_val(a) if isinstance(a, fx.Node) else a for a in args]
+        vals = fx.node.map_arg(args, _val)  # nodes -> their fake values, also inside lists
         ctx = self.fake_mode if self.fake_mode is not None else contextlib.nullcontext()
         with ctx:
             return fn(*vals)
@@ -337,6 +355,73 @@ class _Rewriter:
                 s = self._call(operator.getitem, (qs, 1), val=qs.meta["val"][1])
         self.quantized[key] = (q, s)
         return q, s
+
+    def _sibling_groups(self, eligible: list[LinearMatch]) -> list[list[LinearMatch]]:
+        """Converting linears to run as one GEMM: same activation node, a static M of at most
+        ``SIBLING_FUSION_MAX_M`` rows, placeholder weights (and biases) of one dtype, out_features %
+        128 == 0 (no weight block straddles two of them), all with a bias or none; two or more per
+        group, in graph order."""
+        by_key: dict[tuple, list[LinearMatch]] = {}
+        for m in eligible:
+            rows = _val(m.x).shape[0]
+            if not isinstance(rows, int) or rows > SIBLING_FUSION_MAX_M:
+                continue
+            w_val = _val(m.weight)
+            n = w_val.shape[0] if m.pattern.weight_layout == "NK" else w_val.shape[1]
+            if n % self.config.weight_block_size[0] or self._param_index(m.weight) is None:
+                continue
+            if m.bias is not None and (self._param_index(m.bias) is None or _val(m.bias).dtype != w_val.dtype):
+                continue
+            key = (_unflattened_activation(m.x), w_val.dtype, m.bias is None)  # one x, each mm its own view
+            by_key.setdefault(key, []).append(m)
+        return [g for g in by_key.values() if len(g) > 1]
+
+    def _rewrite_siblings(self, group: list[LinearMatch]) -> None:
+        """``y = block_linear(x, quantize_weight(cat(W_i)), cat(b_i))``; each linear reads its slice of y."""
+        cfg = self.config
+        cursor = self.placeholders[-1]  # the weights and biases are placeholders: all defined by here
+
+        def emit(fn, args, val=None) -> fx.Node:
+            nonlocal cursor
+            with self.graph.inserting_after(cursor):
+                cursor = self._call(fn, args, val)
+            return cursor
+
+        parts = [
+            emit(aten.permute.default, (m.weight, [1, 0])) if m.pattern.weight_layout == "KN" else m.weight
+            for m in group
+        ]
+        qs = emit(fp8_ops.quantize_weight.default, (emit(aten.cat.default, (parts, 0)), *cfg.weight_block_size, cfg.scale_fmt))
+        q = emit(operator.getitem, (qs, 0), qs.meta["val"][0])
+        s = emit(operator.getitem, (qs, 1), qs.meta["val"][1])
+        bias = emit(aten.cat.default, ([m.bias for m in group], 0)) if group[0].bias is not None else None
+        first = min((m.anchor for m in group), key=self._order().__getitem__)
+        x, flattened = _unflattened_activation(group[0].x)
+        with self.graph.inserting_before(first):
+            y = self._call(fp8_ops.block_linear.default, (x, q, s, bias, cfg.group_size, cfg.scale_fmt))
+            y.meta.update({k: v for k, v in first.meta.items() if k not in ("val", "tensor_meta")})
+            start = 0
+            outs = []
+            for m in group:
+                mm, n = _val(m.anchor).shape
+                y_i = self._call(aten.slice.Tensor, (y, -1, start, start + n))
+                start += n
+                if flattened:  # [..., n] -> the mm's [M, n] (the slice's leading dims stay mergeable)
+                    y_i = self._call(aten.view.default, (y_i, [mm if isinstance(mm, int) else -1, n]))
+                outs.append(y_i)
+        for m, y_i in zip(group, outs):
+            anchor = m.anchor
+            anchor.replace_all_uses_with(y_i)
+            operands = list(anchor.all_input_nodes)
+            self.graph.erase_node(anchor)
+            for op in operands:
+                if op.op == "call_function" and op.target is aten.permute.default and not op.users:
+                    self.graph.erase_node(op)
+        torch._dynamo.utils.counters["fp8inductor"]["linears_fused"] += len(group)
+        torch._dynamo.utils.counters["fp8inductor"]["sibling_groups"] += 1
+
+    def _order(self) -> dict[fx.Node, int]:
+        return {n: i for i, n in enumerate(self.graph.nodes)}
 
     def _last_placeholder_or(self, node: fx.Node) -> fx.Node:
         return self.placeholders[-1] if node.op == "placeholder" and self.placeholders else node

@@ -8,12 +8,13 @@ three more decode graphs, against 5.2 GiB for bf16. With it (same benchmark, git
 (bf16 + one FP8 copy) in steady state, 6.83 GiB after the decode graphs.
 
 While an fp8block compile is in progress, ``quantize_weight`` on a real (non-fake) tensor goes
-through ``memoized``: the result for the same weight storage, view, block, format and *content*
-is returned again, so all graphs share one FP8 weight and its scales. Content is checked, not
-assumed: each entry keeps a fingerprint of the weight's bits (two 64-bit sums of per-element
-splitmix64 mixes, computed on the weight's device; ``fingerprint``), and an in-place change of the
-weight (``w.data.mul_``, ``copy_``, which need not bump ``w._version``) makes the next compile
-quantize afresh. Entries hold weak references only: once no graph holds the FP8 tensors they are
+through ``memoized``: the result for the same shape, strides, dtype, device, block, format and
+*content* is returned again, so all graphs share one FP8 weight and its scales. The key is the
+content: a fingerprint of the weight's bits (two 64-bit sums of per-element splitmix64 mixes,
+computed on the weight's device; ``fingerprint``), so an in-place change of the weight
+(``w.data.mul_``, ``copy_``, which need not bump ``w._version``) makes the next compile quantize
+afresh, and a fresh tensor with known bits (the concatenated q/k/v weight that every compile
+builds anew, ``FP8BlockConfig.fuse_siblings``) finds its earlier quantization. Entries hold weak references only: once no graph holds the FP8 tensors they are
 freed as before.
 
 Outside a compile (eager calls, ``quantize_``) nothing is memoized: callers own their outputs.
@@ -32,18 +33,11 @@ _lock = threading.Lock()
 _entries: dict[tuple, tuple[tuple[int, int], weakref.ref, weakref.ref]] = {}
 
 
-def _key(w: torch.Tensor, block_n: int, block_k: int, scale_fmt: str) -> tuple:
-    return (
-        w.device,
-        w.untyped_storage().data_ptr(),
-        w.storage_offset(),
-        tuple(w.shape),
-        tuple(w.stride()),
-        w.dtype,
-        block_n,
-        block_k,
-        scale_fmt,
-    )
+def _key(w: torch.Tensor, block_n: int, block_k: int, scale_fmt: str, fp: tuple[int, int]) -> tuple:
+    """Content-addressed: the same bits in the same layout quantize to the same FP8 tensors, wherever
+    they live. (A concatenation of sibling weights, ``FP8BlockConfig.fuse_siblings``, is a fresh
+    tensor in every compile: a storage-pointer key would miss it and add one copy per graph.)"""
+    return (w.device, tuple(w.shape), tuple(w.stride()), w.dtype, block_n, block_k, scale_fmt, fp)
 
 
 def _signed(c: int) -> int:
@@ -118,11 +112,11 @@ def memoized(
     """``quantize()`` for w [N, K], or the (q, s) an earlier graph of this process got for the same bits."""
     if not _in_fp8block_compile() or isinstance(w, torch._subclasses.FakeTensor) or w.device.type == "meta":
         return quantize()
-    key = _key(w, block_n, block_k, scale_fmt)
     fp = fingerprint(w)
+    key = _key(w, block_n, block_k, scale_fmt, fp)
     with _lock:
         entry = _entries.get(key)
-        if entry is not None and entry[0] == fp:
+        if entry is not None:
             q, s = entry[1](), entry[2]()
             if q is not None and s is not None:
                 return q, s

@@ -30,7 +30,12 @@ def fresh_dynamo():
     """Each compile test starts and ends with an empty Dynamo cache and cleared counters."""
     from torch._dynamo.utils import counters
 
+    from fp8inductor import weight_memo
+
     torch._dynamo.reset()
     counters.clear()
+    # The weight memo is content-keyed: a model with the same seeded weights as an earlier test's,
+    # whose graphs may still be alive, would share that test's FP8 tensors. Start each test afresh.
+    weight_memo.clear()
     yield
     torch._dynamo.reset()

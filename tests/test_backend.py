@@ -469,7 +469,8 @@ def test_lowering_shares_activation_quant_and_never_reuses_a_mutated_one(monkeyp
     x = torch.randn(2, 5, 256)
     with torch.inference_mode(), warnings.catch_warnings(), inductor_config.patch(force_disable_caches=True):
         warnings.simplefilter("ignore")
-        y, codes = run_and_get_code(compile_fp8(model), x)
+        # fuse_siblings off: a and b read the same h and would otherwise be one GEMM (one quant anyway)
+        y, codes = run_and_get_code(compile_fp8(model, options={"fuse_siblings": False}), x)
         h = x * 2.0
         want = fp8_linear(h, model.a.weight, model.a.bias)
         if mutate:
@@ -479,3 +480,97 @@ def test_lowering_shares_activation_quant_and_never_reuses_a_mutated_one(monkeyp
     assert quants == (2 if mutate else 1), codes[0]  # shared only when it is the same value
     assert codes[0].count("fp8inductor.block_gemm.default(") == 2
     torch.testing.assert_close(y, want, rtol=2**-7, atol=1e-2)
+
+
+class _Siblings(nn.Module):
+    """q/k/v-like linears on one activation (one with N not a multiple of 128), then an output linear."""
+
+    def __init__(self, n_k: int = 128, bias: bool = False, v_bias: bool | None = None) -> None:
+        super().__init__()
+        self.q = nn.Linear(256, 256, bias=bias)
+        self.k = nn.Linear(256, n_k, bias=bias)
+        self.v = nn.Linear(256, 128, bias=bias if v_bias is None else v_bias)
+        self.o = nn.Linear(256 + n_k + 128, 256)
+
+    def forward(self, x):
+        return self.o(torch.cat([self.q(x), self.k(x) * 2, torch.relu(self.v(x))], -1))
+
+
+def _run_twice(model, x, **options):
+    torch._dynamo.reset()
+    counters.clear()
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fast = torch.compile(model, backend="fp8block", options=options or None)
+        return fast(x), fast(x), dict(counters["fp8inductor"])
+
+
+@pytest.mark.parametrize("shape", [(5, 256), (2, 3, 256)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_sibling_linears_run_as_one_gemm(shape, bias, monkeypatch):
+    """q, k, v read the same x: one block_linear on the concatenated weight, quantized once at
+    compile time; the outputs equal one GEMM per linear bit for bit on the CPU reference path."""
+    from fp8inductor import reference as ref
+
+    model = _Siblings(bias=bias).eval()
+    x = torch.randn(*shape)
+    calls = []
+    original = ref.quantize_weight_ref
+    monkeypatch.setattr(ref, "quantize_weight_ref", lambda w, *a, **k: (calls.append(tuple(w.shape)), original(w, *a, **k))[1])
+    y, y_again, seen = _run_twice(model, x)
+    assert seen["sibling_groups"] == 1 and seen["linears_fused"] == 3 and seen["linears_converted"] == 4
+    assert sorted(calls) == [(256, 512), (512, 256)]  # o, and cat(q, k, v) once: at compile time only
+    y_sep, _, seen_sep = _run_twice(model, x, fuse_siblings=False)
+    assert "sibling_groups" not in seen_sep
+    assert torch.equal(y, y_again) and torch.equal(y, y_sep)
+
+
+def test_siblings_fused_only_where_blocks_align_and_bias_agrees():
+    x = torch.randn(4, 256)
+    _, _, seen = _run_twice(_Siblings(n_k=200).eval(), x)  # k: N = 200 straddles a weight block
+    assert seen["sibling_groups"] == 1 and seen["linears_fused"] == 2
+    _, _, seen = _run_twice(_Siblings(bias=True, v_bias=False).eval(), x)  # v has no bias
+    assert seen["sibling_groups"] == 1 and seen["linears_fused"] == 2
+    with pytest.raises(TypeError, match="fuse_siblings"):
+        FP8BlockConfig(fuse_siblings="yes")
+
+
+def test_fused_siblings_share_one_fp8_copy_across_graphs(monkeypatch):
+    """The concatenated weight is a fresh tensor in every compile; the content-keyed weight memo
+    still hands every graph the first graph's FP8 copy."""
+    import weakref
+
+    from fp8inductor import reference as ref
+
+    made = []
+    original = ref.quantize_weight_ref
+
+    def counting(w, *args, **kwargs):
+        out = original(w, *args, **kwargs)
+        made.append((tuple(w.shape), weakref.ref(out[0])))
+        return out
+
+    monkeypatch.setattr(ref, "quantize_weight_ref", counting)
+    model = _Siblings().eval()
+    fast = torch.compile(model, backend="fp8block")
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for shape in [(4, 256), (7, 256), (2, 3, 256)]:
+            fast(torch.randn(*shape))
+    cats = [r for s, r in made if s == (512, 256)]
+    assert len(cats) == 1 and cats[0]() is not None
+
+
+def test_siblings_not_fused_for_large_or_symbolic_m():
+    from fp8inductor.passes import SIBLING_FUSION_MAX_M
+
+    _, _, seen = _run_twice(_Siblings().eval(), torch.randn(SIBLING_FUSION_MAX_M + 1, 256))
+    assert "sibling_groups" not in seen and seen["linears_converted"] == 4
+    torch._dynamo.reset()
+    counters.clear()
+    model = _Siblings().eval()
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fast = torch.compile(model, backend="fp8block", dynamic=True)
+        fast(torch.randn(5, 256))
+    assert "sibling_groups" not in counters["fp8inductor"]
