@@ -168,6 +168,23 @@ def _unflattened_activation(x: fx.Node) -> tuple[fx.Node, bool]:
     return src, True
 
 
+_VIEWS = {aten.view.default, aten.reshape.default, aten._unsafe_view.default}
+
+
+def _reaches_output(node: fx.Node) -> bool:
+    """Whether ``node``'s value leaves the graph, directly or through views of it."""
+    todo, seen = [node], set()
+    while todo:
+        n = todo.pop()
+        for user in n.users:
+            if user.op == "output":
+                return True
+            if user.op == "call_function" and user.target in _VIEWS and user not in seen:
+                seen.add(user)
+                todo.append(user)
+    return False
+
+
 def module_path_from_stack(node: fx.Node) -> str | None:
     """Innermost module path of ``node`` from Dynamo's ``nn_module_stack``, as a dotted FQN."""
     stack = node.meta.get("nn_module_stack")
@@ -209,6 +226,7 @@ class _Rewriter:
         self.placeholder_index = {n: i for i, n in enumerate(self.placeholders)}
         self.quantized: dict[tuple[fx.Node, str], tuple[fx.Node, fx.Node]] = {}
         self.seen_anchors: set[fx.Node] = set()
+        self.replaced: dict[fx.Node, fx.Node] = {}  # rewritten (erased) anchor -> its replacement
 
     # -- weight identity ------------------------------------------------------------------------
 
@@ -248,9 +266,16 @@ class _Rewriter:
                 if self._handle(match):
                     eligible.append(match)
         groups = self._sibling_groups(eligible) if self.config.fuse_siblings else []
-        fused = {id(m) for g in groups for m in g}
+        fused = set()
         for group in groups:
-            self._rewrite_siblings(group)
+            # One quantization of the concatenated weight, whether or not this graph fuses the GEMM:
+            # every graph (static decode, large or symbolic M) then holds the same FP8 constant.
+            q_cat, s_cat = self._quantize_concatenated(group)
+            if self._fuses_gemm(group):
+                self._rewrite_siblings(group, q_cat, s_cat)
+                fused.update(id(m) for m in group)
+            else:
+                self._share_rows(group, q_cat, s_cat)
         for match in eligible:
             if id(match) not in fused:
                 self._rewrite(match)
@@ -357,27 +382,37 @@ class _Rewriter:
         return q, s
 
     def _sibling_groups(self, eligible: list[LinearMatch]) -> list[list[LinearMatch]]:
-        """Converting linears to run as one GEMM: same activation node, a static M of at most
-        ``SIBLING_FUSION_MAX_M`` rows, placeholder weights (and biases) of one dtype, out_features %
-        128 == 0 (no weight block straddles two of them), all with a bias or none; two or more per
-        group, in graph order."""
+        """Converting linears that read the same activation, with placeholder weights (and biases)
+        of one dtype, out_features % 128 == 0 (no weight block straddles two of them), all with a
+        bias or none, each weight once: two or more per group, in graph order."""
         by_key: dict[tuple, list[LinearMatch]] = {}
         for m in eligible:
-            rows = _val(m.x).shape[0]
-            if not isinstance(rows, int) or rows > SIBLING_FUSION_MAX_M:
-                continue
             w_val = _val(m.weight)
-            n = w_val.shape[0] if m.pattern.weight_layout == "NK" else w_val.shape[1]
-            if n % self.config.weight_block_size[0] or self._param_index(m.weight) is None:
+            if self._out_features(m) % self.config.weight_block_size[0] or self._param_index(m.weight) is None:
                 continue
             if m.bias is not None and (self._param_index(m.bias) is None or _val(m.bias).dtype != w_val.dtype):
                 continue
             key = (_unflattened_activation(m.x), w_val.dtype, m.bias is None)  # one x, each mm its own view
-            by_key.setdefault(key, []).append(m)
+            group = by_key.setdefault(key, [])
+            if all((g.weight, g.pattern.weight_layout) != (m.weight, m.pattern.weight_layout) for g in group):
+                group.append(m)
         return [g for g in by_key.values() if len(g) > 1]
 
-    def _rewrite_siblings(self, group: list[LinearMatch]) -> None:
-        """``y = block_linear(x, quantize_weight(cat(W_i)), cat(b_i))``; each linear reads its slice of y."""
+    @staticmethod
+    def _out_features(m: LinearMatch) -> int:
+        w_val = _val(m.weight)
+        return int(w_val.shape[0] if m.pattern.weight_layout == "NK" else w_val.shape[1])
+
+    def _fuses_gemm(self, group: list[LinearMatch]) -> bool:
+        """One GEMM for the group: a static M of at most ``SIBLING_FUSION_MAX_M`` rows, and no
+        member's output leaves the graph (it would be a strided slice of the fused output)."""
+        rows = _val(group[0].x).shape[0]
+        if not isinstance(rows, int) or rows > SIBLING_FUSION_MAX_M:
+            return False
+        return not any(_reaches_output(m.anchor) for m in group)
+
+    def _quantize_concatenated(self, group: list[LinearMatch]) -> tuple[fx.Node, fx.Node]:
+        """(q [sum N_i, K] fp8, s [sum N_i / 128, ceil(K/128)] fp32) of ``cat(W_i)``, made after the placeholders."""
         cfg = self.config
         cursor = self.placeholders[-1]  # the weights and biases are placeholders: all defined by here
 
@@ -391,12 +426,34 @@ class _Rewriter:
             emit(aten.permute.default, (m.weight, [1, 0])) if m.pattern.weight_layout == "KN" else m.weight
             for m in group
         ]
-        qs = emit(fp8_ops.quantize_weight.default, (emit(aten.cat.default, (parts, 0)), *cfg.weight_block_size, cfg.scale_fmt))
-        q = emit(operator.getitem, (qs, 0), qs.meta["val"][0])
-        s = emit(operator.getitem, (qs, 1), qs.meta["val"][1])
-        bias = emit(aten.cat.default, ([m.bias for m in group], 0)) if group[0].bias is not None else None
+        w_cat = emit(aten.cat.default, (parts, 0))
+        qs = emit(fp8_ops.quantize_weight.default, (w_cat, *cfg.weight_block_size, cfg.scale_fmt))
+        return emit(operator.getitem, (qs, 0), qs.meta["val"][0]), emit(operator.getitem, (qs, 1), qs.meta["val"][1])
+
+    def _share_rows(self, group: list[LinearMatch], q_cat: fx.Node, s_cat: fx.Node) -> None:
+        """Unfused siblings: each linear's (q, s) is its row range of the concatenated quantization
+        (row slices of a row-major constant: views, no copy; the same bytes as quantizing W_i alone,
+        since every N_i is a multiple of the 128-row block)."""
+        block_n = self.config.weight_block_size[0]
+        start = 0
+        for m in group:
+            n = self._out_features(m)
+            with self.graph.inserting_after(s_cat):
+                s_i = self._call(aten.slice.Tensor, (s_cat, 0, start // block_n, (start + n) // block_n))
+            with self.graph.inserting_after(s_cat):
+                q_i = self._call(aten.slice.Tensor, (q_cat, 0, start, start + n))
+            self.quantized.setdefault((m.weight, m.pattern.weight_layout), (q_i, s_i))
+            start += n
+
+    def _rewrite_siblings(self, group: list[LinearMatch], q: fx.Node, s: fx.Node) -> None:
+        """``y = block_linear(x, q_cat, s_cat, cat(b_i))``; each linear reads its slice of y."""
+        cfg = self.config
+        bias = None
+        if group[0].bias is not None:
+            with self.graph.inserting_after(s):
+                bias = self._call(aten.cat.default, ([m.bias for m in group], 0))
         first = min((m.anchor for m in group), key=self._order().__getitem__)
-        x, flattened = _unflattened_activation(group[0].x)
+        x, flattened = _unflattened_activation(self._resolve(group[0].x))
         with self.graph.inserting_before(first):
             y = self._call(fp8_ops.block_linear.default, (x, q, s, bias, cfg.group_size, cfg.scale_fmt))
             y.meta.update({k: v for k, v in first.meta.items() if k not in ("val", "tensor_meta")})
@@ -410,18 +467,26 @@ class _Rewriter:
                     y_i = self._call(aten.view.default, (y_i, [mm if isinstance(mm, int) else -1, n]))
                 outs.append(y_i)
         for m, y_i in zip(group, outs):
-            anchor = m.anchor
-            anchor.replace_all_uses_with(y_i)
-            operands = list(anchor.all_input_nodes)
-            self.graph.erase_node(anchor)
-            for op in operands:
-                if op.op == "call_function" and op.target is aten.permute.default and not op.users:
-                    self.graph.erase_node(op)
+            self._replace_anchor(m.anchor, y_i)
         torch._dynamo.utils.counters["fp8inductor"]["linears_fused"] += len(group)
         torch._dynamo.utils.counters["fp8inductor"]["sibling_groups"] += 1
 
     def _order(self) -> dict[fx.Node, int]:
         return {n: i for i, n in enumerate(self.graph.nodes)}
+
+    def _resolve(self, node: fx.Node) -> fx.Node:
+        """A match's activation as the graph has it now: an anchor rewritten earlier (``o(q(x))``)
+        is erased, and its replacement stands in for it."""
+        return self.replaced.get(node, node)
+
+    def _replace_anchor(self, anchor: fx.Node, new: fx.Node) -> None:
+        anchor.replace_all_uses_with(new)
+        self.replaced[anchor] = new
+        operands = list(anchor.all_input_nodes)
+        self.graph.erase_node(anchor)
+        for op in operands:  # the permute of W, if nothing else uses it
+            if op.op == "call_function" and op.target is aten.permute.default and not op.users:
+                self.graph.erase_node(op)
 
     def _last_placeholder_or(self, node: fx.Node) -> fx.Node:
         return self.placeholders[-1] if node.op == "placeholder" and self.placeholders else node
@@ -429,7 +494,7 @@ class _Rewriter:
     def _rewrite(self, match: LinearMatch) -> None:
         q, s = self._quantized_weight(match)
         anchor = match.anchor
-        x, flattened = _unflattened_activation(match.x)
+        x, flattened = _unflattened_activation(self._resolve(match.x))
         with self.graph.inserting_before(anchor):
             y = self._call(
                 fp8_ops.block_linear.default, (x, q, s, match.bias, self.config.group_size, self.config.scale_fmt)
@@ -439,12 +504,7 @@ class _Rewriter:
                 m, n = _val(anchor).shape
                 # A symbolic M goes in as -1 (no raw SymInt in node args); a static M (0 included) as is.
                 y = self._call(aten.view.default, (y, [m if isinstance(m, int) else -1, n]))
-        anchor.replace_all_uses_with(y)
-        operands = list(anchor.all_input_nodes)
-        self.graph.erase_node(anchor)
-        for op in operands:  # the permute of W, if nothing else uses it
-            if op.op == "call_function" and op.target is aten.permute.default and not op.users:
-                self.graph.erase_node(op)
+        self._replace_anchor(anchor, y)
 
     # -- report matmuls on parameters that no pattern covers --------------------------------------
 

@@ -30,7 +30,7 @@ import torch
 
 _CHUNK = 1 << 20  # elements per checksum chunk: bounds the int64 temporaries (~40 MiB)
 _lock = threading.Lock()
-_entries: dict[tuple, tuple[tuple[int, int], weakref.ref, weakref.ref]] = {}
+_entries: dict[tuple, tuple[_Held, _Held]] = {}  # content key -> holds on (q, s)
 
 
 def _key(w: torch.Tensor, block_n: int, block_k: int, scale_fmt: str, fp: tuple[int, int]) -> tuple:
@@ -117,19 +117,49 @@ def memoized(
     with _lock:
         entry = _entries.get(key)
         if entry is not None:
-            q, s = entry[1](), entry[2]()
+            q, s = entry[0].get(), entry[1].get()
             if q is not None and s is not None:
                 return q, s
     q, s = quantize()
     with _lock:
-        _entries[key] = (fp, weakref.ref(q), weakref.ref(s))
+        _entries[key] = (_Held(q), _Held(s))
         _prune()
     return q, s
 
 
+class _Held:
+    """A weak hold on a result tensor that survives the tensor object itself.
+
+    Constant folding may keep only views of a result (the rows of a concatenated sibling weight,
+    ``passes._share_rows``) and drop the object we returned; the storage lives on in those views.
+    So the hold is a weak reference to the storage (one Python object per storage while it lives)
+    plus the view's geometry, from which ``get`` rebuilds the same tensor without a copy.
+    """
+
+    def __init__(self, t: torch.Tensor) -> None:
+        self.tensor = weakref.ref(t)
+        self.storage = weakref.ref(t.untyped_storage())
+        self.geometry = (t.dtype, t.device, t.storage_offset(), tuple(t.shape), tuple(t.stride()))
+
+    def get(self) -> torch.Tensor | None:
+        t = self.tensor()
+        if t is not None:
+            return t
+        storage = self.storage()
+        if storage is None:
+            return None
+        dtype, device, offset, shape, stride = self.geometry
+        t = torch.empty(0, dtype=dtype, device=device).set_(storage, offset, shape, stride)
+        self.tensor = weakref.ref(t)
+        return t
+
+    def alive(self) -> bool:
+        return self.tensor() is not None or self.storage() is not None
+
+
 def _prune() -> None:
     """Drop entries whose FP8 tensors were freed (called with the lock held)."""
-    dead = [k for k, (_, q, s) in _entries.items() if q() is None or s() is None]
+    dead = [k for k, (q, s) in _entries.items() if not (q.alive() and s.alive())]
     for k in dead:
         del _entries[k]
 

@@ -552,13 +552,58 @@ def test_fused_siblings_share_one_fp8_copy_across_graphs(monkeypatch):
 
     monkeypatch.setattr(ref, "quantize_weight_ref", counting)
     model = _Siblings().eval()
-    fast = torch.compile(model, backend="fp8block")
+    fast = torch.compile(model, backend="fp8block", dynamic=False)  # three static graphs, all fused
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for shape in [(4, 256), (7, 256), (2, 3, 256)]:
             fast(torch.randn(*shape))
+    assert counters["fp8inductor"]["sibling_groups"] == 3
     cats = [r for s, r in made if s == (512, 256)]
     assert len(cats) == 1 and cats[0]() is not None
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_unfused_graphs_use_rows_of_the_same_concatenated_fp8_weight(monkeypatch, dynamic):
+    """A graph that does not fuse the GEMM (large or symbolic M) still quantizes cat(W_i) and gives
+    each linear its rows: every graph of the model holds one FP8 copy, fused or not, and the
+    unfused results equal the per-linear quantization bit for bit."""
+    from fp8inductor import reference as ref
+
+    made = []
+    original = ref.quantize_weight_ref
+    monkeypatch.setattr(ref, "quantize_weight_ref", lambda w, *a, **k: (made.append(tuple(w.shape)), original(w, *a, **k))[1])
+    model = _Siblings(bias=True).eval()
+    fast = torch.compile(model, backend="fp8block", dynamic=dynamic)
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        big = torch.randn(200, 256)
+        y_big = fast(big)  # M = 200: not fused
+        fast(torch.randn(1, 256))  # M = 1 (Dynamo specializes it): fused
+    assert sorted(made) == [(256, 512), (512, 256)], made  # o, and cat(q, k, v) once for both graphs
+    torch._dynamo.reset()
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        y_sep = torch.compile(model, backend="fp8block", options={"fuse_siblings": False})(big)
+    assert torch.equal(y_big, y_sep)
+
+
+def test_linear_chains_and_outputs_leaving_the_graph():
+    """o(q(x)) on 2-D x (the second linear's activation is the first's rewritten output), and
+    siblings whose outputs are graph outputs: those keep one GEMM each (contiguous outputs)."""
+    chain = nn.Sequential(nn.Linear(256, 256), nn.Linear(256, 256)).eval()
+    x = torch.randn(4, 256)
+    y, _, seen = _run_twice(chain, x)
+    torch.testing.assert_close(y, fp8_linear(fp8_linear(x, chain[0].weight, chain[0].bias), chain[1].weight, chain[1].bias))
+
+    class TwoOut(_Siblings):
+        def forward(self, x):
+            return self.q(x), self.k(x)
+
+    model = TwoOut().eval()
+    (q, k), _, seen = _run_twice(model, x)
+    assert "sibling_groups" not in seen and q.is_contiguous() and k.is_contiguous()
+    assert torch.equal(q, fp8_linear(x, model.q.weight)) and torch.equal(k, fp8_linear(x, model.k.weight))
+    q.view(-1)
 
 
 def test_siblings_not_fused_for_large_or_symbolic_m():

@@ -289,13 +289,13 @@ def _fp8_gemm_splitk_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
     p_ptrs = part_ptr + (offs_m.to(tl.int64))[:, None] * N + offs_n[None, :]  # split 0's partial
-    tl.store(p_ptrs + split * M * N, acc, mask=mask)
+    tl.store(p_ptrs + (split * M).to(tl.int64) * N, acc, mask=mask)  # int64: splits * M * N may pass 2**31
     tl.debug_barrier()  # every thread's partial is written before the (one-thread) release below
     ticket = tl.atomic_add(ticket_ptr + pid, 1, sem="acq_rel", scope="gpu")
     if ticket == num_splits - 1:  # last split of this tile: every other partial is visible
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for s in range(num_splits):  # fixed order: deterministic
-            acc += tl.load(p_ptrs + s * M * N, mask=mask, other=0.0, cache_modifier=".cg")
+            acc += tl.load(p_ptrs + (s * M).to(tl.int64) * N, mask=mask, other=0.0, cache_modifier=".cg")
         _store_tile(acc, y_ptr, bias_ptr, pid_m, pid_n, M, N, N, 1, HAS_BIAS, BLOCK_M, BLOCK_N)
         tl.atomic_xchg(ticket_ptr + pid, 0)  # back to zero: a tickets buffer can serve the next launch
 
