@@ -130,14 +130,10 @@ def _template_kwargs(cfg: GemmConfig, k: int, num_sms: int) -> dict:
     )
 
 
-def _default_config(device: torch.device, m: int, n: int, k: int, tma_ok: bool) -> GemmConfig:
-    from .kernels.block_gemm import _num_sms, _tuned_config, pick_config
-
-    return _tuned_config(device, m, n, k, tma_ok) or pick_config(m, n, k, _num_sms(device), tma_ok)
-
-
 def _candidate_configs(device: torch.device, m: int, n: int, k: int, tma_ok: bool) -> list[GemmConfig]:
     """Template configs worth offering: the default pick first, then the shipped CONFIGS that fit."""
+    from .kernels.block_gemm import _default_config  # the op's own choice: tuned table, else heuristic
+
     picked = _default_config(device, m, n, k, tma_ok)
     out = [] if picked.kind == "splitk" else [picked]
     if _max_autotune():

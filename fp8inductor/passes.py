@@ -460,12 +460,11 @@ class _Rewriter:
             start = 0
             outs = []
             for m in group:
-                mm, n = _val(m.anchor).shape
+                n = _val(m.anchor).shape[1]
                 y_i = self._call(aten.slice.Tensor, (y, -1, start, start + n))
                 start += n
-                if flattened:  # [..., n] -> the mm's [M, n] (the slice's leading dims stay mergeable)
-                    y_i = self._call(aten.view.default, (y_i, [mm if isinstance(mm, int) else -1, n]))
-                outs.append(y_i)
+                # [..., n] -> the mm's [M, n] (the slice's leading dims stay mergeable)
+                outs.append(self._as_mm_output(y_i, m.anchor) if flattened else y_i)
         for m, y_i in zip(group, outs):
             self._replace_anchor(m.anchor, y_i)
         torch._dynamo.utils.counters["fp8inductor"]["linears_fused"] += len(group)
@@ -501,10 +500,14 @@ class _Rewriter:
             )
             y.meta.update({k: v for k, v in anchor.meta.items() if k not in ("val", "tensor_meta")})
             if flattened:  # y is [..., N]; the graph's users expect the mm's [M, N] (and usually view back)
-                m, n = _val(anchor).shape
-                # A symbolic M goes in as -1 (no raw SymInt in node args); a static M (0 included) as is.
-                y = self._call(aten.view.default, (y, [m if isinstance(m, int) else -1, n]))
+                y = self._as_mm_output(y, anchor)
         self._replace_anchor(anchor, y)
+
+    def _as_mm_output(self, y: fx.Node, anchor: fx.Node) -> fx.Node:
+        """``view(y [..., N], [M, N])``: the 2-D shape of the mm ``anchor`` that y replaces. A symbolic
+        M goes in as -1 (no raw SymInt in node args); a static M (0 included) as is."""
+        m, n = _val(anchor).shape
+        return self._call(aten.view.default, (y, [m if isinstance(m, int) else -1, n]))
 
     # -- report matmuls on parameters that no pattern covers --------------------------------------
 

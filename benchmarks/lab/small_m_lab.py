@@ -26,8 +26,7 @@ import triton
 import triton.testing
 
 from fp8inductor.kernels.act_quant import act_quant_1x128
-from fp8inductor.kernels.block_gemm import GemmConfig, _num_sms, _tuned_config, fp8_block_gemm, fp8_block_linear
-from fp8inductor.kernels.config import pick_config
+from fp8inductor.kernels.block_gemm import GemmConfig, _default_config, fp8_block_gemm, fp8_block_linear
 from fp8inductor.kernels.weight_quant import weight_quant_128x128
 
 SHAPES = [(4096, 4096), (1024, 4096), (6144, 4096), (14336, 4096), (4096, 14336), (28672, 4096),
@@ -47,7 +46,6 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     dev = torch.device("cuda")
-    sms = _num_sms(dev)
     rows = []
     for n, k in SHAPES:
         copies = max(2, -(-4 * L2 // (n * k)))
@@ -55,7 +53,7 @@ def main() -> None:
         wb_list = [torch.randn(k, n, device=dev, dtype=torch.bfloat16) for _ in range(max(2, copies // 2))]
         for m in MS:
             x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
-            cfg = _tuned_config(dev, m, n, k, True) or pick_config(m, n, k, sms, True)
+            cfg = _default_config(dev, m, n, k, True)
             it = itertools.cycle(range(copies))
             itb = itertools.cycle(range(len(wb_list)))
 
