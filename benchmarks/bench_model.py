@@ -98,6 +98,16 @@ ROW_SPECS: dict[str, RowSpec] = {
         ),
         RowSpec("fp8block", "fp8block", None, "reduce-overhead", fp8=True, label="fp8block (bf16 model)"),
         RowSpec(
+            "fp8block_lm_head",
+            "fp8block",
+            None,
+            "reduce-overhead",
+            fp8=True,
+            optional=True,
+            convert_lm_head=True,
+            label="fp8block (bf16 model), lm_head FP8 too",
+        ),
+        RowSpec(
             "fp8block_quantized",
             "fp8block",
             None,
