@@ -253,12 +253,30 @@ def parse_phases(text: str) -> list[str]:
     return phases
 
 
+def parse_fp8_options(text: str) -> dict[str, Any]:
+    """--fp8-options: a JSON object of FP8BlockConfig fields, checked against the config here."""
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(options, dict):
+        raise argparse.ArgumentTypeError(f"a JSON object of FP8BlockConfig fields, got {text!r}")
+    from fp8inductor.config import FP8BlockConfig
+
+    try:
+        FP8BlockConfig(**options)
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return options
+
+
 def merge_reports(old: dict | None, new: dict) -> dict:
     """new's meta and rows over old's rows (rows keyed by name, in ROW_ORDER). Refuses different setups."""
     if old is None:
         return new
-    for key in ("layers", "quick", "shapes"):
-        if old["meta"].get(key) != new["meta"].get(key):
+    defaults = {"fp8_options": {}}  # files from before the option have none
+    for key in ("layers", "quick", "shapes", "fp8_options"):
+        if old["meta"].get(key, defaults.get(key)) != new["meta"].get(key, defaults.get(key)):
             raise SystemExit(
                 f"--merge: the existing file has {key}={old['meta'].get(key)!r}, this run {new['meta'].get(key)!r}; "
                 "use another --out or drop --merge"
@@ -435,7 +453,7 @@ class RowRunner:
         if spec.backend is None:
             return model
         if spec.backend == "fp8block":
-            options = {"mode": mode} if mode else {}
+            options = {**self.args.fp8_options, **({"mode": mode} if mode else {})}
             if spec.convert_lm_head:
                 options["modules_to_not_convert"] = []
             return torch.compile(model, backend="fp8block", options=options or None, dynamic=False)
@@ -843,6 +861,7 @@ def run_meta(args: argparse.Namespace, rows: Sequence[str], shape: ModelShape) -
         "caches": "kept (warm)" if args.keep_caches else "fresh per row (cold compile)",
         "seed": args.seed,
         "rel_err_flag": REL_ERR_FLAG,
+        "fp8_options": args.fp8_options,
         **git,
         "runs": [{"date": date, "rows": list(rows), "command": command, **git}],
     }
@@ -884,6 +903,8 @@ def child_command(args: argparse.Namespace, row: str, row_out: Path) -> list[str
         cmd.append("--quick")
     if args.profile_decode:
         cmd.append("--profile-decode")
+    if args.fp8_options:
+        cmd += ["--fp8-options", json.dumps(args.fp8_options)]
     return cmd
 
 
@@ -1000,6 +1021,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--profile-decode",
         action="store_true",
         help="also profile the first decode batch's step (torch.profiler): GPU time per kernel category",
+    )
+    ap.add_argument(
+        "--fp8-options",
+        type=parse_fp8_options,
+        default={},
+        help='JSON object of FP8BlockConfig options for every fp8block row (e.g. \'{"gemm_lowering": "extern"}\'); '
+        "recorded in the meta, and --merge refuses a file made with other options",
     )
     ap.add_argument("--row", choices=ROW_ORDER, help=argparse.SUPPRESS)  # child mode: run one row
     ap.add_argument("--row-out", help=argparse.SUPPRESS)
