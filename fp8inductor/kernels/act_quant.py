@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 from ..reference import FLOAT_DTYPES, FP8_DTYPE, _check_scale_fmt, ceil_div
+from .pdl import launch_options, pdl_enabled
 
 GROUP_K = 128  # activation group along K (== the weight block's K size)
 
@@ -125,8 +126,12 @@ def _act_quant_1x128_kernel(
     GROUPS: tl.constexpr,  # 128-groups per program along K
     GROUP: tl.constexpr,  # 128: elements of K per scale
     NATIVE_CAST: tl.constexpr,  # hardware fp32 -> e4m3 cast (GPU) or the exact emulation (interpreter)
+    PDL: tl.constexpr,  # launched with launch_pdl: wait for the producer, then let the GEMM launch (kernels/pdl.py)
 ):
     # One program quantizes a [BLOCK_M, GROUPS * GROUP] tile: BLOCK_M rows of GROUPS groups.
+    if PDL:
+        tl.extra.cuda.gdc_wait()  # before any load or store: the previous kernel is done and visible
+        tl.extra.cuda.gdc_launch_dependents()  # the GEMM may launch now (it waits for us before reading)
     pid_m = tl.program_id(0)
     pid_g = tl.program_id(1)
     if ZERO:  # noqa: SIM102 -- a constexpr branch: compiled out unless ZERO
@@ -198,6 +203,7 @@ def act_quant_1x128(
         return q, s
     block_m, groups, num_warps = config or ACT_QUANT_CONFIG
     grid = (triton.cdiv(m, block_m), triton.cdiv(num_groups, groups))
+    pdl = pdl_enabled(x.device)
     _act_quant_1x128_kernel[grid](
         x,
         q,
@@ -214,7 +220,9 @@ def act_quant_1x128(
         GROUPS=groups,
         GROUP=GROUP_K,
         NATIVE_CAST=native_fp8_cast(x.device),
+        PDL=pdl,
         num_warps=num_warps,
+        **launch_options(pdl),
     )
     return q, s
 

@@ -37,6 +37,7 @@ import triton.language as tl
 from ..reference import FP8_DTYPE, ceil_div, check_weight_scale
 from .act_quant import act_quant_1x128
 from .config import CONFIGS, QBLOCK, GemmConfig, pick_config  # noqa: F401 (re-exported)
+from .pdl import launch_options, pdl_enabled, prefetch_l2
 
 _OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
@@ -102,6 +103,19 @@ def _tile_ptrs(xq_ptr, wq_ptr, pid_m, pid_n, M, N, stride_xm, stride_xk, stride_
     a_ptrs = xq_ptr + rm[:, None] * stride_xm + offs_k[None, :] * stride_xk
     b_ptrs = wq_ptr + rn[:, None] * stride_wn + offs_k[None, :] * stride_wk
     return a_ptrs, b_ptrs
+
+
+@triton.jit
+def _pdl_start(wq_ptr, pid_n, N, stride_wn, stride_wk, kb_lo, kb_hi, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+               PREFETCH: tl.constexpr):
+    """Start of a PDL-launched GEMM (kernels/pdl.py): prefetch the first PREFETCH K blocks of this
+    tile's weight rows into L2 (no kernel writes weights), then wait for the previous kernel."""
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    w_rows = wq_ptr + tl.where(offs_n < N, offs_n, 0).to(tl.int64) * stride_wn  # [BLOCK_N]
+    for i in tl.static_range(PREFETCH):
+        if kb_lo + i < kb_hi:
+            prefetch_l2(w_rows + (kb_lo + i) * BLOCK_K * stride_wk)  # one 128-byte line per row
+    tl.extra.cuda.gdc_wait()
 
 
 @triton.jit
@@ -188,10 +202,14 @@ def _fp8_gemm_tiles_kernel(
     BLOCK_K: tl.constexpr,  # == QBLOCK: one scale product per K block
     QBLOCK: tl.constexpr,
     GROUP_M: tl.constexpr,
+    PDL: tl.constexpr = False,  # launched with launch_pdl (kernels/pdl.py)
+    PREFETCH: tl.constexpr = 0,  # with PDL: weight K blocks prefetched into L2 before the wait
 ):  # fmt: skip
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
     pid_m, pid_n = _grouped_tile(tl.program_id(0), num_pid_m, num_pid_n, GROUP_M)
+    if PDL:
+        _pdl_start(wq_ptr, pid_n, N, stride_wn, stride_wk, 0, tl.cdiv(K, BLOCK_K), BLOCK_N, BLOCK_K, PREFETCH)
     a_ptrs, b_ptrs = _tile_ptrs(
         xq_ptr, wq_ptr, pid_m, pid_n, M, N, stride_xm, stride_xk, stride_wn, stride_wk, BLOCK_M, BLOCK_N, BLOCK_K
     )
@@ -262,6 +280,8 @@ def _fp8_gemm_splitk_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     QBLOCK: tl.constexpr,
+    PDL: tl.constexpr = False,  # launched with launch_pdl (kernels/pdl.py)
+    PREFETCH: tl.constexpr = 0,  # with PDL: weight K blocks prefetched into L2 before the wait
 ):  # fmt: skip
     """One [BLOCK_M, BLOCK_N] tile over K blocks [split * kb_per_split, ...) per program; one launch.
 
@@ -283,6 +303,8 @@ def _fp8_gemm_splitk_kernel(
     xs_ptrs, ws_ptrs = _scale_ptrs(xs_ptr, ws_ptr, pid_m, pid_n, M, N, stride_xsm, stride_wsn, BLOCK_M, BLOCK_N, QBLOCK)
     kb_lo = split * kb_per_split
     kb_hi = tl.minimum(kb_lo + kb_per_split, tl.cdiv(K, BLOCK_K))
+    if PDL:  # before any read of xq/xs/tickets and any write
+        _pdl_start(wq_ptr, pid_n, N, stride_wn, stride_wk, kb_lo, kb_hi, BLOCK_N, BLOCK_K, PREFETCH)
     acc = _mainloop_ptr(a_ptrs, b_ptrs, xs_ptrs, ws_ptrs, kb_lo, kb_hi, K, stride_xk, stride_wk, stride_xsk,
                         stride_wsk, BLOCK_M, BLOCK_N, BLOCK_K, QBLOCK, EVEN_K)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -407,9 +429,21 @@ def _launch(xq, xs, wq, ws, bias, y, cfg: GemmConfig, tickets: torch.Tensor | No
             xq.stride(0), xq.stride(1), xs.stride(0), xs.stride(1), wq.stride(0), wq.stride(1),
             ws.stride(0), ws.stride(1), y.stride(0), y.stride(1),
             HAS_BIAS=bias is not None, EVEN_K=k % QBLOCK == 0, GROUP_M=cfg.group_m, **common, **launch,
+            **_pdl_kwargs(xq.device, cfg),
         )  # fmt: skip
     else:
         _launch_splitk(xq, xs, wq, ws, bias, y, cfg, tickets)
+
+
+PDL_PREFETCH_K_BLOCKS: int | None = None  # weight K blocks a PDL launch prefetches; None: the config's num_stages
+
+
+def _pdl_kwargs(device: torch.device, cfg: GemmConfig) -> dict:
+    """Keywords of a tiles / split-K launch: PDL with an L2 weight prefetch where enabled (kernels/pdl.py)."""
+    if not pdl_enabled(device):
+        return {}
+    prefetch = cfg.num_stages if PDL_PREFETCH_K_BLOCKS is None else PDL_PREFETCH_K_BLOCKS
+    return {"PDL": True, "PREFETCH": prefetch, **launch_options(True)}
 
 
 def _split_plan(cfg: GemmConfig, m: int, n: int, k: int) -> tuple[int, int, int]:
@@ -435,7 +469,7 @@ def _launch_splitk(xq, xs, wq, ws, bias, y, cfg: GemmConfig, tickets: torch.Tens
         ws.stride(0), ws.stride(1),
         HAS_BIAS=bias is not None, EVEN_K=k % QBLOCK == 0,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=QBLOCK, QBLOCK=QBLOCK,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_pdl_kwargs(xq.device, cfg),
     )  # fmt: skip
 
 

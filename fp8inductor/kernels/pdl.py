@@ -1,0 +1,55 @@
+"""Programmatic dependent launch (PDL) for the small-M linear: activation quant -> GEMM.
+
+On sm_90 a kernel launched with ``launch_pdl=True`` may start while the kernel before it in the
+stream is still running, once every program of that kernel has run ``griddepcontrol.launch_dependents``
+(or exited). It must then run ``griddepcontrol.wait`` (``tl.extra.cuda.gdc_wait``), which returns when
+the previous grid has finished and its memory is visible, before it touches memory that kernel writes
+or reads. CUDA graph capture keeps the overlap (a programmatic edge).
+
+Our use, in ``fp8_block_linear`` at small M (decode):
+
+* the activation quant kernel waits first (it reads the producer's output), then lets the GEMM launch;
+* the GEMM, launched early, prefetches the first K blocks of its weight tile into L2 (weights are
+  never written by a kernel of the graph) and then waits for the quant kernel before it reads xq.
+
+So the GEMM's launch and the start of its weight stream overlap the quant kernel.
+
+``FP8INDUCTOR_PDL=0`` turns it off (A/B measurements, or a driver that misbehaves).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+
+@functools.cache
+def _capable(device: torch.device) -> bool:
+    return torch.cuda.get_device_capability(device)[0] >= 9
+
+
+def pdl_enabled(device: torch.device) -> bool:
+    """PDL for kernels on ``device``: a CUDA GPU of compute capability >= 9.0, not the Triton
+    interpreter, and ``FP8INDUCTOR_PDL`` not "0" (read at every launch)."""
+    if device.type != "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return False
+    if os.environ.get("FP8INDUCTOR_PDL", "1") == "0":
+        return False
+    return _capable(device)
+
+
+def launch_options(enabled: bool) -> dict:
+    """Extra launch keywords of a PDL launch (none otherwise: the interpreter takes no ``launch_pdl``)."""
+    return {"launch_pdl": True} if enabled else {}
+
+
+@triton.jit
+def prefetch_l2(ptrs):
+    """``prefetch.global.L2`` of the line holding each address of ``ptrs`` (any tile of pointers)."""
+    tl.inline_asm_elementwise(
+        "prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32, is_pure=False, pack=1
+    )
