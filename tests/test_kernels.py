@@ -565,3 +565,63 @@ def test_splitk_tickets_are_left_zero_for_reuse():
     for _ in range(3):
         torch.testing.assert_close(_gemm(xq, xs, wq, ws, None, torch.bfloat16, cfg, tickets), first, rtol=0, atol=0)
     _check_gemm(xq, xs, wq, ws, None, torch.bfloat16, config=cfg)
+
+
+# ----------------------------------------------------------------------------------------------
+# Programmatic dependent launch (kernels/pdl.py): changes when kernels start, never what they compute
+# ----------------------------------------------------------------------------------------------
+
+
+def test_pdl_gating(monkeypatch):
+    from fp8inductor.kernels import pdl
+
+    monkeypatch.delenv("FP8INDUCTOR_PDL", raising=False)
+    assert not pdl.pdl_enabled(torch.device("cpu"), 1)
+    assert pdl.launch_options(False) == {}  # the interpreter's launcher takes no launch_pdl
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert not pdl.pdl_enabled(torch.device("cuda"), 1)  # interpreted kernels have no griddepcontrol
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert not pdl.pdl_enabled(torch.device("cuda"), pdl.PDL_MAX_M + 1)
+    monkeypatch.setenv("FP8INDUCTOR_PDL", "0")
+    assert not pdl.pdl_enabled(torch.device("cuda"), 1)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 5, 8])
+@pytest.mark.parametrize("name", ["splitk_16x64_s3", "splitk_16x128_s8", "tiles_16x64"])
+def test_pdl_launches_are_bit_equal_and_capture_in_cuda_graphs(monkeypatch, m, name):
+    """Linears chained through pointwise ops, eager and replayed from a CUDA graph, with PDL (and its
+    L2 weight prefetch) on and off: the same bits. Two linears back to back (the second one's quant
+    kernel reads the first GEMM's output) cover a PDL launch whose predecessor is a PDL-launched GEMM."""
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("PDL needs compute capability >= 9.0")
+    from fp8inductor.kernels import pdl
+
+    cfg = SPLITK_CONFIGS.get(name) or CONFIGS[name]
+    n, k = 384, 1000  # K % 128 != 0: the masked last K block; a prefetch past the split's end is skipped
+    w1 = weight_quant_128x128((torch.randn(k, k, generator=_gen(60)) * 0.05).to(DEVICE))
+    w2 = weight_quant_128x128((torch.randn(n, k, generator=_gen(61)) * 0.05).to(DEVICE))
+    x = torch.randn(m, k, generator=_gen(62)).bfloat16().to(DEVICE)
+
+    def chain():
+        h = fp8_block_linear(x * 0.5, *w1, config=cfg)
+        return fp8_block_linear(fp8_block_linear(h, *w1, config=cfg) + h, *w2, config=cfg)
+
+    outs = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv("FP8INDUCTOR_PDL", flag)
+        assert pdl.pdl_enabled(x.device, m) == (flag == "1")
+        eager = chain()
+        graph, stream = torch.cuda.CUDAGraph(), torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            chain()
+            with torch.cuda.graph(graph, stream=stream):
+                captured = chain()
+        torch.cuda.current_stream().wait_stream(stream)
+        for _ in range(3):
+            graph.replay()
+        torch.cuda.synchronize()
+        torch.testing.assert_close(captured, eager, rtol=0, atol=0)
+        outs[flag] = eager
+    torch.testing.assert_close(outs["1"], outs["0"], rtol=0, atol=0)

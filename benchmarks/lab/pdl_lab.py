@@ -9,7 +9,9 @@ a pointwise kernel (the norm), gate/up (28672 x 4096), SiLU * up, down (4096 x 1
 every linear is ``fp8_block_linear`` (activation quant + GEMM). ``--layers`` layers with their own
 weights (so nothing stays in L2 between steps), captured once per variant as a CUDA graph and timed
 by replay (``triton.testing.do_bench``, median). Variants: PDL off; PDL without the L2 weight
-prefetch; PDL with a prefetch of 1, 2 and num_stages K blocks. Each variant's output is checked bit
+prefetch; PDL with a prefetch of 1, 2 and 4 K blocks (the first run of 2026-11-25 tried num_stages,
+the configs' pipeline depth; table in kernels/pdl.py). PDL is on only up to ``pdl.PDL_MAX_M`` rows:
+raise it (``--max-m``) to measure above. Each variant's output is checked bit
 for bit against PDL off (PDL changes when kernels start, never what they compute).
 """
 
@@ -23,17 +25,17 @@ import torch
 import triton
 import triton.testing
 
-from fp8inductor.kernels import block_gemm
+from fp8inductor.kernels import pdl
 from fp8inductor.kernels.block_gemm import fp8_block_linear
 from fp8inductor.kernels.weight_quant import weight_quant_128x128
 
 HIDDEN, INTER, QKV = 4096, 14336, 6144
 VARIANTS = {  # name -> (FP8INDUCTOR_PDL, PDL_PREFETCH_K_BLOCKS)
-    "off": ("0", None),
+    "off": ("0", 1),
     "pdl, no prefetch": ("1", 0),
     "pdl, prefetch 1": ("1", 1),
     "pdl, prefetch 2": ("1", 2),
-    "pdl, prefetch num_stages": ("1", None),
+    "pdl, prefetch 4": ("1", 4),
 }
 
 
@@ -68,7 +70,7 @@ def step(h: torch.Tensor, layers: list[dict]) -> torch.Tensor:
 def run_variant(name: str, m: int, layers: list[dict], x: torch.Tensor) -> tuple[float, torch.Tensor]:
     env, prefetch = VARIANTS[name]
     os.environ["FP8INDUCTOR_PDL"] = env
-    block_gemm.PDL_PREFETCH_K_BLOCKS = prefetch
+    pdl.PDL_PREFETCH_K_BLOCKS = prefetch
     out = step(x, layers)  # compile + warm up outside the capture
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
@@ -90,7 +92,10 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--ms", default="1,8,32")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--max-m", type=int, default=None, help="override pdl.PDL_MAX_M")
     args = ap.parse_args()
+    if args.max_m is not None:
+        pdl.PDL_MAX_M = args.max_m
     dev = torch.device("cuda")
     torch.manual_seed(0)
     layers = make_layers(args.layers, dev)

@@ -203,7 +203,7 @@ def act_quant_1x128(
         return q, s
     block_m, groups, num_warps = config or ACT_QUANT_CONFIG
     grid = (triton.cdiv(m, block_m), triton.cdiv(num_groups, groups))
-    pdl = pdl_enabled(x.device)
+    pdl = pdl_enabled(x.device, m)
     _act_quant_1x128_kernel[grid](
         x,
         q,

@@ -37,6 +37,7 @@ import triton.language as tl
 from ..reference import FP8_DTYPE, ceil_div, check_weight_scale
 from .act_quant import act_quant_1x128
 from .config import CONFIGS, QBLOCK, GemmConfig, pick_config  # noqa: F401 (re-exported)
+from . import pdl
 from .pdl import launch_options, pdl_enabled, prefetch_l2
 
 _OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -429,21 +430,17 @@ def _launch(xq, xs, wq, ws, bias, y, cfg: GemmConfig, tickets: torch.Tensor | No
             xq.stride(0), xq.stride(1), xs.stride(0), xs.stride(1), wq.stride(0), wq.stride(1),
             ws.stride(0), ws.stride(1), y.stride(0), y.stride(1),
             HAS_BIAS=bias is not None, EVEN_K=k % QBLOCK == 0, GROUP_M=cfg.group_m, **common, **launch,
-            **_pdl_kwargs(xq.device, cfg),
+            **_pdl_kwargs(xq.device, m),
         )  # fmt: skip
     else:
         _launch_splitk(xq, xs, wq, ws, bias, y, cfg, tickets)
 
 
-PDL_PREFETCH_K_BLOCKS: int | None = None  # weight K blocks a PDL launch prefetches; None: the config's num_stages
-
-
-def _pdl_kwargs(device: torch.device, cfg: GemmConfig) -> dict:
+def _pdl_kwargs(device: torch.device, m: int) -> dict:
     """Keywords of a tiles / split-K launch: PDL with an L2 weight prefetch where enabled (kernels/pdl.py)."""
-    if not pdl_enabled(device):
+    if not pdl_enabled(device, m):
         return {}
-    prefetch = cfg.num_stages if PDL_PREFETCH_K_BLOCKS is None else PDL_PREFETCH_K_BLOCKS
-    return {"PDL": True, "PREFETCH": prefetch, **launch_options(True)}
+    return {"PDL": True, "PREFETCH": pdl.PDL_PREFETCH_K_BLOCKS, **launch_options(True)}
 
 
 def _split_plan(cfg: GemmConfig, m: int, n: int, k: int) -> tuple[int, int, int]:
@@ -469,7 +466,7 @@ def _launch_splitk(xq, xs, wq, ws, bias, y, cfg: GemmConfig, tickets: torch.Tens
         ws.stride(0), ws.stride(1),
         HAS_BIAS=bias is not None, EVEN_K=k % QBLOCK == 0,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=QBLOCK, QBLOCK=QBLOCK,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_pdl_kwargs(xq.device, cfg),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_pdl_kwargs(xq.device, m),
     )  # fmt: skip
 
 
