@@ -29,9 +29,10 @@ def _git(*args: str) -> str | None:
 
 
 def git_meta() -> dict[str, str | bool | None]:
-    """{"git_sha", "git_dirty"}; ``FP8_BENCH_GIT_SHA`` overrides the sha (device copies have no .git)."""
+    """{"git_sha", "git_dirty"}; ``FP8_BENCH_GIT_SHA`` overrides the sha (device copies have no .git, or
+    a stale one) and then the dirty flag is unknown (None): whoever sets the sha vouches for the tree."""
+    override = os.environ.get("FP8_BENCH_GIT_SHA")
+    if override:
+        return {"git_sha": override, "git_dirty": None}
     status = _git("status", "--porcelain", "--untracked-files=no")
-    return {
-        "git_sha": os.environ.get("FP8_BENCH_GIT_SHA") or _git("rev-parse", "HEAD"),
-        "git_dirty": bool(status) if status is not None else None,
-    }
+    return {"git_sha": _git("rev-parse", "HEAD"), "git_dirty": bool(status) if status is not None else None}

@@ -341,8 +341,10 @@ MODEL_METHOD = """* **Model**: transformers `LlamaForCausalLM` with {dims} but *
 * **Rows**: `eager_bf16`; `compile_bf16` (`torch.compile`, Inductor, no fp8inductor import in the
   process); `compile_bf16_max_autotune` (prefill `max-autotune-no-cudagraphs`, decode `max-autotune`);
   `fp8block` (the bf16 model compiled with `backend="fp8block"`: weights quantized at compile time);
-  `fp8block_quantized` (`quantize_(model)` first, then `backend="fp8block"`); `fp8block_max_autotune`
-  (as `fp8block`, modes as the bf16 max-autotune row, through `options={{"mode": ...}}`).
+  `fp8block_quantized` (`quantize_(model)` first, then `backend="fp8block"`); `fp8block_lm_head` and
+  `fp8block_quantized_lm_head` (the same with `modules_to_not_convert=[]`: the `lm_head` is FP8 too);
+  `fp8block_max_autotune` (as `fp8block`, modes as the bf16 max-autotune row, through
+  `options={{"mode": ...}}`).
 * **Prefill**: one forward of the whole prompt (no cache, `logits_to_keep=1`: logits of the last
   position only) at batch x length {prefill}; tokens/s = batch x length / time. Compiled rows: default
   mode, static shapes (one graph per shape), no CUDA graphs.

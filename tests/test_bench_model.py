@@ -228,3 +228,17 @@ def test_cpu_smoke_fp8block_prefill(tmp_path):
     assert row["env"]["fp8inductor_imported"] and row["env"]["inductor_freezing"]
     assert all(0 < e["rel_err"] < bench_model.REL_ERR_FLAG for e in row["prefill"].values())
     assert sum(g["converted"] for g in row["prefill_fp8_graphs"]) == 2 * 2 * 7  # 2 graphs x 2 layers x 7 linears
+
+
+def test_fp8_options_are_checked_and_guard_merges():
+    import argparse
+
+    assert bench_model.parse_fp8_options('{"gemm_lowering": "extern"}') == {"gemm_lowering": "extern"}
+    for bad in ("[1]", "{not json", '{"gemm_lowering": "bogus"}', '{"no_such_field": 1}'):
+        with pytest.raises(argparse.ArgumentTypeError):
+            bench_model.parse_fp8_options(bad)
+    meta = {"layers": 2, "quick": True, "shapes": {}, "runs": []}
+    old = {"meta": dict(meta), "rows": {}}  # a file from before the option: no fp8_options key
+    assert bench_model.merge_reports(old, {"meta": {**meta, "fp8_options": {}}, "rows": {}})["rows"] == {}
+    with pytest.raises(SystemExit, match="fp8_options"):
+        bench_model.merge_reports(old, {"meta": {**meta, "fp8_options": {"gemm_lowering": "extern"}}, "rows": {}})
