@@ -275,7 +275,7 @@ def merge_reports(old: dict | None, new: dict) -> dict:
     if old is None:
         return new
     defaults = {"fp8_options": {}}  # files from before the option have none
-    for key in ("layers", "quick", "shapes", "fp8_options"):
+    for key in ("layers", "quick", "shapes", "fp8_options", "fp8inductor_pdl"):
         if old["meta"].get(key, defaults.get(key)) != new["meta"].get(key, defaults.get(key)):
             raise SystemExit(
                 f"--merge: the existing file has {key}={old['meta'].get(key)!r}, this run {new['meta'].get(key)!r}; "
@@ -454,7 +454,7 @@ class RowRunner:
             return model
         if spec.backend == "fp8block":
             options = {**self.args.fp8_options, **({"mode": mode} if mode else {})}
-            if spec.convert_lm_head:
+            if spec.convert_lm_head:  # the row's definition wins over --fp8-options
                 options["modules_to_not_convert"] = []
             return torch.compile(model, backend="fp8block", options=options or None, dynamic=False)
         return torch.compile(model, backend="inductor", mode=mode, dynamic=False)
@@ -654,7 +654,8 @@ class RowRunner:
                 quantize = getattr(sys.modules.get("fp8inductor"), "quantize_", None) or quantize_
                 from fp8inductor.config import FP8BlockConfig
 
-                qconfig = FP8BlockConfig(modules_to_not_convert=()) if spec.convert_lm_head else None
+                qoptions = {**self.args.fp8_options, **({"modules_to_not_convert": ()} if spec.convert_lm_head else {})}
+                qconfig = FP8BlockConfig(**qoptions) if qoptions else None
                 skipped = quantize(self.model, qconfig)
                 self.sync()
                 info["quantize_s"] = time.perf_counter() - t0
@@ -862,6 +863,7 @@ def run_meta(args: argparse.Namespace, rows: Sequence[str], shape: ModelShape) -
         "seed": args.seed,
         "rel_err_flag": REL_ERR_FLAG,
         "fp8_options": args.fp8_options,
+        "fp8inductor_pdl": os.environ.get("FP8INDUCTOR_PDL"),  # "0": programmatic dependent launch off
         **git,
         "runs": [{"date": date, "rows": list(rows), "command": command, **git}],
     }
@@ -1026,8 +1028,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--fp8-options",
         type=parse_fp8_options,
         default={},
-        help='JSON object of FP8BlockConfig options for every fp8block row (e.g. \'{"gemm_lowering": "extern"}\'); '
-        "recorded in the meta, and --merge refuses a file made with other options",
+        help='JSON object of FP8BlockConfig options for every fp8block row, the quantize_ rows\' config too '
+        '(e.g. \'{"gemm_lowering": "extern"}\'; a row\'s own lm_head setting wins); recorded in the meta, and '
+        "--merge refuses a file made with other options (or another FP8INDUCTOR_PDL)",
     )
     ap.add_argument("--row", choices=ROW_ORDER, help=argparse.SUPPRESS)  # child mode: run one row
     ap.add_argument("--row-out", help=argparse.SUPPRESS)

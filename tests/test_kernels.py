@@ -582,6 +582,12 @@ def test_pdl_gating(monkeypatch):
     assert not pdl.pdl_enabled(torch.device("cuda"), 1)  # interpreted kernels have no griddepcontrol
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     assert not pdl.pdl_enabled(torch.device("cuda"), pdl.PDL_MAX_M + 1)
+    monkeypatch.setattr(pdl, "_capable", lambda device: True)  # an sm_90 GPU, as far as the gate can tell
+    assert pdl.pdl_enabled(torch.device("cuda"), pdl.PDL_MAX_M)
+    assert pdl.launch_options(True) == {"launch_pdl": True}
+    monkeypatch.setenv("TRITON_INTERPRET", "true")  # any value Triton reads as true
+    assert not pdl.pdl_enabled(torch.device("cuda"), 1)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
     monkeypatch.setenv("FP8INDUCTOR_PDL", "0")
     assert not pdl.pdl_enabled(torch.device("cuda"), 1)
 
@@ -598,7 +604,7 @@ def test_pdl_launches_are_bit_equal_and_capture_in_cuda_graphs(monkeypatch, m, n
     from fp8inductor.kernels import pdl
 
     cfg = SPLITK_CONFIGS.get(name) or CONFIGS[name]
-    n, k = 384, 1000  # K % 128 != 0: the masked last K block; a prefetch past the split's end is skipped
+    n, k = 384, 1000  # K % 128 != 0: the masked last K block (its prefetch line lies inside the row)
     w1 = weight_quant_128x128((torch.randn(k, k, generator=_gen(60)) * 0.05).to(DEVICE))
     w2 = weight_quant_128x128((torch.randn(n, k, generator=_gen(61)) * 0.05).to(DEVICE))
     x = torch.randn(m, k, generator=_gen(62)).bfloat16().to(DEVICE)

@@ -11,14 +11,12 @@ A NaN anywhere in the group makes its scale and all its codes NaN.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from ..reference import FLOAT_DTYPES, FP8_DTYPE, _check_scale_fmt, ceil_div
-from .pdl import launch_options, pdl_enabled
+from .pdl import launch_options, pdl_enabled, triton_interpreting
 
 GROUP_K = 128  # activation group along K (== the weight block's K size)
 
@@ -230,4 +228,4 @@ def act_quant_1x128(
 def native_fp8_cast(device: torch.device) -> bool:
     """Use the hardware fp32 -> e4m3 cast: a real GPU, not the Triton interpreter. (Callers run these
     kernels only on GPUs of compute capability >= 8.9, which have the cast; ``ops._use_triton``.)"""
-    return device.type == "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1"
+    return device.type == "cuda" and not triton_interpreting()

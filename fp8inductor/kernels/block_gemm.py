@@ -35,9 +35,9 @@ import triton
 import triton.language as tl
 
 from ..reference import FP8_DTYPE, ceil_div, check_weight_scale
+from . import pdl
 from .act_quant import act_quant_1x128
 from .config import CONFIGS, QBLOCK, GemmConfig, pick_config  # noqa: F401 (re-exported)
-from . import pdl
 from .pdl import launch_options, pdl_enabled, prefetch_l2
 
 _OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)

@@ -17,13 +17,14 @@ So the GEMM's launch and the start of its weight stream overlap the quant kernel
 Measured (H100, torch 2.11, triton 3.6, 2026-11-25, ``benchmarks/lab/pdl_lab.py``: 8 Llama-3-8B
 decoder layers of FP8 linears with pointwise kernels between them, one CUDA graph, us per step):
 
-| M | off | PDL, no prefetch | prefetch 1 K block | prefetch 2 | prefetch num_stages |
+| M | off | PDL, no prefetch | prefetch 1 K block | prefetch 2 | prefetch 4 (= num_stages) |
 |---|---|---|---|---|---|
 | 1 | 947.5 | 917.9 (1.032x) | 910.1 (1.041x) | 912.2 (1.039x) | 943.5 (1.004x) |
 | 8 | 1020.6 | 1027.6 (0.993x) | 1019.7 (1.001x) | 1022.5 (0.998x) | 1052.4 (0.970x) |
 | 32 | 1102.0 | 1138.0 (0.968x) | 1156.5 (0.953x) | 1178.1 (0.935x) | 1242.0 (0.887x) |
 
-Every variant's output was bit-equal to PDL off. Hence PDL with a one-block prefetch up to
+(Raw data: ``docs/bench_pdl_lab.json``; every config of this chain has num_stages = 4.) Every
+variant's output was bit-equal to PDL off. Hence PDL with a one-block prefetch up to
 ``PDL_MAX_M`` = 8 rows (a gain at M=1, even at M=8), off above (a loss at M=32: GEMM programs
 that launched early hold SM slots while they wait).
 
@@ -49,10 +50,18 @@ PDL_MAX_M = 8  # rows up to which the quant kernel and the GEMM launch with PDL 
 PDL_PREFETCH_K_BLOCKS = 1  # weight K blocks a PDL-launched GEMM prefetches into L2 (table above)
 
 
+def triton_interpreting() -> bool:
+    """Whether Triton runs kernels in its interpreter (``TRITON_INTERPRET`` set to any true value)."""
+    knobs = getattr(triton, "knobs", None)  # triton >= 3.4
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
 def pdl_enabled(device: torch.device, m: int) -> bool:
     """PDL for a linear of ``m`` rows on ``device``: m <= PDL_MAX_M, a CUDA GPU of compute capability
     >= 9.0, not the Triton interpreter, and ``FP8INDUCTOR_PDL`` not "0" (read at every launch)."""
-    if m > PDL_MAX_M or device.type != "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1":
+    if m > PDL_MAX_M or device.type != "cuda" or triton_interpreting():
         return False
     if os.environ.get("FP8INDUCTOR_PDL", "1") == "0":
         return False
@@ -60,7 +69,7 @@ def pdl_enabled(device: torch.device, m: int) -> bool:
 
 
 def launch_options(enabled: bool) -> dict:
-    """Extra launch keywords of a PDL launch (none otherwise: the interpreter takes no ``launch_pdl``)."""
+    """Extra launch keywords of a PDL launch (none otherwise, so that other launches stay as they were)."""
     return {"launch_pdl": True} if enabled else {}
 
 
