@@ -52,9 +52,9 @@ PDL_PREFETCH_K_BLOCKS = 1  # weight K blocks a PDL-launched GEMM prefetches into
 
 def triton_interpreting() -> bool:
     """Whether Triton runs kernels in its interpreter (``TRITON_INTERPRET`` set to any true value)."""
-    knobs = getattr(triton, "knobs", None)  # triton >= 3.4
-    if knobs is not None:
-        return bool(knobs.runtime.interpret)
+    interpret = getattr(getattr(getattr(triton, "knobs", None), "runtime", None), "interpret", None)  # triton >= 3.4
+    if interpret is not None:
+        return bool(interpret)
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
