@@ -179,11 +179,12 @@ def _smoke_test() -> None:
     On a CPU this needs ``TRITON_INTERPRET=1`` (set before Triton is imported).
     """
     sys.path.insert(0, str(REPO_ROOT))
+    from fp8inductor.kernels.pdl import triton_interpreting
     from fp8inductor.reference import block_gemm_ref, quantize_activation_ref, quantize_weight_ref
 
     mod = load()
     print(f"loaded {mod.__name__} from {mod.__file__}")
-    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    interpreted = triton_interpreting()
     print(
         "  exposes:",
         ", ".join(n for n in ("act_quant", "w8a8_block_fp8_matmul_triton", "FP8Linear") if hasattr(mod, n)),

@@ -14,7 +14,6 @@ Do not set TRITON_INTERPRET.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import subprocess
 import sys
@@ -33,6 +32,7 @@ sys.path.insert(0, str(HERE.parent.parent))
 
 import kernel_lab as lab  # noqa: E402 (after the sys.path inserts)
 
+from fp8inductor.kernels.pdl import triton_interpreting  # noqa: E402
 from fp8inductor.reference import quantize_activation_ref, quantize_weight_ref  # noqa: E402
 
 H100_MAX_SHARED = 232448
@@ -102,7 +102,7 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--variants", default="")
     args = p.parse_args()
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    if triton_interpreting():
         print("unset TRITON_INTERPRET", file=sys.stderr)
         return 2
     triton.runtime.driver.set_active(FakeCudaDriver())

@@ -67,7 +67,7 @@ def step(h: torch.Tensor, layers: list[dict]) -> torch.Tensor:
     return h
 
 
-def run_variant(name: str, m: int, layers: list[dict], x: torch.Tensor) -> tuple[float, torch.Tensor]:
+def run_variant(name: str, layers: list[dict], x: torch.Tensor) -> tuple[float, torch.Tensor]:
     env, prefetch = VARIANTS[name]
     os.environ["FP8INDUCTOR_PDL"] = env
     pdl.PDL_PREFETCH_K_BLOCKS = prefetch
@@ -106,7 +106,7 @@ def main() -> None:
         x = torch.randn(m, HIDDEN, device=dev, dtype=torch.bfloat16)
         ref = None
         for name in VARIANTS:
-            us, out = run_variant(name, m, layers, x)
+            us, out = run_variant(name, layers, x)
             same = True if ref is None else torch.equal(out.view(torch.int16), ref.view(torch.int16))
             ref = out if ref is None else ref
             rows.append({"m": m, "variant": name, "us": us, "bit_equal_to_off": same})
