@@ -447,15 +447,18 @@ class RowRunner:
             total += t.untyped_storage().nbytes()
         return total
 
+    def fp8_config_options(self) -> dict[str, Any]:
+        """FP8BlockConfig fields of this row: --fp8-options, then the row's own lm_head setting (which wins)."""
+        lm_head = {"modules_to_not_convert": []} if self.spec.convert_lm_head else {}
+        return {**self.args.fp8_options, **lm_head}
+
     def compile(self, model, mode: str | None):
         torch = self.torch
         spec = self.spec
         if spec.backend is None:
             return model
         if spec.backend == "fp8block":
-            options = {**self.args.fp8_options, **({"mode": mode} if mode else {})}
-            if spec.convert_lm_head:  # the row's definition wins over --fp8-options
-                options["modules_to_not_convert"] = []
+            options = {**self.fp8_config_options(), **({"mode": mode} if mode else {})}
             return torch.compile(model, backend="fp8block", options=options or None, dynamic=False)
         return torch.compile(model, backend="inductor", mode=mode, dynamic=False)
 
@@ -654,7 +657,7 @@ class RowRunner:
                 quantize = getattr(sys.modules.get("fp8inductor"), "quantize_", None) or quantize_
                 from fp8inductor.config import FP8BlockConfig
 
-                qoptions = {**self.args.fp8_options, **({"modules_to_not_convert": ()} if spec.convert_lm_head else {})}
+                qoptions = self.fp8_config_options()
                 qconfig = FP8BlockConfig(**qoptions) if qoptions else None
                 skipped = quantize(self.model, qconfig)
                 self.sync()
