@@ -296,25 +296,21 @@ class _Rewriter:
     def _handle(self, match: LinearMatch) -> bool:
         """Record the decision for this match; True if it converts (rewritten later by ``run``)."""
         w_val = _val(match.weight)
-        n, k = (
-            (w_val.shape if match.pattern.weight_layout == "NK" else w_val.shape[::-1])
-            if w_val is not None and w_val.dim() == 2
-            else (0, 0)
-        )
+        n, k = self._weight_nk(match)
         weight_name = self._weight_name(match.weight)
         module = weight_name.rsplit(".", 1)[0] if "." in weight_name else ""
-        reason = self._ineligible(match, module, int(n), int(k))
+        reason = self._ineligible(match, module, n, k)
         elem = w_val.element_size() if w_val is not None else 0
-        numel = int(n) * int(k)
-        scale_bytes = 4 * -(-int(n) // 128) * -(-int(k) // 128)
+        numel = n * k
+        scale_bytes = 4 * -(-n // 128) * -(-k // 128)
         self.scope.report.decisions.append(
             LinearDecision(
                 # The module running the matmul (lm_head for a tied weight), else the weight's owner.
                 module=module_path_from_stack(match.anchor) or module,
                 weight=weight_name,
                 pattern=match.pattern.name,
-                out_features=int(n),
-                in_features=int(k),
+                out_features=n,
+                in_features=k,
                 has_bias=match.bias is not None,
                 converted=reason is None,
                 reason=reason,
@@ -388,7 +384,7 @@ class _Rewriter:
         by_key: dict[tuple, list[LinearMatch]] = {}
         for m in eligible:
             w_val = _val(m.weight)
-            if self._out_features(m) % self.config.weight_block_size[0] or self._param_index(m.weight) is None:
+            if self._weight_nk(m)[0] % self.config.weight_block_size[0] or self._param_index(m.weight) is None:
                 continue
             if m.bias is not None and (self._param_index(m.bias) is None or _val(m.bias).dtype != w_val.dtype):
                 continue
@@ -399,9 +395,13 @@ class _Rewriter:
         return [g for g in by_key.values() if len(g) > 1]
 
     @staticmethod
-    def _out_features(m: LinearMatch) -> int:
+    def _weight_nk(m: LinearMatch) -> tuple[int, int]:
+        """(out_features N, in_features K) of the match's weight in either layout; (0, 0) if not 2-D."""
         w_val = _val(m.weight)
-        return int(w_val.shape[0] if m.pattern.weight_layout == "NK" else w_val.shape[1])
+        if w_val is None or w_val.dim() != 2:
+            return 0, 0
+        n, k = w_val.shape if m.pattern.weight_layout == "NK" else w_val.shape[::-1]
+        return int(n), int(k)
 
     def _fuses_gemm(self, group: list[LinearMatch]) -> bool:
         """One GEMM for the group: a static M of at most ``SIBLING_FUSION_MAX_M`` rows, and no
@@ -437,7 +437,7 @@ class _Rewriter:
         block_n = self.config.weight_block_size[0]
         start = 0
         for m in group:
-            n = self._out_features(m)
+            n = self._weight_nk(m)[0]
             with self.graph.inserting_after(s_cat):
                 s_i = self._call(aten.slice.Tensor, (s_cat, 0, start // block_n, (start + n) // block_n))
             with self.graph.inserting_after(s_cat):
