@@ -166,13 +166,18 @@ def _bf16_mm(a: Activations, w: WeightCopy) -> torch.Tensor:
     return torch.mm(a.x, w.q.t())  # [M, K] @ [K, N]
 
 
-def _load_ours() -> tuple[Callable | None, Callable | None, str]:
-    """(fp8_block_gemm, fp8_block_linear, reason they are missing)."""
+def _load_ours() -> tuple[Callable | None, Callable | None, Callable | None, str]:
+    """(fp8_block_gemm, fp8_block_linear, triton_config(m, n, k, wq) -> the GemmConfig the op would
+    pick with cuBLAS ruled out, reason they are missing)."""
     try:
-        from fp8inductor.kernels.block_gemm import fp8_block_gemm, fp8_block_linear
+        from fp8inductor.kernels.block_gemm import _default_config, _tma_ok_weight, fp8_block_gemm, fp8_block_linear
     except Exception as exc:  # noqa: BLE001 -- any import failure makes them unavailable, with the reason
-        return None, None, f"fp8inductor.kernels.block_gemm not importable: {exc!r}"[:ERROR_NOTE_CHARS]
-    return fp8_block_gemm, fp8_block_linear, ""
+        return None, None, None, f"fp8inductor.kernels.block_gemm not importable: {exc!r}"[:ERROR_NOTE_CHARS]
+
+    def triton_config(m: int, n: int, k: int, wq: torch.Tensor):
+        return _default_config(wq.device, m, n, k, _tma_ok_weight(wq, torch.bfloat16), cublas_ok=False)
+
+    return fp8_block_gemm, fp8_block_linear, triton_config, ""
 
 
 def make_impls(dry_run: bool) -> list[Impl]:
@@ -192,6 +197,7 @@ def make_impls(dry_run: bool) -> list[Impl]:
             Impl("seed_gemm", "seed GEMM", "fp8", "fp8", False, ref_gemm),
             Impl("seed_e2e", "seed e2e", "fp8", "fp8", True, ref_e2e),
             Impl("ours_gemm", "ours GEMM", "fp8", "fp8", False, ref_gemm),
+            Impl("ours_triton_e2e", "ours Triton e2e", "fp8", "fp8", True, ref_e2e),
             Impl("ours_e2e", "ours e2e", "fp8", "fp8", True, ref_e2e),
         ]
 
@@ -200,7 +206,7 @@ def make_impls(dry_run: bool) -> list[Impl]:
         seed_missing = ""
     except seed.SeedUnavailable as exc:
         seed_missing = str(exc)
-    ours_gemm, ours_linear, ours_missing = _load_ours()
+    ours_gemm, ours_linear, triton_config, ours_missing = _load_ours()
 
     def seed_gemm(a: Activations, w: WeightCopy) -> torch.Tensor:
         return seed.seed_gemm(a.xq, w.q, a.xs, w.s, (BLOCK, BLOCK), torch.bfloat16)
@@ -208,10 +214,15 @@ def make_impls(dry_run: bool) -> list[Impl]:
     def seed_e2e(a: Activations, w: WeightCopy) -> torch.Tensor:
         return seed.seed_linear_e2e(a.x, w.q, w.s, (BLOCK, BLOCK))
 
-    def ours_gemm_fn(a: Activations, w: WeightCopy) -> torch.Tensor:
-        return ours_gemm(a.xq, a.xs, w.q, w.s, None, torch.bfloat16)
+    def ours_gemm_fn(a: Activations, w: WeightCopy) -> torch.Tensor:  # our Triton GEMM alone
+        (m, k), n = a.xq.shape, w.q.shape[0]
+        return ours_gemm(a.xq, a.xs, w.q, w.s, None, torch.bfloat16, triton_config(m, n, k, w.q))
 
-    def ours_e2e_fn(a: Activations, w: WeightCopy) -> torch.Tensor:
+    def ours_triton_e2e_fn(a: Activations, w: WeightCopy) -> torch.Tensor:  # the op with cuBLAS ruled out
+        (m, k), n = a.x.shape, w.q.shape[0]
+        return ours_linear(a.x, w.q, w.s, None, "float", triton_config(m, n, k, w.q))
+
+    def ours_e2e_fn(a: Activations, w: WeightCopy) -> torch.Tensor:  # the op as dispatched (cuBLAS where chosen)
         return ours_linear(a.x, w.q, w.s, None, "float")
 
     return [
@@ -230,6 +241,8 @@ def make_impls(dry_run: bool) -> list[Impl]:
             None if ours_missing else ours_gemm_fn,
             unavailable=ours_missing,
         ),
+        Impl("ours_triton_e2e", "ours Triton e2e", "fp8", "fp8", True, None if ours_missing else ours_triton_e2e_fn,
+             unavailable=ours_missing),  # fmt: skip
         Impl(
             "ours_e2e", "ours e2e", "fp8", "fp8", True, None if ours_missing else ours_e2e_fn, unavailable=ours_missing
         ),
@@ -508,7 +521,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--impls",
         type=lambda s: s.split(","),
         default=None,
-        help="comma-separated subset of: bf16,cublas_bw,seed_gemm,seed_e2e,ours_gemm,ours_e2e",
+        help="comma-separated subset of: bf16,cublas_bw,seed_gemm,seed_e2e,ours_gemm,ours_triton_e2e,ours_e2e",
     )
     return ap.parse_args(argv)
 

@@ -15,13 +15,17 @@ GEMM choices:
 * outside max-autotune: one choice, no benchmarking: the shipped tuned config for this device and
   shape (``fp8inductor.tuned``) or the heuristic (``pick_config``) as a template. When that config
   is split-K (small M, few output tiles: the last split of each tile stores it, no single store to
-  fuse into) the op stays a FallbackKernel, as without this module.
+  fuse into) or cuBLAS blockwise (``kernels/cublas.py``: large M on the H100, where it is 1.2-1.5x
+  our Triton GEMM) the op stays a FallbackKernel, as without this module: its launcher runs that
+  choice and writes x's dtype directly, where a GEMM choice here would write an fp32 accumulator
+  for the epilogue to read back (estimated at M=2048, N=6144: ~40 us of HBM traffic against a
+  ~90 us GEMM).
 * under ``max_autotune`` / ``max_autotune_gemm``: every template config of ``kernels.config.CONFIGS``
   that fits, the tuned one, and the op's own launcher (``fp8inductor::block_gemm``, which can split
-  K), benchmarked by Inductor's autotuner. cuBLAS blockwise ``torch._scaled_mm`` is not offered: on
-  the H100 (torch 2.11, CUDA 13) the call in shared/notes/measured-anchors.md gave a relative error
-  of 0.47 against the reference at M=16, N=2112, K=384 (bf16 out), inf with fp32 out, and
-  CUBLAS_STATUS_NOT_SUPPORTED at M=5; an autotuner must never be able to pick a wrong kernel.
+  K), benchmarked by Inductor's autotuner; where the tuned table or heuristic picks cuBLAS, the
+  FallbackKernel as above. cuBLAS is chosen only where ``kernels/cublas.py`` admits the call: it is
+  silently wrong when ceil(K/128) % 4 != 0 (measured), and an autotuner that benchmarks a wrong
+  kernel could pick it.
 
 A symbolic M (``dynamic=True``, ``mark_dynamic``) keeps the FallbackKernel, whose launcher picks the
 config per M at run time: one compiled graph serves prefill and decode with the right kernel for
@@ -44,15 +48,16 @@ import torch
 from torch._inductor import config as inductor_config
 from torch._inductor import ir
 from torch._inductor import lowering as L
-from torch._inductor.virtualized import V
 from torch._inductor.select_algorithm import (
     ExternKernelChoice,
     SymbolicGridFn,
     TritonTemplate,
     autotune_select_algorithm,
 )
+from torch._inductor.virtualized import V
 
 from . import ops
+from .kernels import cublas
 from .kernels.config import CONFIGS, QBLOCK, GemmConfig
 from .kernels.template import TEMPLATE_NAME, TEMPLATE_SOURCE
 
@@ -130,12 +135,15 @@ def _template_kwargs(cfg: GemmConfig, k: int, num_sms: int) -> dict:
     )
 
 
-def _candidate_configs(device: torch.device, m: int, n: int, k: int, tma_ok: bool) -> list[GemmConfig]:
-    """Template configs worth offering: the default pick first, then the shipped CONFIGS that fit."""
+def _candidate_configs(device: torch.device, m: int, n: int, k: int, tma_ok: bool, cublas_ok: bool) -> list[GemmConfig]:
+    """Template configs worth offering: the default pick first, then the shipped CONFIGS that fit.
+    None when the op's own choice is split-K or cuBLAS (the FallbackKernel runs it)."""
     from .kernels.block_gemm import _default_config  # the op's own choice: tuned table, else heuristic
 
-    picked = _default_config(device, m, n, k, tma_ok)
-    out = [] if picked.kind == "splitk" else [picked]
+    picked = _default_config(device, m, n, k, tma_ok, cublas_ok)
+    if picked.kind in ("splitk", "cublas"):
+        return []
+    out = [picked]
     if _max_autotune():
         for cfg in CONFIGS.values():
             if cfg.kind == "splitk" or (cfg.kind == "tma" and not tma_ok) or cfg in out:
@@ -166,14 +174,20 @@ def _quantized_activation(x, scale_fmt: str):
     return memo[key]
 
 
-def _gemm(x, wq, ws, scale_fmt: str, lead: list[int], n: int, k: int):
+def _gemm(x, wq, ws, bias, scale_fmt: str, lead: list[int], n: int, k: int):
     """[*lead, N] float32 TensorBox of the block-scaled GEMM of x [*lead, K] against (wq, ws), or None."""
     device = x.get_device()
     m = math.prod(lead)
     tma_ok = k % 16 == 0  # xq and wq are row-major and freshly allocated (aligned); TMA rows need 16 B
-    configs = _candidate_configs(device, m, n, k, tma_ok)
+    # Would the op's launcher run cuBLAS here? Sizes and dtypes decide it (the frozen weights are
+    # row-major); if a run-time layout says otherwise, the op runs its Triton kernels instead.
+    bias_dtype = None if bias is None else bias.get_dtype()
+    cublas_ok = (
+        cublas.enabled() and cublas.device_supported(device) and cublas.shape_ok(m, n, k, x.get_dtype(), bias_dtype)
+    )
+    configs = _candidate_configs(device, m, n, k, tma_ok, cublas_ok)
     if not configs:
-        return None  # split-K: the FallbackKernel's launcher does it better
+        return None  # split-K or cuBLAS: the FallbackKernel's launcher runs them, with no fp32 round trip
     from .kernels.block_gemm import _ensure_tma_allocator, _num_sms
 
     _ensure_tma_allocator(device)  # device-side TMA descriptors need a workspace allocator
@@ -228,7 +242,7 @@ def lower_block_linear(x, wq, ws, bias=None, group_size: int = 128, scale_fmt: s
     if math.prod(lead_ints) == 0 or n == 0 or k == 0:
         return _fallback(*args)
     try:
-        acc = _gemm(x, wq, ws, scale_fmt, lead_ints, n, k)
+        acc = _gemm(x, wq, ws, bias, scale_fmt, lead_ints, n, k)
     except Exception as exc:  # never fail a compile over a template: the op's kernels are as correct
         _warn_template_failure(f"{type(exc).__name__}: {exc}")
         acc = None

@@ -3,10 +3,13 @@
 For every shape it checks each candidate against a float32 reference of the same quantized inputs
 (rows sampled, relative error < 1e-2), times it under CUDA graphs (GPU time: the table picks
 kernels, host overhead is the same for all), and records the fastest, the heuristic's time and
-every candidate's time. The JSON is rewritten after each shape, and ``--resume`` skips the shapes it
-already has, so an interrupted run continues where it stopped.
+every candidate's time. cuBLAS blockwise is a candidate from M = 64 where ``kernels/cublas.py``
+admits the shape (timed on column-major activation scales, as the op's quant kernel writes them).
+The JSON is rewritten after each shape, and ``--resume`` skips the shapes it already has, so an
+interrupted run continues where it stopped; ``--update`` re-tunes the given shapes and M buckets
+and keeps every other entry of the table.
 
-    python -m fp8inductor tune [--shapes suite|models|all] [--out fp8inductor/configs/<device>.json] [--resume]
+    python -m fp8inductor tune [--shapes suite|models|all] [--m 64,128] [--out <table>.json] [--resume | --update]
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from .kernels.config import GemmConfig
+from .kernels.config import CUBLAS, GemmConfig
 from .tuned import CONFIG_DIR, M_BUCKETS, SCHEMA, device_slug, shape_key
 
 # (N, K) of the kernel issue's suite and of common models.
@@ -36,7 +39,7 @@ MODEL_NK = [
 
 
 def candidates(m: int) -> list[GemmConfig]:
-    """Configurations worth timing for this M (pruned by the 2026-11-25 kernel lab)."""
+    """Triton configurations worth timing for this M (pruned by the 2026-11-25 kernel lab)."""
     if m <= 16:  # split-K with in-kernel reduction (one launch) since 2026-11-25: more splits pay
         return [GemmConfig("tiles", 16, 64, 4, 4), GemmConfig("tiles", 16, 128, 4, 4),
                 GemmConfig("splitk", 16, 64, 4, 4, split_k=4), GemmConfig("splitk", 16, 64, 4, 4, split_k=8),
@@ -92,20 +95,26 @@ def _reference_rows(xq, xs, wq, ws, rows: torch.Tensor) -> torch.Tensor:
 def tune_shape(m: int, n: int, k: int, reps_ms: int = 20) -> dict:
     import triton
 
+    from .kernels import cublas
     from .kernels.block_gemm import _gemm, _num_sms, _split_plan, _tma_ok, fp8_block_gemm, pick_config
 
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
     copies = max(1, min(8, -(-2 * l2 // (n * k))))
-    xq, xs, weights = _operands(m, n, k, copies)
+    xq, xs_rows, weights = _operands(m, n, k, copies)
+    xs_cols = xs_rows.t().contiguous().t()  # the op's quant kernel writes this layout when cuBLAS runs
     rows = torch.randperm(m, device="cuda")[:64]
-    ref = _reference_rows(xq, xs, *weights[0], rows)
-    heuristic = pick_config(m, n, k, _num_sms(xq.device), _tma_ok(xq, weights[0][0], torch.bfloat16))
+    ref = _reference_rows(xq, xs_rows, *weights[0], rows)
+    cublas_ok = cublas.usable(xq, *weights[0], None, torch.bfloat16)
+    heuristic = pick_config(m, n, k, _num_sms(xq.device), _tma_ok(xq, weights[0][0], torch.bfloat16), cublas_ok)
     cands = candidates(m)
+    if cublas_ok and m >= 64:
+        cands.append(CUBLAS)
     if heuristic not in cands:
         cands.append(heuristic)
     times: dict[str, float] = {}
     for cfg in cands:
         label = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
+        xs = xs_cols if cfg.kind == "cublas" else xs_rows
         try:
             y = fp8_block_gemm(xq, xs, *weights[0], config=cfg)
             err = ((y[rows].float() - ref).norm() / ref.norm()).item()
@@ -118,7 +127,7 @@ def tune_shape(m: int, n: int, k: int, reps_ms: int = 20) -> dict:
             # time the GEMM on one zeroed buffer, which the kernel leaves zero after each launch.
             tickets = torch.zeros(_split_plan(cfg, m, n, k)[2], dtype=torch.int32, device="cuda") if cfg.kind == "splitk" else None
 
-            def fn(cfg=cfg, it=it, tickets=tickets):
+            def fn(cfg=cfg, it=it, tickets=tickets, xs=xs):
                 wq, ws = weights[next(it) % copies]
                 _gemm(xq, xs, wq, ws, None, torch.bfloat16, cfg, tickets)
 
@@ -137,7 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shapes", choices=["suite", "models", "all"], default="all")
     p.add_argument("--m", default=",".join(map(str, M_BUCKETS)), help="M buckets to tune")
     p.add_argument("--out", type=Path, help="JSON to write (default: the shipped table of this device)")
-    p.add_argument("--resume", action="store_true", help="keep the shapes already in --out")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="keep the shapes already in --out")
+    mode.add_argument("--update", action="store_true",
+                      help="re-tune these shapes and buckets unless tuned at this commit; keep the rest of --out")  # fmt: skip
     p.add_argument("--budget-s", type=float, default=float("inf"), help="stop starting new shapes after this")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -147,24 +159,35 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or CONFIG_DIR / f"{device_slug(device)}.json"
     nks = {"suite": SUITE_NK, "models": MODEL_NK, "all": SUITE_NK + MODEL_NK}[args.shapes]
     ms = [int(v) for v in args.m.split(",")]
-    data = json.loads(out.read_text()) if args.resume and out.exists() else {}
+    data = json.loads(out.read_text()) if (args.resume or args.update) and out.exists() else {}
     if data and data.get("device") != device:
         print(f"{out} was tuned on {data.get('device')!r}, not {device!r}: not resuming it", file=sys.stderr)
         return 2
+    if args.update:  # the table keeps its other buckets: record the union
+        ms_all = sorted(set(ms) | set(data.get("m_buckets", [])))
     import triton
 
     data.update(schema=SCHEMA, device=device, capability=list(torch.cuda.get_device_capability(0)),
-                torch=torch.__version__, triton=triton.__version__, git_sha=_git_sha(), m_buckets=ms,
+                torch=torch.__version__, triton=triton.__version__, git_sha=_git_sha(),
+                m_buckets=ms_all if args.update else ms,
                 timing="triton.testing.do_bench_cudagraph median, weights rotated past 2x L2",
                 tuned_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))  # fmt: skip
     entries = data.setdefault("entries", {})
-    todo = [(n, k, m) for n, k in nks for m in ms if str(m) not in entries.get(shape_key(n, k), {})]
+    sha = data["git_sha"]
+
+    def needed(n: int, k: int, m: int) -> bool:
+        rec = entries.get(shape_key(n, k), {}).get(str(m))
+        return rec is None or (args.update and rec.get("git_sha") != sha)  # --update: rerunning it continues
+
+    todo = [(n, k, m) for n, k in nks for m in ms if needed(n, k, m)]
     t0 = time.perf_counter()
     for i, (n, k, m) in enumerate(todo, 1):
         if time.perf_counter() - t0 > args.budget_s:
-            print(f"budget reached: {len(todo) - i + 1} shapes left (rerun with --resume)")
+            again = "--update" if args.update else "--resume"
+            print(f"budget reached: {len(todo) - i + 1} shapes left (rerun with {again})")
             break
         rec = tune_shape(m, n, k)
+        rec.update(git_sha=sha, tuned_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
         entries.setdefault(shape_key(n, k), {})[str(m)] = rec
         print(f"[{i}/{len(todo)} {time.perf_counter() - t0:6.0f}s] M={m:<5} N={n:<6} K={k:<6} best {rec['us']:9.2f} us "
               f"(heuristic {rec['heuristic_us']:9.2f}) {rec['config']['kind']} {rec['config']['block_m']}x"

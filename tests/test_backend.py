@@ -434,7 +434,7 @@ def _cpu_lowering(monkeypatch):
 
     from fp8inductor import lowering, ops
 
-    def gemm(x, wq, ws, scale_fmt, lead, n, k):
+    def gemm(x, wq, ws, bias, scale_fmt, lead, n, k):
         xq, xs = lowering._quantized_activation(x, scale_fmt)
         return L.fallback_handler(ops.block_gemm, add_to_fallback_set=False)(xq, xs, wq, ws, torch.float32)
 

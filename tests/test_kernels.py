@@ -17,10 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fp8inductor.kernels.act_quant import _fp32_to_e4m3, act_quant_1x128, native_fp8_cast
+from fp8inductor.kernels import cublas
 from fp8inductor.kernels.block_gemm import (
     CONFIGS,
     GemmConfig,
-    _num_sms,
+    _default_config,
     _tma_ok,
     fp8_block_gemm,
     fp8_block_linear,
@@ -351,13 +352,13 @@ def _cpu(*tensors):
     return [None if t is None else t.cpu() for t in tensors]
 
 
-def _uses_wgmma(m: int, n: int, k: int, config: GemmConfig | None, xq, wq, out_dtype) -> bool:
+def _uses_wgmma(m: int, n: int, k: int, config: GemmConfig | None, xq, wq, ws, bias, out_dtype) -> bool:
     """True where the GPU multiplies with fp8 wgmma (BLOCK_M >= 64 on sm_90): Hopper accumulation."""
     if DEVICE != "cuda":
         return False  # the interpreter computes fp8 dots exactly
     if config is None:
-        config = pick_config(m, n, k, _num_sms(xq.device), _tma_ok(xq, wq, out_dtype))
-    return config.block_m >= 64
+        config = _default_config(xq.device, m, n, k, _tma_ok(xq, wq, out_dtype), cublas.usable(xq, wq, ws, bias, out_dtype))
+    return config.kind == "cublas" or config.block_m >= 64  # cuBLAS accumulates as our wgmma kernels do
 
 
 def _check_gemm(xq, xs, wq, ws, bias, out_dtype, config: GemmConfig | None = None) -> torch.Tensor:
@@ -367,7 +368,7 @@ def _check_gemm(xq, xs, wq, ws, bias, out_dtype, config: GemmConfig | None = Non
     # Same quantized inputs: the two differ by the accumulation inside each K block and the final
     # rounding to out_dtype only -> one ulp of out_dtype plus accumulation noise (gemm_tolerance).
     (m, k), n = xq.shape, wq.shape[0]
-    hopper = _uses_wgmma(m, n, k, config, xq, wq, out_dtype)
+    hopper = _uses_wgmma(m, n, k, config, xq, wq, ws, bias, out_dtype)
     tol = gemm_tolerance(out_dtype, gemm_abs_sum_max(*_cpu(xq, xs, wq, ws)), hopper_fp8_mma=hopper)
     torch.testing.assert_close(y.float().cpu(), ref.float(), **tol)
     return y

@@ -96,7 +96,7 @@ def main() -> None:
         it = itertools.cycle(range(copies))
         itb = itertools.cycle(range(len(wb)))
         t_bf16 = triton.testing.do_bench_cudagraph(lambda: torch.mm(x, wb[next(itb)]), rep=50) * 1e3
-        cfg = _default_config(dev, 1, n, k, True)
+        cfg = _default_config(dev, 1, n, k, True, cublas_ok=False)
         tk = torch.zeros(_split_plan(cfg, 1, n, k)[2], dtype=torch.int32, device=dev) if cfg.kind == "splitk" else None
         t_ship = triton.testing.do_bench_cudagraph(
             lambda: _gemm(xq, xs, *ws_list[next(it)], None, torch.bfloat16, cfg, tk), rep=50) * 1e3  # fmt: skip

@@ -53,7 +53,7 @@ def main() -> None:
         wb_list = [torch.randn(k, n, device=dev, dtype=torch.bfloat16) for _ in range(max(2, copies // 2))]
         for m in MS:
             x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
-            cfg = _default_config(dev, m, n, k, True)
+            cfg = _default_config(dev, m, n, k, True, cublas_ok=False)
             it = itertools.cycle(range(copies))
             itb = itertools.cycle(range(len(wb_list)))
 

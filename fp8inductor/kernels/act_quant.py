@@ -111,12 +111,14 @@ def _fp32_to_e4m3_rne(x):
 def _act_quant_1x128_kernel(
     x_ptr,  # [M, K] bf16/fp16/fp32 activations, strides (stride_xm, stride_xk)
     q_ptr,  # [M, K] float8e4nv codes (out), contiguous
-    s_ptr,  # [M, ceil(K/128)] fp32 scales (multipliers: x ~= q * s) (out), contiguous
+    s_ptr,  # [M, ceil(K/128)] fp32 scales (multipliers: x ~= q * s) (out), strides (stride_sm, stride_sg)
     zero_ptr,  # [n_zero] int32 (out: all zero), contiguous; unused unless ZERO
     M,
     K,
     stride_xm,
     stride_xk,
+    stride_sm,  # ceil(K/128) (row-major scales) or 1 (column-major, as cuBLAS reads them)
+    stride_sg,  # 1 or M
     n_zero,
     ZERO: tl.constexpr,  # also clear zero_ptr (the next split-K GEMM's tile tickets: no extra launch)
     UE8M0: tl.constexpr,  # scale_fmt == "ue8m0"
@@ -155,9 +157,8 @@ def _act_quant_1x128_kernel(
     tl.store(q_ptr + rows[:, None] * K + offs_k[None, :], q, mask=mask)
     offs_g = pid_g * GROUPS + tl.arange(0, GROUPS)
     num_groups = tl.cdiv(K, GROUP)
-    tl.store(
-        s_ptr + rows[:, None] * num_groups + offs_g[None, :], s, mask=mask_m[:, None] & (offs_g < num_groups)[None, :]
-    )
+    s_ptrs = s_ptr + rows[:, None] * stride_sm + offs_g.to(tl.int64)[None, :] * stride_sg
+    tl.store(s_ptrs, s, mask=mask_m[:, None] & (offs_g < num_groups)[None, :])
 
 
 # (BLOCK_M, GROUPS, num_warps): benchmarks/lab/act_quant_lab.py on the H100.
@@ -169,6 +170,7 @@ def act_quant_1x128(
     scale_fmt: str = "float",
     config: tuple[int, int, int] | None = None,
     zero: torch.Tensor | None = None,
+    col_major_scales: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize activations per token in groups of 128 along K.
 
@@ -179,9 +181,12 @@ def act_quant_1x128(
         zero: a contiguous int32 tensor on x's device that the kernel also sets to all zeros: the
             tile tickets of the split-K GEMM that follows (``block_gemm.fp8_block_linear``), so
             clearing them costs no launch of its own.
+        col_major_scales: write s column-major, strides (1, M): the layout cuBLAS blockwise reads
+            (``kernels/cublas.py``); same values.
     Returns:
         q: [M, K] float8_e4m3fn, contiguous.
-        s: [M, ceil(K / 128)] float32, contiguous (a multiplier: x ~= q * s).
+        s: [M, ceil(K / 128)] float32, contiguous or (``col_major_scales``) strides (1, M); a
+            multiplier: x ~= q * s.
     Bit-exact with ``quantize_activation_ref(x, 128, scale_fmt)`` (up to the sign of zero codes).
     """
     _check_scale_fmt(scale_fmt)
@@ -192,7 +197,10 @@ def act_quant_1x128(
     m, k = x.shape
     num_groups = ceil_div(k, GROUP_K)
     q = torch.empty((m, k), dtype=FP8_DTYPE, device=x.device)
-    s = torch.empty((m, num_groups), dtype=torch.float32, device=x.device)
+    if col_major_scales:
+        s = torch.empty((num_groups, m), dtype=torch.float32, device=x.device).t()  # [M, G], strides (1, M)
+    else:
+        s = torch.empty((m, num_groups), dtype=torch.float32, device=x.device)
     if zero is not None and (zero.dtype != torch.int32 or not zero.is_contiguous() or zero.device != x.device):
         raise ValueError("act_quant_1x128: zero must be a contiguous int32 tensor on x's device")
     if m == 0 or k == 0:
@@ -211,6 +219,8 @@ def act_quant_1x128(
         k,
         x.stride(0),
         x.stride(1),
+        s.stride(0),
+        s.stride(1),
         0 if zero is None else zero.numel(),
         ZERO=zero is not None,
         UE8M0=scale_fmt == "ue8m0",

@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 
 from ..reference import FP8_DTYPE, ceil_div, check_weight_scale
-from . import pdl
+from . import cublas, pdl
 from .act_quant import act_quant_1x128
 from .config import CONFIGS, QBLOCK, GemmConfig, pick_config  # noqa: F401 (re-exported)
 from .pdl import launch_options, pdl_enabled, prefetch_l2
@@ -340,15 +340,18 @@ def _device_name(device: torch.device) -> str | None:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else None
 
 
-def _tuned_config(device: torch.device, m: int, n: int, k: int, tma_ok: bool) -> GemmConfig | None:
-    """The shipped tuned config for this device and shape (``fp8inductor.tuned``), if it fits the layout."""
+def _tuned_config(device: torch.device, m: int, n: int, k: int, tma_ok: bool, cublas_ok: bool) -> GemmConfig | None:
+    """The shipped tuned config for this device and shape (``fp8inductor.tuned``), if it fits the layout
+    (a "tma" config needs ``tma_ok``, a "cublas" one ``cublas_ok``: else the heuristic decides)."""
     name = _device_name(device)
     if name is None:
         return None
     from ..tuned import lookup
 
     cfg = lookup(name, m, n, k)
-    return cfg if cfg is not None and (cfg.kind != "tma" or tma_ok) else None
+    if cfg is None or (cfg.kind == "tma" and not tma_ok) or (cfg.kind == "cublas" and not cublas_ok):
+        return None
+    return cfg
 
 
 def _tma_ok(xq: torch.Tensor, wq: torch.Tensor, out_dtype: torch.dtype) -> bool:
@@ -509,17 +512,33 @@ def _gemm(xq, xs, wq, ws, bias, out_dtype, config: GemmConfig | None, tickets: t
     if bias is not None:
         bias = bias.contiguous()
     tma_ok = _tma_ok(xq, wq, out_dtype)
+    cublas_ok = cublas.usable(xq, wq, ws, bias, out_dtype)
+    forced = config is not None
     if config is None:
-        config = _default_config(xq.device, m, n, k, tma_ok)
+        config = _default_config(xq.device, m, n, k, tma_ok, cublas_ok)
     elif config.kind == "tma" and not tma_ok:
         raise ValueError("fp8_block_gemm: TMA needs contiguous xq/wq, K % 16 == 0 and 16-byte aligned output rows")
+    elif config.kind == "cublas" and not cublas_ok:
+        raise ValueError(
+            "fp8_block_gemm: cuBLAS blockwise does not take this call (kernels/cublas.py lists when it does)"
+        )
+    if config.kind == "cublas":
+        try:
+            return cublas.block_gemm(xq, xs, wq, ws, bias, out_dtype)
+        except RuntimeError as exc:  # a cuBLAS limit the measured guard missed: never fail the model over it
+            if forced:
+                raise
+            cublas.warn_failure(f"M={m} N={n} K={k} {out_dtype}: {str(exc).splitlines()[0][:120]}")
+            config = _default_config(xq.device, m, n, k, tma_ok, cublas_ok=False)
     _launch(xq, xs, wq, ws, bias, y, config, tickets)
     return y
 
 
-def _default_config(device: torch.device, m: int, n: int, k: int, tma_ok: bool) -> GemmConfig:
+def _default_config(device: torch.device, m: int, n: int, k: int, tma_ok: bool, cublas_ok: bool) -> GemmConfig:
     """The shipped tuned config for this device and shape, else the heuristic."""
-    return _tuned_config(device, m, n, k, tma_ok) or pick_config(m, n, k, _num_sms(device), tma_ok)
+    return _tuned_config(device, m, n, k, tma_ok, cublas_ok) or pick_config(
+        m, n, k, _num_sms(device), tma_ok, cublas_ok
+    )
 
 
 def fp8_block_linear(
@@ -554,8 +573,11 @@ def fp8_block_linear(
     tickets = None
     if m > 0 and n > 0 and k > 0 and x.dtype in _OUT_DTYPES and wq.device == x.device:
         if config is None:  # the config fp8_block_gemm would pick for the fresh, contiguous xq
-            config = _default_config(x.device, m, n, k, _tma_ok_weight(wq, x.dtype))
+            cublas_ok = cublas.usable_weight(m, wq, ws, bias, x.dtype)
+            config = _default_config(x.device, m, n, k, _tma_ok_weight(wq, x.dtype), cublas_ok)
         if config.kind == "splitk":
             tickets = torch.empty((_split_plan(config, m, n, k)[2],), dtype=torch.int32, device=x.device)
-    xq, xs = act_quant_1x128(x, scale_fmt, zero=tickets)
+    # cuBLAS reads the activation scales column-major: the quant kernel writes them so (no copy).
+    col_major = config is not None and config.kind == "cublas"
+    xq, xs = act_quant_1x128(x, scale_fmt, zero=tickets, col_major_scales=col_major)
     return _gemm(xq, xs, wq, ws, bias, x.dtype, config, tickets)

@@ -11,7 +11,9 @@ QBLOCK = 128  # scale block: activation group along K, weight block along N and 
 
 @dataclasses.dataclass(frozen=True)
 class GemmConfig:
-    """One launch configuration. kind: "tma" (persistent), "tiles" (one program per tile) or "splitk"."""
+    """One GEMM choice. kind: a Triton kernel, "tma" (persistent), "tiles" (one program per tile) or
+    "splitk"; or "cublas" (``kernels/cublas.py``: cuBLAS blockwise, whose own heuristic picks its
+    tiles; the other fields are unused and fixed by ``CUBLAS``)."""
 
     kind: str
     block_m: int
@@ -24,7 +26,7 @@ class GemmConfig:
     flatten: bool = False  # tma: software-pipeline across tiles
 
     def __post_init__(self) -> None:
-        if self.kind not in ("tma", "tiles", "splitk"):
+        if self.kind not in ("tma", "tiles", "splitk", "cublas"):
             raise ValueError(f"unknown GEMM kernel kind {self.kind!r}")
         bn = self.block_n
         if (bn <= QBLOCK and QBLOCK % bn) or (bn > QBLOCK and bn % QBLOCK):
@@ -46,10 +48,20 @@ CONFIGS: dict[str, GemmConfig] = {
     "tiles_16x128": GemmConfig("tiles", 16, 128, 4, 4),
     "splitk_16x64": GemmConfig("splitk", 16, 64, 4, 4, split_k=8),
 }
+# cuBLAS blockwise, where kernels/cublas.py admits the shape. GEMM-only time, ours (default Triton
+# config) / cuBLAS, H100, docs/bench_gemm.json at ea2a4a5: M >= 512: 1.19-1.47x at every suite shape
+# (e.g. 1166 vs 802 TFLOP/s at 2048x4096x4096); M = 128: 1.04-3.3x; M = 64: 0.85-1.16x (mixed).
+CUBLAS = GemmConfig("cublas", 128, 128, 0, 0)
+CUBLAS_MIN_M = 128  # the heuristic's threshold (shapes without a tuned entry)
 
 
-def pick_config(m: int, n: int, k: int, num_sms: int, tma_ok: bool) -> GemmConfig:
-    """Heuristic from the H100 kernel lab (see CONFIGS); tuned tables per shape come later."""
+def pick_config(m: int, n: int, k: int, num_sms: int, tma_ok: bool, cublas_ok: bool = False) -> GemmConfig:
+    """Heuristic from the H100 kernel lab (see CONFIGS), for shapes without a tuned entry.
+
+    cublas_ok: ``kernels.cublas.usable`` holds for this call (cuBLAS is then chosen from M = 128).
+    """
+    if cublas_ok and m >= CUBLAS_MIN_M:
+        return CUBLAS
     if m <= 64:
         bm = 16 if m <= 16 else 64
         bn = 128 if n >= 16384 else 64

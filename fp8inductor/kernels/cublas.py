@@ -1,0 +1,126 @@
+"""cuBLAS blockwise FP8 GEMM (``torch._scaled_mm``), and where it may be called.
+
+cuBLAS (>= 12.9, compute capability 9.x) runs the same 1x128 x 128x128 block-scaled GEMM as the
+Triton kernels of ``block_gemm``, with the same fp32 promotion per 128-wide K block: it is a GEMM
+choice next to them (``GemmConfig("cublas", ...)``), picked by the tuned tables or the heuristic
+where it is faster (M >= 128 on the H100: ``kernels/config.py``).
+
+Where it may be called is measured, not assumed (``benchmarks/lab/cublas_blockwise_lab.py``, H100,
+torch 2.11.0+cu130, 2026-11-25, 320 shapes x 6 variants against the float32 reference):
+
+| condition | if broken |
+|---|---|
+| ``ceil(K / 128) % 4 == 0`` | **silently wrong** (relative error 0.06 to inf, NaN) at K/128 = 3, 5, 9, 33: cuBLAS reads the 128x128 scales with a leading dimension rounded up to 4, torch's check passes the unrounded one (torch's ``_scaled_mm_v2`` asks for the padded layout) |
+| ``M % 4 == 0`` | CUBLAS_STATUS_NOT_SUPPORTED (M = 1, 2, 5, 17, 33, 127, 129, 2047) |
+| ``N % 16 == 0``, ``K % 16 == 0`` | rejected by torch |
+| bias only with a bf16/fp16 output, in that dtype | rejected by torch ("Bias is not supported when out_dtype is set to Float32") |
+| compute capability 9.x | torch raises NotImplementedError elsewhere |
+
+Every other case of the sweep (M in {4, 8, 12, 16, 24, 32, 64, 100, 128, 256, 1000, 2048}; K not a
+multiple of 128 with ceil(K/128) % 4 == 0, e.g. 4000; bf16, fp16 and fp32 outputs; bf16/fp16 bias)
+agreed with the reference to 1.6e-3 or better (the output rounding). ``usable`` admits only those.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+
+import torch
+
+from ..reference import FP8_DTYPE, ceil_div
+
+log = logging.getLogger("fp8inductor")
+
+QBLOCK = 128
+OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def enabled() -> bool:
+    """cuBLAS may be chosen unless ``FP8INDUCTOR_CUBLAS=0`` (read on every call: tests and A/B runs)."""
+    return os.environ.get("FP8INDUCTOR_CUBLAS", "1") != "0"
+
+
+@functools.cache
+def device_supported(device: torch.device) -> bool:
+    """A CUDA device of compute capability 9.x (Hopper), the only one torch routes this recipe to."""
+    if device.type != "cuda" or not hasattr(torch, "_scaled_mm"):
+        return False
+    return torch.cuda.get_device_capability(device)[0] == 9
+
+
+def shape_ok(m: int, n: int, k: int, out_dtype: torch.dtype, bias_dtype: torch.dtype | None) -> bool:
+    """The measured conditions of the module docstring, on sizes and dtypes alone (the lowering's test)."""
+    if m <= 0 or n <= 0 or k <= 0:
+        return False
+    if m % 4 or n % 16 or k % 16 or ceil_div(k, QBLOCK) % 4:
+        return False
+    if out_dtype not in OUT_DTYPES:
+        return False
+    return bias_dtype is None or (out_dtype != torch.float32 and bias_dtype == out_dtype)
+
+
+def _aligned_rows(t: torch.Tensor) -> bool:
+    """Row-major contiguous with a 16-byte aligned base (cuBLAS operands and scale matrices)."""
+    return t.is_contiguous() and t.data_ptr() % 16 == 0
+
+
+def usable_weight(
+    m: int, wq: torch.Tensor, ws: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype
+) -> bool:
+    """Whether cuBLAS may run ``y [M, N] = x @ (wq, ws).T + bias`` once x is freshly quantized
+    (contiguous, aligned): the weight's and the output's part of ``usable``.
+
+    wq: [N, K] fp8; ws: [ceil(N/128), ceil(K/128)] fp32; bias: [N] or None.
+    """
+    if not enabled() or not device_supported(wq.device):
+        return False
+    n, k = wq.shape
+    if not shape_ok(m, n, k, out_dtype, None if bias is None else bias.dtype):
+        return False
+    return _aligned_rows(wq) and _aligned_rows(ws)
+
+
+def usable(
+    xq: torch.Tensor, wq: torch.Tensor, ws: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype
+) -> bool:
+    """Whether ``block_gemm(xq, xs, wq, ws, bias, out_dtype)`` may run here (any xs layout: it is
+    copied to the column-major layout cuBLAS reads if it is not in it already).
+
+    xq: [M, K] fp8.
+    """
+    return xq.dtype == FP8_DTYPE and _aligned_rows(xq) and usable_weight(xq.shape[0], wq, ws, bias, out_dtype)
+
+
+def block_gemm(
+    xq: torch.Tensor,
+    xs: torch.Tensor,
+    wq: torch.Tensor,
+    ws: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """``y = (xq * xs) @ (wq * ws).T + bias`` by cuBLAS; the caller has checked ``usable``.
+
+    Args:
+        xq: [M, K] float8_e4m3fn, contiguous.
+        xs: [M, ceil(K/128)] float32; read in place when its strides are (1, M) (``act_quant_1x128``
+            with ``col_major_scales=True`` writes it so), else copied into that layout.
+        wq: [N, K] float8_e4m3fn, contiguous (passed as the column-major [K, N] view ``wq.t()``).
+        ws: [ceil(N/128), ceil(K/128)] float32, contiguous (passed as the view ``ws.t()``; a
+            contiguous copy of the transpose is rejected by torch).
+        bias: [N] in ``out_dtype`` (bf16/fp16) or None.
+        out_dtype: bfloat16, float16 or float32.
+    Returns:
+        y: [M, N] ``out_dtype``, contiguous.
+    """
+    m = xq.shape[0]
+    if xs.stride() != (1, m):
+        xs = xs.t().contiguous().t()  # [M, K/128], strides (1, M)
+    return torch._scaled_mm(xq, wq.t(), xs, ws.t(), bias=bias, out_dtype=out_dtype)
+
+
+@functools.cache
+def warn_failure(reason: str) -> None:
+    log.warning("fp8inductor: cuBLAS blockwise GEMM failed (%s); using the Triton kernels", reason)

@@ -1,0 +1,308 @@
+"""cuBLAS blockwise as a GEMM choice (``fp8inductor/kernels/cublas.py``).
+
+CPU: the guard (which calls it admits), the choice (heuristic, tuned table, lowering gate) and the
+column-major scales of the activation quant kernel (under the Triton interpreter). GPU (``gpu``
+marker, an sm_90 device): every admitted layout against the reference, the rejected ones falling
+back to the Triton kernels, NaN propagation, CUDA graphs, and the compiled model keeping the op.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from fp8inductor import tuned
+from fp8inductor.kernels import block_gemm as bg
+from fp8inductor.kernels import cublas
+from fp8inductor.kernels.act_quant import act_quant_1x128
+from fp8inductor.kernels.config import CONFIGS, CUBLAS, CUBLAS_MIN_M, GemmConfig, pick_config
+from fp8inductor.reference import block_gemm_ref, quantize_activation_ref, quantize_weight_ref
+from fp8inductor.testing import assert_fp8_equal, assert_scales_equal, default_device, gemm_abs_sum_max, gemm_tolerance
+
+DEVICE = default_device()
+BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
+
+# ----------------------------------------------------------------------------------------------
+# The guard, on sizes and dtypes (the lab's measured conditions; cases from its sweep)
+# ----------------------------------------------------------------------------------------------
+
+ADMITTED = [(4, 128, 512), (12, 2112, 7168), (100, 4096, 1536), (2048, 6144, 4096), (16, 4096, 4000)]
+REJECTED = {
+    "K/128=3 (silently wrong)": (16, 2112, 384),
+    "K/128=5 (silently wrong)": (256, 256, 640),
+    "K/128=33 (silently wrong)": (128, 1024, 4112),
+    "M=5 (NOT_SUPPORTED)": (5, 4096, 4096),
+    "M=2047 (NOT_SUPPORTED)": (2047, 4096, 4096),
+    "M=1": (1, 4096, 4096),
+    "N=1000 (rejected by torch)": (128, 1000, 512),
+    "K%16 (rejected by torch)": (128, 4096, 4008),
+    "M=0": (0, 4096, 4096),
+}
+
+
+@pytest.mark.parametrize("mnk", ADMITTED, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("out_dtype", [BF16, FP16, FP32], ids=str)
+def test_shape_ok_admits_measured_good_cases(mnk, out_dtype):
+    assert cublas.shape_ok(*mnk, out_dtype, None)
+
+
+@pytest.mark.parametrize("why", list(REJECTED))
+def test_shape_ok_rejects_measured_bad_cases(why):
+    assert not cublas.shape_ok(*REJECTED[why], BF16, None)
+
+
+def test_shape_ok_bias_rules():
+    m, n, k = 128, 4096, 4096
+    assert cublas.shape_ok(m, n, k, BF16, BF16) and cublas.shape_ok(m, n, k, FP16, FP16)
+    assert not cublas.shape_ok(m, n, k, FP32, FP32)  # torch: no bias with an fp32 output
+    assert not cublas.shape_ok(m, n, k, BF16, FP32)  # a bias in another dtype: the Triton kernels add it in fp32
+    assert not cublas.shape_ok(m, n, k, torch.int32, None)
+
+
+def test_enabled_switch_and_cpu_devices(monkeypatch):
+    monkeypatch.delenv("FP8INDUCTOR_CUBLAS", raising=False)
+    assert cublas.enabled()
+    monkeypatch.setenv("FP8INDUCTOR_CUBLAS", "0")
+    assert not cublas.enabled()
+    assert not cublas.device_supported(torch.device("cpu"))
+    monkeypatch.delenv("FP8INDUCTOR_CUBLAS")
+    wq = torch.zeros(4096, 4096, dtype=torch.float8_e4m3fn)
+    ws = torch.ones(32, 32)
+    assert not cublas.usable_weight(128, wq, ws, None, BF16)  # CPU tensors: never cuBLAS
+
+
+# ----------------------------------------------------------------------------------------------
+# The choice: heuristic and tuned tables
+# ----------------------------------------------------------------------------------------------
+
+
+def test_heuristic_picks_cublas_from_its_threshold_only_where_admitted():
+    assert pick_config(CUBLAS_MIN_M, 4096, 4096, 132, True, cublas_ok=True) == CUBLAS
+    assert pick_config(8192, 4096, 4096, 132, True, cublas_ok=True) == CUBLAS
+    assert pick_config(CUBLAS_MIN_M - 4, 4096, 4096, 132, True, cublas_ok=True).kind != "cublas"
+    assert pick_config(8192, 4096, 4096, 132, True, cublas_ok=False) == CONFIGS["tma_128x128"]
+    assert pick_config(8192, 4096, 4096, 132, True) == CONFIGS["tma_128x128"]  # the default: not admitted
+
+
+def test_cublas_config_round_trips_through_a_tuning_table():
+    data = {"schema": tuned.SCHEMA, "device": "X", "entries": {
+        "N=4096,K=4096": {"2048": {"config": dataclasses.asdict(CUBLAS), "us": 1.0}}}}  # fmt: skip
+    table = tuned.parse_table(json.loads(json.dumps(data)), "test")
+    assert table["N=4096,K=4096"][2048] == CUBLAS
+    with pytest.raises(ValueError, match="unknown GEMM kernel kind"):
+        GemmConfig("cublaslt", 128, 128, 0, 0)
+
+
+@pytest.mark.parametrize(
+    "tuned_cfg,tma_ok,cublas_ok,want",
+    [
+        (CUBLAS, True, True, CUBLAS),
+        (CUBLAS, True, False, CONFIGS["tma_128x128"]),  # e.g. M % 4 != 0: the heuristic's Triton kernel
+        (CONFIGS["tma_64x128"], True, True, CONFIGS["tma_64x128"]),  # the table knows better than the heuristic
+        (CONFIGS["tma_64x128"], False, True, CUBLAS),  # TMA impossible: the heuristic, which admits cuBLAS
+    ],
+)
+def test_tuned_cublas_entry_applies_only_where_admitted(monkeypatch, tuned_cfg, tma_ok, cublas_ok, want):
+    monkeypatch.setattr(bg, "_device_name", lambda device: "Test GPU")
+    monkeypatch.setattr(bg, "_num_sms", lambda device: 132)
+    monkeypatch.setattr(tuned, "lookup", lambda name, m, n, k: tuned_cfg)
+    assert bg._default_config(torch.device("cuda"), 4096, 4096, 4096, tma_ok, cublas_ok) == want
+
+
+# ----------------------------------------------------------------------------------------------
+# Column-major activation scales (the layout cuBLAS reads), written by the quant kernel itself
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mk", [(4, 512), (9, 1000), (130, 4000)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("scale_fmt", ["float", "ue8m0"])
+def test_act_quant_column_major_scales_are_the_same_values(mk, scale_fmt):
+    m, k = mk
+    x = (torch.randn(m, k, generator=torch.Generator().manual_seed(m + k)) * 3).bfloat16()
+    x[m // 2, 7] = float("nan")  # a NaN group: NaN scale in either layout
+    q, s = act_quant_1x128(x.to(DEVICE), scale_fmt, col_major_scales=True)
+    assert s.shape == (m, -(-k // 128)) and s.stride() == (1, m)
+    ref_q, ref_s = quantize_activation_ref(x, 128, scale_fmt)
+    assert_scales_equal(s.contiguous(), ref_s)
+    assert_fp8_equal(q, ref_q)
+
+
+def test_act_quant_column_major_empty():
+    q, s = act_quant_1x128(torch.zeros(0, 512, dtype=BF16, device=DEVICE), col_major_scales=True)
+    assert q.shape == (0, 512) and s.shape == (0, 4)
+
+
+# ----------------------------------------------------------------------------------------------
+# GPU: cuBLAS against the reference, and the fallbacks
+# ----------------------------------------------------------------------------------------------
+
+gpu = pytest.mark.gpu
+
+
+def _needs_hopper():
+    if not cublas.device_supported(torch.device("cuda")):
+        pytest.skip("cuBLAS blockwise needs compute capability 9.x")
+
+
+def _operands(m: int, n: int, k: int, seed: int):
+    """Reference-quantized operands on the GPU, rows of very different magnitudes."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=g) * torch.pow(10.0, torch.empty(m, 1).uniform_(-2, 2, generator=g))
+    w = torch.randn(n, k, generator=g) * 0.05
+    xq, xs = quantize_activation_ref(x, 128)
+    wq, ws = quantize_weight_ref(w, (128, 128))
+    return [t.cuda() for t in (xq, xs, wq, ws)]
+
+
+def _check(y: torch.Tensor, xq, xs, wq, ws, bias, out_dtype) -> None:
+    cpu = [None if t is None else t.cpu() for t in (xq, xs, wq, ws, bias)]
+    ref = block_gemm_ref(*cpu, out_dtype)
+    assert y.dtype == out_dtype and y.shape == ref.shape and y.is_contiguous()
+    # cuBLAS accumulates fp8 products like our wgmma kernels (measured 2**-15.8 of the term
+    # magnitudes, testing.HOPPER_FP8_ACC_ATOL), then rounds once to out_dtype.
+    tol = gemm_tolerance(out_dtype, gemm_abs_sum_max(*cpu[:4]), hopper_fp8_mma=True)
+    torch.testing.assert_close(y.float().cpu(), ref.float(), **tol)
+
+
+@gpu
+@pytest.mark.parametrize("mnk", [(4, 144, 512), (12, 2112, 7168), (100, 16, 1536), (1000, 4096, 4000), (2048, 6144, 4096)],
+                         ids=lambda s: "x".join(map(str, s)))  # fmt: skip
+@pytest.mark.parametrize("out_dtype", [BF16, FP16, FP32], ids=str)
+@pytest.mark.parametrize("with_bias", [False, True], ids=["nobias", "bias"])
+def test_cublas_matches_reference(mnk, out_dtype, with_bias):
+    _needs_hopper()
+    if with_bias and out_dtype == FP32:
+        pytest.skip("no bias with an fp32 output (not admitted: test_shape_ok_bias_rules)")
+    m, n, k = mnk
+    xq, xs, wq, ws = _operands(m, n, k, seed=m + n + k)
+    bias = torch.randn(n, generator=torch.Generator().manual_seed(3)).to(out_dtype).cuda() if with_bias else None
+    assert cublas.usable(xq, wq, ws, bias, out_dtype)
+    _check(bg.fp8_block_gemm(xq, xs, wq, ws, bias, out_dtype, config=CUBLAS), xq, xs, wq, ws, bias, out_dtype)
+
+
+@gpu
+@pytest.mark.parametrize("why", [w for w in REJECTED if "M=0" not in w])
+def test_rejected_shapes_run_the_triton_kernels(monkeypatch, why):
+    """Where cuBLAS is wrong or unsupported the guard says no: forcing it is an error, and the
+    default choice, even with the table saying cuBLAS, runs a Triton kernel that matches the reference."""
+    _needs_hopper()
+    m, n, k = REJECTED[why]
+    xq, xs, wq, ws = _operands(m, n, k, seed=7)
+    assert not cublas.usable(xq, wq, ws, None, BF16)
+    with pytest.raises(ValueError, match="cuBLAS blockwise does not take this call"):
+        bg.fp8_block_gemm(xq, xs, wq, ws, config=CUBLAS)
+    monkeypatch.setattr(tuned, "lookup", lambda name, m, n, k: CUBLAS)
+    called = []
+    monkeypatch.setattr(cublas, "block_gemm", lambda *a: called.append(a))
+    _check(bg.fp8_block_gemm(xq, xs, wq, ws), xq, xs, wq, ws, None, BF16)
+    assert not called
+
+
+@gpu
+def test_layouts_cublas_cannot_take_run_the_triton_kernels(monkeypatch):
+    _needs_hopper()
+    m, n, k = 256, 4096, 4096
+    xq, xs, wq, ws = _operands(m, n, k, seed=8)
+    bias32 = torch.randn(n, device="cuda")
+    wq_cm = wq.t().contiguous().t()  # column-major weight
+    wide = torch.zeros(m, k + 16, dtype=torch.uint8, device="cuda").view(torch.float8_e4m3fn)
+    wide[:, :k] = xq
+    for args in [(xq, xs, wq_cm, ws, None), (wide[:, :k], xs, wq, ws, None), (xq, xs, wq, ws, bias32)]:
+        assert not cublas.usable(args[0], args[2], args[3], args[4], BF16)
+        monkeypatch.setattr(tuned, "lookup", lambda name, m, n, k: CUBLAS)
+        _check(bg.fp8_block_gemm(*args), *args, BF16)
+
+
+@gpu
+def test_linear_picks_cublas_and_agrees_with_triton(monkeypatch):
+    """The op at a prefill shape: cuBLAS (with column-major scales straight from the quant kernel),
+    within one bf16 rounding plus accumulation noise of the Triton kernels; FP8INDUCTOR_CUBLAS=0
+    turns it off."""
+    _needs_hopper()
+    m, n, k = 512, 4096, 4096
+    x = torch.randn(m, k, device="cuda", dtype=BF16)
+    wq, ws = [t.cuda() for t in quantize_weight_ref(torch.randn(n, k) * 0.05, (128, 128))]
+    seen = []
+    real = cublas.block_gemm
+
+    def spy(xq, xs, *rest):
+        seen.append(xs.stride())
+        return real(xq, xs, *rest)
+
+    monkeypatch.setattr(cublas, "block_gemm", spy)
+    monkeypatch.setattr(tuned, "lookup", lambda name, m, n, k: None)  # the heuristic: cuBLAS from M = 128
+    monkeypatch.delenv("FP8INDUCTOR_CUBLAS", raising=False)
+    y = bg.fp8_block_linear(x, wq, ws)
+    assert seen == [(1, m)]  # cuBLAS ran, on scales written column-major (no copy)
+    monkeypatch.setenv("FP8INDUCTOR_CUBLAS", "0")
+    y_triton = bg.fp8_block_linear(x, wq, ws)
+    assert len(seen) == 1
+    xq, xs = quantize_activation_ref(x.cpu(), 128)
+    ref = block_gemm_ref(xq, xs, wq.cpu(), ws.cpu(), BF16)
+    tol = gemm_tolerance(BF16, gemm_abs_sum_max(xq, xs, wq.cpu(), ws.cpu()), hopper_fp8_mma=True)
+    torch.testing.assert_close(y.float().cpu(), ref.float(), **tol)
+    torch.testing.assert_close(y_triton.float().cpu(), ref.float(), **tol)
+
+
+@gpu
+def test_cublas_propagates_nan_rows_like_the_reference():
+    _needs_hopper()
+    m, n, k = 128, 256, 512
+    x = torch.randn(m, k, device="cuda", dtype=BF16)
+    x[5, 300] = float("nan")
+    wq, ws = [t.cuda() for t in quantize_weight_ref(torch.randn(n, k) * 0.05, (128, 128))]
+    y = bg.fp8_block_linear(x, wq, ws, config=CUBLAS)
+    assert y[5].isnan().all() and not y[torch.arange(m, device="cuda") != 5].isnan().any()
+
+
+@gpu
+def test_cublas_linear_captures_in_a_cuda_graph():
+    _needs_hopper()
+    m, n, k = 256, 2112, 7168
+    x = torch.randn(m, k, device="cuda", dtype=BF16)
+    wq, ws = [t.cuda() for t in quantize_weight_ref(torch.randn(n, k) * 0.05, (128, 128))]
+    eager = bg.fp8_block_linear(x, wq, ws, config=CUBLAS)
+    graph, stream = torch.cuda.CUDAGraph(), torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        bg.fp8_block_linear(x, wq, ws, config=CUBLAS)
+        with torch.cuda.graph(graph, stream=stream):
+            captured = bg.fp8_block_linear(x, wq, ws, config=CUBLAS)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(captured, eager, rtol=0, atol=0)
+
+
+@gpu
+@pytest.mark.usefixtures("fresh_dynamo")
+def test_compiled_linear_keeps_the_op_where_cublas_is_picked(monkeypatch):
+    """The lowering leaves a cuBLAS-picked linear to the op (no template, no fp32 round trip); with
+    cuBLAS off, the same linear becomes a template. Both match the eager op."""
+    _needs_hopper()
+    from torch._inductor.utils import run_and_get_code
+
+    from fp8inductor.modules import quantize_
+
+    torch.manual_seed(0)
+    lin = nn.Linear(1024, 2048, bias=True, device="cuda", dtype=BF16)
+    x = torch.randn(512, 1024, device="cuda", dtype=BF16)
+    holder = nn.Sequential(nn.Linear(1024, 2048, bias=True, device="cuda", dtype=BF16))
+    holder[0].load_state_dict(lin.state_dict())
+    quantize_(holder)
+    codes = {}
+    for flag in ("1", "0"):
+        monkeypatch.setenv("FP8INDUCTOR_CUBLAS", flag)
+        torch._dynamo.reset()
+        with torch.inference_mode():
+            y, code = run_and_get_code(torch.compile(lin, backend="fp8block"), x)
+            want = holder(x)
+        codes[flag] = "\n".join(code)
+        tol = 2**-7  # one bf16 rounding plus Hopper fp8 accumulation noise (as test_gpu_lowering)
+        torch.testing.assert_close(y.float(), want.float(), rtol=tol, atol=tol * want.abs().max().item())
+    assert "@triton_heuristics.template(" not in codes["1"] and "fp8inductor.block_linear" in codes["1"]
+    assert "@triton_heuristics.template(" in codes["0"]
