@@ -242,7 +242,7 @@ def test_linear_picks_cublas_and_agrees_with_triton(monkeypatch):
     y_triton = bg.fp8_block_linear(x, wq, ws)
     assert len(seen) == 1
     xq, xs = quantize_activation_ref(x.cpu(), 128)
-    ref = block_gemm_ref(xq, xs, wq.cpu(), ws.cpu(), BF16)
+    ref = block_gemm_ref(xq, xs, wq.cpu(), ws.cpu(), out_dtype=BF16)
     tol = gemm_tolerance(BF16, gemm_abs_sum_max(xq, xs, wq.cpu(), ws.cpu()), hopper_fp8_mma=True)
     torch.testing.assert_close(y.float().cpu(), ref.float(), **tol)
     torch.testing.assert_close(y_triton.float().cpu(), ref.float(), **tol)
