@@ -141,7 +141,10 @@ class FP8BlockPass(CustomGraphPass):
         _Rewriter(graph, self.config, scope).run()
 
     def uuid(self) -> bytes:
-        return _source_hash() + repr(self.config).encode()
+        # FP8INDUCTOR_CUBLAS changes the lowering's choice (template or the op): part of the key too.
+        from .kernels import cublas
+
+        return _source_hash() + repr(self.config).encode() + (b"|cublas" if cublas.enabled() else b"|no-cublas")
 
 
 # ---------------------------------------------------------------------------------------------

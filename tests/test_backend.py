@@ -266,10 +266,14 @@ def test_bad_option_is_a_clear_error():
         compile_fp8(nn.Linear(256, 256), options={"bogus": 1})(torch.randn(2, 256))
 
 
-def test_pass_uuid_depends_on_config_and_sources():
+def test_pass_uuid_depends_on_config_and_sources(monkeypatch):
     a, b = FP8BlockPass(FP8BlockConfig()), FP8BlockPass(FP8BlockConfig(scale_fmt="ue8m0"))
     assert a.uuid() == FP8BlockPass(FP8BlockConfig()).uuid()
     assert a.uuid() != b.uuid()
+    with_cublas = a.uuid()
+    monkeypatch.setenv("FP8INDUCTOR_CUBLAS", "0")  # the lowering then never leaves a GEMM to cuBLAS
+    assert a.uuid() != with_cublas
+    monkeypatch.delenv("FP8INDUCTOR_CUBLAS")
     from fp8inductor import passes
 
     passes._source_hash.cache_clear()
