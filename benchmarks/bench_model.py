@@ -549,7 +549,7 @@ class RowRunner:
         self._graphs.append(graph)  # keep alive
         return replay
 
-    # Kernel name -> category of the decode profile (first match wins; names as Triton/cuBLAS emit them).
+    # Kernel name -> category of a profile (first match wins; names as Triton/cuBLAS emit them).
     PROFILE_CATEGORIES = (
         ("fp8 activation quant", ("_act_quant_1x128_kernel",)),
         ("fp8 GEMM, op kernels", ("_fp8_gemm_splitk_kernel", "_fp8_gemm_tiles_kernel", "_fp8_gemm_tma_kernel")),
@@ -561,7 +561,8 @@ class RowRunner:
     )
 
     def profile_step(self, step: Callable[[], Any], steps: int = 20) -> dict:
-        """GPU kernel time of one decode step by category (torch.profiler over ``steps`` calls)."""
+        """GPU kernel time of one step (a decode step, a prefill forward) by category (torch.profiler
+        over ``steps`` calls)."""
         torch = self.torch
         from torch.profiler import ProfilerActivity, profile
 
@@ -592,6 +593,13 @@ class RowRunner:
             "categories": dict(sorted(cats.items(), key=lambda kv: -kv[1]["us_per_step"])),
             "top_kernels": [{"name": n, "us_per_step": u, "calls_per_step": c} for n, u, c in kernels[:15]],
         }
+
+    def log_profile(self, key: str, prof: dict, step_us: float | None = None) -> None:
+        for cat, v in prof["categories"].items():
+            self.log(f"{key} profile: {cat}: {v['us_per_step']:.1f} us/step, {v['kernels_per_step']:g} kernels")
+        busy = prof["gpu_busy_us_per_step"]
+        idle = f" of {step_us:.1f} us timed ({busy / step_us:.0%})" if step_us else ""
+        self.log(f"{key} profile: GPU busy {busy:.1f} us/step{idle}")
 
     @staticmethod
     def rel_err(y, ref) -> float:
@@ -733,6 +741,9 @@ class RowRunner:
             entry.update(t)
             entry["tokens_per_s"] = b * s / (t["median_ms"] * 1e-3)
             self.log(f"{key}: {t['median_ms']:.2f} ms, {entry['tokens_per_s']:,.0f} tok/s")
+            if self.args.profile_prefill and self.cuda:
+                entry["profile"] = self.profile_step(lambda ids=ids: fn(input_ids=ids, use_cache=False, logits_to_keep=1))
+                self.log_profile(key, entry["profile"], t["median_ms"] * 1e3)
             self.save()
         res["steady_prefill_bytes"] = self.mem()  # model + compiled graphs' constants, no activations
         self.save()
@@ -808,9 +819,7 @@ class RowRunner:
                 self.log(f"{key}: {t['median_ms'] * 1e3:.0f} us/step, {entry['tokens_per_s']:,.0f} tok/s")
                 if self.args.profile_decode and self.cuda and b == self.shape.decode_batches[0]:
                     entry["profile"] = self.profile_step(step)
-                    for cat, v in entry["profile"]["categories"].items():
-                        self.log(f"{key} profile: {cat}: {v['us_per_step']:.1f} us/step, {v['kernels_per_step']:g} kernels")
-                    self.log(f"{key} profile: GPU busy {entry['profile']['gpu_busy_us_per_step']:.1f} us/step")
+                    self.log_profile(key, entry["profile"])
                 self.save()
             except Exception as exc:  # noqa: BLE001
                 self._error(key, exc)
@@ -908,6 +917,8 @@ def child_command(args: argparse.Namespace, row: str, row_out: Path) -> list[str
         cmd.append("--quick")
     if args.profile_decode:
         cmd.append("--profile-decode")
+    if args.profile_prefill:
+        cmd.append("--profile-prefill")
     if args.fp8_options:
         cmd += ["--fp8-options", json.dumps(args.fp8_options)]
     return cmd
@@ -1026,6 +1037,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--profile-decode",
         action="store_true",
         help="also profile the first decode batch's step (torch.profiler): GPU time per kernel category",
+    )
+    ap.add_argument(
+        "--profile-prefill",
+        action="store_true",
+        help="also profile each prefill shape (torch.profiler): GPU time per kernel category, and GPU busy / timed",
     )
     ap.add_argument(
         "--fp8-options",
