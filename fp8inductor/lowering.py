@@ -57,7 +57,6 @@ from torch._inductor.select_algorithm import (
 from torch._inductor.virtualized import V
 
 from . import ops
-from .kernels import cublas
 from .kernels.config import CONFIGS, QBLOCK, GemmConfig
 from .kernels.template import TEMPLATE_NAME, TEMPLATE_SOURCE
 
@@ -135,12 +134,16 @@ def _template_kwargs(cfg: GemmConfig, k: int, num_sms: int) -> dict:
     )
 
 
-def _candidate_configs(device: torch.device, m: int, n: int, k: int, tma_ok: bool, cublas_ok: bool) -> list[GemmConfig]:
+def _candidate_configs(
+    device: torch.device, m: int, n: int, k: int, tma_ok: bool, out_dtype: torch.dtype, bias_dtype: torch.dtype | None
+) -> list[GemmConfig]:
     """Template configs worth offering: the default pick first, then the shipped CONFIGS that fit.
     None when the op's own choice is split-K or cuBLAS (the FallbackKernel runs it)."""
-    from .kernels.block_gemm import _default_config  # the op's own choice: tuned table, else heuristic
+    from .kernels.block_gemm import static_choice  # the op's own choice: tuned table, else heuristic
 
-    picked = _default_config(device, m, n, k, tma_ok, cublas_ok)
+    # static_choice's view of the run-time layout (fresh row-major operands, frozen row-major
+    # weights) holds here; if a run-time layout says otherwise the op runs its Triton kernels.
+    picked = static_choice(device, m, n, k, out_dtype, bias_dtype)
     if picked.kind in ("splitk", "cublas"):
         return []
     out = [picked]
@@ -179,13 +182,8 @@ def _gemm(x, wq, ws, bias, scale_fmt: str, lead: list[int], n: int, k: int):
     device = x.get_device()
     m = math.prod(lead)
     tma_ok = k % 16 == 0  # xq and wq are row-major and freshly allocated (aligned); TMA rows need 16 B
-    # Would the op's launcher run cuBLAS here? Sizes and dtypes decide it (the frozen weights are
-    # row-major); if a run-time layout says otherwise, the op runs its Triton kernels instead.
     bias_dtype = None if bias is None else bias.get_dtype()
-    cublas_ok = (
-        cublas.enabled() and cublas.device_supported(device) and cublas.shape_ok(m, n, k, x.get_dtype(), bias_dtype)
-    )
-    configs = _candidate_configs(device, m, n, k, tma_ok, cublas_ok)
+    configs = _candidate_configs(device, m, n, k, tma_ok, x.get_dtype(), bias_dtype)
     if not configs:
         return None  # split-K or cuBLAS: the FallbackKernel's launcher runs them, with no fp32 round trip
     from .kernels.block_gemm import _ensure_tma_allocator, _num_sms

@@ -55,12 +55,13 @@ _PASS_THROUGH = {
 }
 _MATMULS = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default}
 
-# Sibling linears (``FP8BlockConfig.fuse_siblings``) are fused only for a static M up to this many
-# rows: there a linear costs mostly its launch and ramp (H100 profile, docs/benchmarks.md), and one
-# GEMM on the concatenated weight saves it. At large M the GEMMs are compute-bound, and the caller's
-# pointwise op on two slices (SiLU(gate) * up) could no longer fuse into one template's store: it
-# would be an extra pass over the whole [M, 2 * intermediate] output. A symbolic M (one graph for
-# prefill and decode) is not fused either.
+# Sibling linears (``FP8BlockConfig.fuse_siblings``) are fused for a static M up to this many rows:
+# there a linear costs mostly its launch and ramp (H100 profile, docs/benchmarks.md), and one GEMM on
+# the concatenated weight saves it. Above it, only where the fused GEMM runs on cuBLAS (``_fuses_gemm``):
+# a Triton template GEMM is compute-bound there, and the caller's pointwise op on two slices
+# (SiLU(gate) * up) could no longer fuse into one template's store: it would be an extra pass over the
+# whole [M, 2 * intermediate] output; cuBLAS has no such epilogue to lose. A symbolic M (one graph for
+# prefill and decode) is not fused.
 SIBLING_FUSION_MAX_M = 128
 
 
@@ -407,12 +408,29 @@ class _Rewriter:
         return int(n), int(k)
 
     def _fuses_gemm(self, group: list[LinearMatch]) -> bool:
-        """One GEMM for the group: a static M of at most ``SIBLING_FUSION_MAX_M`` rows, and no
-        member's output leaves the graph (it would be a strided slice of the fused output)."""
+        """One GEMM for the group: a static M of at most ``SIBLING_FUSION_MAX_M`` rows, or any static
+        M where the fused GEMM runs on cuBLAS (``_runs_on_cublas``); and no member's output leaves
+        the graph (it would be a strided slice of the fused output)."""
         rows = _val(group[0].x).shape[0]
-        if not isinstance(rows, int) or rows > SIBLING_FUSION_MAX_M:
+        if not isinstance(rows, int):
+            return False
+        if rows > SIBLING_FUSION_MAX_M and not self._runs_on_cublas(group, rows):
             return False
         return not any(_reaches_output(m.anchor) for m in group)
+
+    def _runs_on_cublas(self, group: list[LinearMatch], rows: int) -> bool:
+        """The group's fused GEMM [rows, sum N_i] would run on cuBLAS (``block_gemm.static_choice``).
+        No template epilogue is lost then (the op writes the output either way), and one GEMM saves
+        the group's repeated activation quantizations and launches: at Llama-3-8B prefill (H100,
+        M = 2048) q/k/v and gate/up quantized the same activation five times per layer, 7 ops per
+        layer instead of 4 (bench_model --profile-prefill, 2026-11-25)."""
+        from .kernels.block_gemm import static_choice
+
+        x = _val(group[0].x)
+        n = sum(self._weight_nk(m)[0] for m in group)
+        k = self._weight_nk(group[0])[1]
+        bias_dtype = None if group[0].bias is None else _val(group[0].bias).dtype
+        return static_choice(x.device, rows, n, k, x.dtype, bias_dtype).kind == "cublas"
 
     def _quantize_concatenated(self, group: list[LinearMatch]) -> tuple[fx.Node, fx.Node]:
         """(q [sum N_i, K] fp8, s [sum N_i / 128, ceil(K/128)] fp32) of ``cat(W_i)``, made after the placeholders."""

@@ -610,6 +610,32 @@ def test_linear_chains_and_outputs_leaving_the_graph():
     q.view(-1)
 
 
+def test_siblings_fused_at_large_m_where_the_gemm_runs_on_cublas(monkeypatch):
+    """Above SIBLING_FUSION_MAX_M the group fuses only if its fused GEMM would run on cuBLAS (no
+    template epilogue to lose): asked of block_gemm.static_choice with the fused (M, sum N, K)."""
+    from fp8inductor.kernels import block_gemm
+    from fp8inductor.kernels.config import CONFIGS, CUBLAS
+    from fp8inductor.passes import SIBLING_FUSION_MAX_M
+
+    asked = []
+
+    def choice(device, m, n, k, out_dtype, bias_dtype):
+        asked.append((m, n, k, out_dtype, bias_dtype))
+        return CUBLAS if n == 512 else CONFIGS["tma_128x128"]  # cat(q, k, v): 256 + 128 + 128
+
+    monkeypatch.setattr(block_gemm, "static_choice", choice)
+    x = torch.randn(SIBLING_FUSION_MAX_M + 1, 256)
+    model = _Siblings(bias=True).eval()
+    y, _, seen = _run_twice(model, x)
+    assert seen["sibling_groups"] == 1 and seen["linears_fused"] == 3
+    assert (SIBLING_FUSION_MAX_M + 1, 512, 256, torch.float32, torch.float32) in asked
+    y_sep, _, _ = _run_twice(model, x, fuse_siblings=False)
+    assert torch.equal(y, y_sep)  # the CPU reference path: one GEMM per linear gives the same bits
+    monkeypatch.setattr(block_gemm, "static_choice", lambda *a: CONFIGS["tma_128x128"])
+    _, _, seen = _run_twice(_Siblings().eval(), x)
+    assert "sibling_groups" not in seen
+
+
 def test_siblings_not_fused_for_large_or_symbolic_m():
     from fp8inductor.passes import SIBLING_FUSION_MAX_M
 

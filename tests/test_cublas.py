@@ -306,3 +306,39 @@ def test_compiled_linear_keeps_the_op_where_cublas_is_picked(monkeypatch):
         torch.testing.assert_close(y.float(), want.float(), rtol=tol, atol=tol * want.abs().max().item())
     assert "@triton_heuristics.template(" not in codes["1"] and "fp8inductor.block_linear" in codes["1"]
     assert "@triton_heuristics.template(" in codes["0"]
+
+
+class _QKV(nn.Module):
+    """q/k/v on one activation, then o: a prefill-shaped attention projection stand-in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q = nn.Linear(1024, 1024, bias=False)
+        self.k = nn.Linear(1024, 256, bias=False)
+        self.v = nn.Linear(1024, 256, bias=False)
+        self.o = nn.Linear(1536, 1024, bias=False)
+
+    def forward(self, x):
+        return self.o(torch.cat([self.q(x), torch.relu(self.k(x)), self.v(x) * 2], -1))
+
+
+@gpu
+@pytest.mark.usefixtures("fresh_dynamo")
+def test_compiled_siblings_fuse_into_one_cublas_gemm_at_prefill_m():
+    """M = 512 > SIBLING_FUSION_MAX_M: q/k/v become one block_linear (one activation quant, one
+    cuBLAS GEMM on the concatenated weight) because that GEMM runs on cuBLAS; the result matches the
+    unfused compile within the GEMM tolerance (different cuBLAS kernels for different N)."""
+    _needs_hopper()
+    from torch._dynamo.utils import counters
+    from torch._inductor.utils import run_and_get_code
+
+    torch.manual_seed(0)
+    model = _QKV().to("cuda", BF16).eval()
+    x = torch.randn(512, 1024, device="cuda", dtype=BF16)
+    with torch.inference_mode():
+        y, code = run_and_get_code(torch.compile(model, backend="fp8block"), x)
+        assert counters["fp8inductor"]["sibling_groups"] == 1
+        assert "\n".join(code).count("fp8inductor.block_linear.default(") == 2  # qkv, o
+        torch._dynamo.reset()
+        y_sep = torch.compile(model, backend="fp8block", options={"fuse_siblings": False})(x)
+    torch.testing.assert_close(y.float(), y_sep.float(), rtol=2**-6, atol=2**-6 * y_sep.abs().max().item())
