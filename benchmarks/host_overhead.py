@@ -52,9 +52,14 @@ def main() -> None:
     q, s = fp8inductor.quantize_weight(torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / 80)
     xq, xs = act_quant_1x128(x)
     w_bf16 = x.new_empty(k, n)
+    xs_cols = xs.t().contiguous().t()  # the layout cuBLAS blockwise reads
     cases = {
         "torch.mm bf16 (reference point)": lambda: torch.mm(x, w_bf16),
+        "torch._scaled_mm (cuBLAS blockwise)": lambda: torch._scaled_mm(
+            xq, q.t(), xs_cols, s.t(), out_dtype=torch.bfloat16
+        ),
         "act_quant_1x128": lambda: act_quant_1x128(x),
+        "act_quant_1x128, column-major scales": lambda: act_quant_1x128(x, col_major_scales=True),
         "fp8_block_gemm (its default choice)": lambda: fp8_block_gemm(xq, xs, q, s),
         "fp8_block_linear (quant + GEMM)": lambda: fp8_block_linear(x, q, s),
         "torch.ops.fp8inductor.block_linear": lambda: torch.ops.fp8inductor.block_linear(x, q, s, None),
