@@ -86,6 +86,24 @@ def _warn_no_fp8(index: int) -> None:
     )
 
 
+# The run-time ops' CUDA kernels are registered on the dispatcher directly (a Library fragment) rather
+# than through ``custom_op(...).register_kernel``, whose wrapper adds Python layers to every call (the
+# aliasing check, a Dynamo-disable frame): host time that a prefill graph of FallbackKernels pays per
+# linear (docs/benchmarks.md, "Host time"). custom_op still defines the schema, the fake and the CPU
+# implementation; the dispatcher prefers a CUDA-key kernel to custom_op's default for CUDA tensors.
+_CUDA_LIB = torch.library.Library(_NS, "FRAGMENT")
+
+
+def _cuda_kernel(op_name: str):
+    """Decorator: register ``fn`` as the CUDA kernel of ``fp8inductor::op_name``."""
+
+    def register(fn):
+        _CUDA_LIB.impl(op_name, fn, "CUDA")
+        return fn
+
+    return register
+
+
 def _use_triton(t: torch.Tensor) -> bool:
     index = t.device.index if t.device.index is not None else torch.cuda.current_device()
     if _cuda_has_fp8(index):
@@ -108,7 +126,7 @@ def quantize_activation_op(
     return ref.quantize_activation_ref(x, group_size, scale_fmt)
 
 
-@quantize_activation_op.register_kernel("cuda")
+@_cuda_kernel("quantize_activation")
 def _(x: torch.Tensor, group_size: int = 128, scale_fmt: str = "float") -> tuple[torch.Tensor, torch.Tensor]:
     _check_float(x, "x")
     if group_size != 128 or not _use_triton(x) or x.dim() == 0:
@@ -195,7 +213,7 @@ def block_linear_op(
     return ref.block_fp8_linear_ref(x, wq, ws, bias, group_size, scale_fmt)
 
 
-@block_linear_op.register_kernel("cuda")
+@_cuda_kernel("block_linear")
 def _(
     x: torch.Tensor,
     wq: torch.Tensor,
@@ -259,7 +277,7 @@ def block_gemm_op(
     return _on_2d(ref.block_gemm_ref, xq, xs, wq, ws, None, out_dtype)
 
 
-@block_gemm_op.register_kernel("cuda")
+@_cuda_kernel("block_gemm")
 def _(xq: torch.Tensor, xs: torch.Tensor, wq: torch.Tensor, ws: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
     _check_block_gemm_args(xq, xs, wq, ws, out_dtype)
     if not _use_triton(xq):
