@@ -9,28 +9,23 @@ M, ``block_linear(x, wq, ws, bias)`` lowers to
     y      = (acc + bias.float()).to(x.dtype)           # pointwise: fused into the template's store
 
 so Inductor fuses the bias, the cast and any pointwise consumer (residual add, activation) into the
-GEMM's store (``store_output``) instead of writing the linear's output and reading it back. Where the
-op would run the GEMM on cuBLAS blockwise (``kernels/cublas.py``; large M on the H100) it lowers to
-
-    xq, xs = quantize_activation(x)                     # the same memoized FallbackKernel
-    y      = aten._scaled_mm(xq, wq.t(), column_major(xs), ws.t(), bias, out_dtype=x.dtype)
-
-an aten ExternKernel call writing x's dtype (no fp32 accumulator round trip, no custom-op dispatch).
+GEMM's store (``store_output``) instead of writing the linear's output and reading it back.
 
 GEMM choices:
 * outside max-autotune: one choice, no benchmarking: the shipped tuned config for this device and
   shape (``fp8inductor.tuned``) or the heuristic (``pick_config``) as a template. When that config
   is split-K (small M, few output tiles: the last split of each tile stores it, no single store to
-  fuse into) the op stays a FallbackKernel, as without this module. cuBLAS blockwise (large M on
-  the H100, 1.2-1.5x our Triton GEMM) is the ``aten._scaled_mm`` call above, not a choice among the
-  templates: those write an fp32 accumulator for the epilogue to read back (estimated at M=2048,
-  N=6144: ~40 us of HBM traffic against a ~90 us GEMM), cuBLAS writes x's dtype.
+  fuse into) or cuBLAS blockwise (``kernels/cublas.py``: large M on the H100, where it is 1.2-1.5x
+  our Triton GEMM) the op stays a FallbackKernel, as without this module: its launcher runs that
+  choice and writes x's dtype directly, where a GEMM choice here would write an fp32 accumulator
+  for the epilogue to read back (estimated at M=2048, N=6144: ~40 us of HBM traffic against a
+  ~90 us GEMM).
 * under ``max_autotune`` / ``max_autotune_gemm``: every template config of ``kernels.config.CONFIGS``
   that fits, the tuned one, and the op's own launcher (``fp8inductor::block_gemm``, which can split
   K), benchmarked by Inductor's autotuner; where the tuned table or heuristic picks cuBLAS, the
-  ``aten._scaled_mm`` call as above. cuBLAS is chosen only where ``kernels/cublas.py`` admits the
-  call: it is silently wrong when ceil(K/128) % 4 != 0 (measured), and an autotuner that benchmarks
-  a wrong kernel could pick it.
+  FallbackKernel as above. cuBLAS is chosen only where ``kernels/cublas.py`` admits the call: it is
+  silently wrong when ceil(K/128) % 4 != 0 (measured), and an autotuner that benchmarks a wrong
+  kernel could pick it.
 
 A symbolic M (``dynamic=True``, ``mark_dynamic``) keeps the FallbackKernel, whose launcher picks the
 config per M at run time: one compiled graph serves prefill and decode with the right kernel for
@@ -115,7 +110,7 @@ def _max_autotune() -> bool:
 
 @functools.cache
 def _warn_template_failure(reason: str) -> None:
-    log.warning("fp8inductor: GEMM lowering unavailable (%s); using the op's own kernels", reason)
+    log.warning("fp8inductor: GEMM template unavailable (%s); using the op's own kernels", reason)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,32 +215,6 @@ def _gemm(x, wq, ws, bias, scale_fmt: str, lead: list[int], n: int, k: int):
     return result[0] if isinstance(result, tuple) else result
 
 
-def _cublas_gemm(x, wq, ws, bias, scale_fmt: str, lead: list[int], n: int, k: int):
-    """[*lead, N] in x's dtype by cuBLAS blockwise, or None where the op would not pick cuBLAS.
-
-    The activation quantization is the memoized one (shared with the sibling linears that read x);
-    an Inductor copy turns its scales column-major (the layout cuBLAS reads: [M, K/128], strides
-    (1, M)); ``aten._scaled_mm`` runs as an aten ExternKernel call on views of the frozen weight
-    (``wq.t()``, ``ws.t()``). No custom-op dispatch per linear: that host time made prefill
-    host-bound (docs/benchmarks.md, "Prefill").
-    """
-    from .kernels.block_gemm import static_choice
-
-    m = math.prod(lead)
-    bias_dtype = None if bias is None else bias.get_dtype()
-    if static_choice(x.get_device(), m, n, k, x.get_dtype(), bias_dtype).kind != "cublas":
-        return None
-    groups = -(-k // QBLOCK)
-    xq, xs = _quantized_activation(x, scale_fmt)
-    view, permute = L.lowerings[aten.view.default], L.lowerings[aten.permute.default]
-    xq2 = view(xq, [m, k])
-    xs_t = ir.ExternKernel.require_contiguous(L.lowerings[aten.clone.default](permute(view(xs, [m, groups]), [1, 0])))
-    xs_cm = permute(xs_t, [1, 0])  # [M, G], strides (1, M)
-    scaled_mm = L.fallback_handler(aten._scaled_mm.default, add_to_fallback_set=False)
-    y = scaled_mm(xq2, permute(wq, [1, 0]), xs_cm, permute(ws, [1, 0]), bias, None, x.get_dtype(), False)
-    return view(y, [*lead, n])
-
-
 # ---------------------------------------------------------------------------------------------
 # The lowering
 # ---------------------------------------------------------------------------------------------
@@ -271,11 +240,8 @@ def lower_block_linear(x, wq, ws, bias=None, group_size: int = 128, scale_fmt: s
     if math.prod(lead_ints) == 0 or n == 0 or k == 0:
         return _fallback(*args)
     try:
-        y = _cublas_gemm(x, wq, ws, bias, scale_fmt, lead_ints, n, k)
-        if y is not None:
-            return y
         acc = _gemm(x, wq, ws, bias, scale_fmt, lead_ints, n, k)
-    except Exception as exc:  # never fail a compile over a lowering: the op's kernels are as correct
+    except Exception as exc:  # never fail a compile over a template: the op's kernels are as correct
         _warn_template_failure(f"{type(exc).__name__}: {exc}")
         acc = None
     if acc is None:
