@@ -15,8 +15,8 @@ GEMM choices:
 * outside max-autotune: one choice, no benchmarking: the shipped tuned config for this device and
   shape (``fp8inductor.tuned``) or the heuristic (``pick_config``) as a template. When that config
   is split-K (small M, few output tiles: the last split of each tile stores it, no single store to
-  fuse into) or cuBLAS blockwise (``kernels/cublas.py``: large M on the H100, where it is 1.2-1.5x
-  our Triton GEMM) the op stays a FallbackKernel, as without this module: its launcher runs that
+  fuse into) or cuBLAS blockwise (``kernels/cublas.py``: large M on the H100, where it is 1.27x
+  our best Triton config at the median, docs/tuning.md) the op stays a FallbackKernel, as without this module: its launcher runs that
   choice and writes x's dtype directly, where a GEMM choice here would write an fp32 accumulator
   for the epilogue to read back (estimated at M=2048, N=6144: ~40 us of HBM traffic against a
   ~90 us GEMM).

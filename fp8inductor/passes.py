@@ -420,10 +420,12 @@ class _Rewriter:
 
     def _runs_on_cublas(self, group: list[LinearMatch], rows: int) -> bool:
         """The group's fused GEMM [rows, sum N_i] would run on cuBLAS (``block_gemm.static_choice``).
-        No template epilogue is lost then (the op writes the output either way), and one GEMM saves
-        the group's repeated activation quantizations and launches: at Llama-3-8B prefill (H100,
-        M = 2048) q/k/v and gate/up quantized the same activation five times per layer, 7 ops per
-        layer instead of 4 (bench_model --profile-prefill, 2026-11-25)."""
+        The fused GEMM then has no template epilogue to lose, and one GEMM saves the group's repeated
+        activation quantizations and launches: at Llama-3-8B prefill (H100, M = 2048) q/k/v and
+        gate/up quantized the same activation five times per layer, 7 ops per layer instead of 4
+        (bench_model --profile-prefill, 2026-11-25). A member that would on its own have been a
+        template (narrow N at mid M, e.g. 1024 x 4096 at M = 512 in the H100 table) loses its fused
+        epilogue; the measured prefill gain (docs/benchmarks.md, "Prefill") includes that."""
         from .kernels.block_gemm import static_choice
 
         x = _val(group[0].x)

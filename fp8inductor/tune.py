@@ -9,7 +9,7 @@ The JSON is rewritten after each shape, and ``--resume`` skips the shapes it alr
 interrupted run continues where it stopped; ``--update`` re-tunes the given shapes and M buckets
 and keeps every other entry of the table.
 
-    python -m fp8inductor tune [--shapes suite|models|all] [--m 64,128] [--out <table>.json] [--resume | --update]
+    python -m fp8inductor tune [--shapes suite|models|all] [--m 64,128] [--out <table>.json] [--resume | --update [--why TEXT]]
 """
 
 from __future__ import annotations
@@ -141,6 +141,17 @@ def tune_shape(m: int, n: int, k: int, reps_ms: int = 20) -> dict:
             "candidates": {lbl: (round(t, 3) if t != float("inf") else None) for lbl, t in times.items()}}  # fmt: skip
 
 
+def shapes_to_tune(entries: dict, nks: list[tuple[int, int]], ms: list[int], update: bool, sha: str) -> list:
+    """(N, K, M) still to time: those without an entry; with ``update`` also those whose entry was not
+    tuned at git ``sha`` (so rerunning an interrupted ``--update`` continues where it stopped)."""
+
+    def needed(n: int, k: int, m: int) -> bool:
+        rec = entries.get(shape_key(n, k), {}).get(str(m))
+        return rec is None or (update and rec.get("git_sha") != sha)
+
+    return [(n, k, m) for n, k in nks for m in ms if needed(n, k, m)]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fp8inductor tune", description=__doc__.splitlines()[0])
     p.add_argument("--shapes", choices=["suite", "models", "all"], default="all")
@@ -151,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--update", action="store_true",
                       help="re-tune these shapes and buckets unless tuned at this commit; keep the rest of --out")  # fmt: skip
     p.add_argument("--budget-s", type=float, default=float("inf"), help="stop starting new shapes after this")
+    p.add_argument("--why", default="", help="with --update: the reason, kept in the table's retunes record")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("tune needs a CUDA GPU", file=sys.stderr)
@@ -163,23 +175,20 @@ def main(argv: list[str] | None = None) -> int:
     if data and data.get("device") != device:
         print(f"{out} was tuned on {data.get('device')!r}, not {device!r}: not resuming it", file=sys.stderr)
         return 2
-    if args.update:  # the table keeps its other buckets: record the union
-        ms_all = sorted(set(ms) | set(data.get("m_buckets", [])))
     import triton
 
-    data.update(schema=SCHEMA, device=device, capability=list(torch.cuda.get_device_capability(0)),
-                torch=torch.__version__, triton=triton.__version__, git_sha=_git_sha(),
-                m_buckets=ms_all if args.update else ms,
-                timing="triton.testing.do_bench_cudagraph median, weights rotated past 2x L2",
-                tuned_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))  # fmt: skip
+    run = dict(torch=torch.__version__, triton=triton.__version__, git_sha=_git_sha(),
+               timing="triton.testing.do_bench_cudagraph median, weights rotated past 2x L2",
+               tuned_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))  # fmt: skip
+    if args.update and data:  # the table keeps its provenance and other buckets; this run is a retune
+        data["m_buckets"] = sorted(set(ms) | set(data.get("m_buckets", [])))
+        data.setdefault("retunes", []).append({**run, "m_buckets": ms, "shapes": args.shapes, "why": args.why})
+    else:
+        data.update(schema=SCHEMA, device=device, capability=list(torch.cuda.get_device_capability(0)),
+                    m_buckets=ms, **run)  # fmt: skip
     entries = data.setdefault("entries", {})
-    sha = data["git_sha"]
-
-    def needed(n: int, k: int, m: int) -> bool:
-        rec = entries.get(shape_key(n, k), {}).get(str(m))
-        return rec is None or (args.update and rec.get("git_sha") != sha)  # --update: rerunning it continues
-
-    todo = [(n, k, m) for n, k in nks for m in ms if needed(n, k, m)]
+    sha = run["git_sha"]
+    todo = shapes_to_tune(entries, nks, ms, update=args.update, sha=sha)
     t0 = time.perf_counter()
     for i, (n, k, m) in enumerate(todo, 1):
         if time.perf_counter() - t0 > args.budget_s:

@@ -113,6 +113,90 @@ def test_tuned_cublas_entry_applies_only_where_admitted(monkeypatch, tuned_cfg, 
     assert bg._default_config(torch.device("cuda"), 4096, 4096, 4096, tma_ok, cublas_ok) == want
 
 
+def test_cuda_build_gate():
+    assert cublas.cuda_build_ok("12.9") and cublas.cuda_build_ok("13.0") and cublas.cuda_build_ok("12.10")
+    assert not cublas.cuda_build_ok("12.8") and not cublas.cuda_build_ok("11.8")
+    assert not cublas.cuda_build_ok(None) and not cublas.cuda_build_ok("rocm")
+
+
+@pytest.mark.parametrize(
+    "mnk,bias_dtype",
+    [((128, 256, 512), None), ((2048, 6144, 4096), BF16), ((130, 256, 512), None), ((512, 256, 384), None),
+     ((64, 256, 512), None), ((256, 1000, 512), None), ((512, 256, 512), FP32)],
+    ids=str,
+)  # fmt: skip
+def test_static_choice_is_the_run_time_choice_on_fresh_weights(monkeypatch, mnk, bias_dtype):
+    """What the lowering and the sibling pass assume (``static_choice``) is what ``fp8_block_linear``
+    picks at run time for row-major, aligned weights: cuBLAS where admitted, else the same Triton
+    config. (An sm_90 device as far as the gate can tell; CPU tensors stand in for the layout.)"""
+    monkeypatch.setattr(cublas, "device_supported", lambda device: True)
+    m, n, k = mnk
+    wq = torch.zeros(n, k, dtype=torch.float8_e4m3fn)
+    ws = torch.ones(-(-n // 128), -(-k // 128))
+    bias = None if bias_dtype is None else torch.zeros(n, dtype=bias_dtype)
+    dev = torch.device("cpu")
+    run_time = bg._default_config(
+        dev, m, n, k, bg._tma_ok_weight(wq, BF16), cublas.usable_weight(m, wq, ws, bias, BF16)
+    )
+    assert bg.static_choice(dev, m, n, k, BF16, bias_dtype) == run_time
+
+
+def _fake_hopper_cublas(monkeypatch, fail: Exception | None, usable_at_gemm: bool = True) -> list:
+    """CPU stand-in for an sm_90 device whose cuBLAS call raises ``fail`` (or would be refused at the
+    GEMM: ``usable_at_gemm=False``); returns the list of cuBLAS calls."""
+    calls = []
+
+    def gemm(*args):
+        calls.append(args)
+        raise fail
+
+    monkeypatch.setattr(cublas, "usable_weight", lambda *a: True)
+    monkeypatch.setattr(cublas, "usable", lambda *a: usable_at_gemm)
+    monkeypatch.setattr(cublas, "block_gemm", gemm)
+    return calls
+
+
+def test_default_choice_falls_back_to_triton_when_cublas_raises(monkeypatch, caplog):
+    """A cuBLAS error on a default choice (the linear, the GEMM alone) runs the Triton kernels with one
+    warning; on a forced cuBLAS config it is raised."""
+    import logging
+
+    m, n, k = 128, 256, 512  # the heuristic's cuBLAS range
+    calls = _fake_hopper_cublas(monkeypatch, RuntimeError("CUBLAS_STATUS_NOT_SUPPORTED (stand-in)"))
+    cublas.warn_failure.cache_clear()
+    x = (torch.randn(m, k, generator=torch.Generator().manual_seed(1)) * 2).bfloat16().to(DEVICE)
+    wq, ws = [t.to(DEVICE) for t in quantize_weight_ref(torch.randn(n, k) * 0.05, (128, 128))]
+    with caplog.at_level(logging.WARNING, logger="fp8inductor"):
+        y = bg.fp8_block_linear(x, wq, ws)
+        xq, xs = quantize_activation_ref(x.cpu(), 128)
+        y_gemm = bg.fp8_block_gemm(xq.to(DEVICE), xs.to(DEVICE), wq, ws)
+    assert len(calls) == 2
+    assert sum("cuBLAS blockwise GEMM failed" in r.getMessage() for r in caplog.records) == 1
+    ref = block_gemm_ref(xq, xs, wq.cpu(), ws.cpu(), out_dtype=BF16)
+    tol = gemm_tolerance(BF16, gemm_abs_sum_max(xq, xs, wq.cpu(), ws.cpu()), hopper_fp8_mma=DEVICE == "cuda")
+    torch.testing.assert_close(y.float().cpu(), ref.float(), **tol)
+    torch.testing.assert_close(y_gemm.float().cpu(), ref.float(), **tol)
+    with pytest.raises(RuntimeError, match="stand-in"):
+        bg.fp8_block_linear(x, wq, ws, config=CUBLAS)
+
+
+def test_picked_cublas_refused_at_the_gemm_runs_triton(monkeypatch):
+    """The linear picked cuBLAS from the weight's side, but the GEMM's own check says no: the Triton
+    kernels run (no error, no cuBLAS call); a forced cuBLAS config is a clear error."""
+    m, n, k = 128, 256, 512
+    calls = _fake_hopper_cublas(monkeypatch, RuntimeError("never called"), usable_at_gemm=False)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(2)).bfloat16().to(DEVICE)
+    wq, ws = [t.to(DEVICE) for t in quantize_weight_ref(torch.randn(n, k) * 0.05, (128, 128))]
+    y = bg.fp8_block_linear(x, wq, ws)
+    assert not calls and y.shape == (m, n)
+    xq, xs = quantize_activation_ref(x.cpu(), 128)
+    ref = block_gemm_ref(xq, xs, wq.cpu(), ws.cpu(), out_dtype=BF16)
+    tol = gemm_tolerance(BF16, gemm_abs_sum_max(xq, xs, wq.cpu(), ws.cpu()), hopper_fp8_mma=DEVICE == "cuda")
+    torch.testing.assert_close(y.float().cpu(), ref.float(), **tol)
+    with pytest.raises(ValueError, match="does not take this call"):
+        bg.fp8_block_linear(x, wq, ws, config=CUBLAS)
+
+
 # ----------------------------------------------------------------------------------------------
 # Column-major activation scales (the layout cuBLAS reads), written by the quant kernel itself
 # ----------------------------------------------------------------------------------------------
@@ -211,10 +295,13 @@ def test_layouts_cublas_cannot_take_run_the_triton_kernels(monkeypatch):
     wq_cm = wq.t().contiguous().t()  # column-major weight
     wide = torch.zeros(m, k + 16, dtype=torch.uint8, device="cuda").view(torch.float8_e4m3fn)
     wide[:, :k] = xq
+    called = []
+    monkeypatch.setattr(cublas, "block_gemm", lambda *a: called.append(a))
+    monkeypatch.setattr(tuned, "lookup", lambda name, m, n, k: CUBLAS)
     for args in [(xq, xs, wq_cm, ws, None), (wide[:, :k], xs, wq, ws, None), (xq, xs, wq, ws, bias32)]:
         assert not cublas.usable(args[0], args[2], args[3], args[4], BF16)
-        monkeypatch.setattr(tuned, "lookup", lambda name, m, n, k: CUBLAS)
         _check(bg.fp8_block_gemm(*args), *args, BF16)
+    assert not called
 
 
 @gpu

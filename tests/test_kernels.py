@@ -357,7 +357,9 @@ def _uses_wgmma(m: int, n: int, k: int, config: GemmConfig | None, xq, wq, ws, b
     if DEVICE != "cuda":
         return False  # the interpreter computes fp8 dots exactly
     if config is None:
-        config = _default_config(xq.device, m, n, k, _tma_ok(xq, wq, out_dtype), cublas.usable(xq, wq, ws, bias, out_dtype))
+        config = _default_config(
+            xq.device, m, n, k, _tma_ok(xq, wq, out_dtype), cublas.usable(xq, wq, ws, bias, out_dtype)
+        )
     return config.kind == "cublas" or config.block_m >= 64  # cuBLAS accumulates as our wgmma kernels do
 
 
@@ -451,6 +453,14 @@ def test_gemm_empty():
     xq, xs, wq, ws = _gemm_operands(0, 200, 256, seed=17)
     y = fp8_block_gemm(xq, xs, wq, ws)
     assert y.shape == (0, 200) and y.dtype == torch.bfloat16
+    # K == 0: y = bias, a fresh tensor even where a view of bias would have the right dtype and shape
+    xq, xs = xq.new_empty(1, 0), xs.new_empty(1, 0)
+    wq, ws = wq.new_empty(200, 0), ws.new_empty(2, 0)
+    bias = torch.randn(200, generator=_gen(18)).to(DEVICE)
+    y = fp8_block_gemm(xq, xs, wq, ws, bias, torch.float32)
+    assert torch.equal(y, bias[None]) and y.data_ptr() != bias.data_ptr()
+    zeros = torch.zeros(1, 200, dtype=torch.bfloat16, device=DEVICE)
+    assert torch.equal(fp8_block_gemm(xq, xs, wq, ws, None, torch.bfloat16), zeros)
 
 
 def test_gemm_rejects_bad_input():

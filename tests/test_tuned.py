@@ -87,3 +87,16 @@ def test_shipped_tables_are_valid():
 def test_heuristic_regimes():
     assert pick_config(1, 2112, 7168, 132, True).kind == "splitk"
     assert pick_config(8192, 4096, 4096, 132, False) == CONFIGS["tiles_128x128"]
+
+
+def test_update_retunes_only_what_this_commit_has_not_tuned():
+    """``tune --update``: entries tuned at another commit are timed again, entries of this commit and
+    other buckets are kept, so an interrupted update continues where it stopped; plain runs (and
+    --resume) only fill missing entries."""
+    from fp8inductor.tune import shapes_to_tune
+
+    entries = {"N=4096,K=4096": {"64": {"git_sha": "old"}, "128": {"git_sha": "new"}}}
+    nks, ms = [(4096, 4096), (1024, 4096)], [64, 128]
+    redo = shapes_to_tune(entries, nks, ms, update=True, sha="new")
+    assert redo == [(4096, 4096, 64), (1024, 4096, 64), (1024, 4096, 128)]
+    assert shapes_to_tune(entries, nks, ms, update=False, sha="new") == [(1024, 4096, 64), (1024, 4096, 128)]

@@ -499,29 +499,38 @@ def fp8_block_gemm(
     return _gemm(xq, xs, wq, ws, bias, out_dtype, config, tickets=None)
 
 
-def _gemm(xq, xs, wq, ws, bias, out_dtype, config: GemmConfig | None, tickets: torch.Tensor | None) -> torch.Tensor:
-    """``fp8_block_gemm``; tickets: a split-K config's zeroed tile tickets (``fp8_block_linear``) or None."""
+def _gemm(
+    xq, xs, wq, ws, bias, out_dtype, config: GemmConfig | None, tickets: torch.Tensor | None, forced: bool | None = None
+) -> torch.Tensor:
+    """``fp8_block_gemm``; tickets: a split-K config's zeroed tile tickets (``fp8_block_linear``) or None.
+
+    forced: the config is the caller's order (a cuBLAS config cuBLAS cannot take, or a cuBLAS error,
+    is raised) rather than a default choice (``fp8_block_linear`` passes its own pick with False: then
+    cuBLAS trouble falls back to the Triton kernels). Default: forced when a config is given.
+    """
     _check_gemm_inputs(xq, xs, wq, ws, bias, out_dtype)
+    forced = config is not None if forced is None else forced
     m, k = xq.shape
     n = wq.shape[0]
     y = torch.empty((m, n), dtype=out_dtype, device=xq.device)
     if m == 0 or n == 0:
         return y
-    if k == 0:  # empty sum: y = bias (or 0), no launch
-        return (bias.float().expand(m, n) if bias is not None else y.float().zero_()).to(out_dtype).contiguous()
+    if k == 0:  # empty sum: y = bias (or 0), no launch; a fresh tensor, never a view of bias
+        return y.copy_(bias.float().expand(m, n)) if bias is not None else y.zero_()
     if bias is not None:
         bias = bias.contiguous()
     tma_ok = _tma_ok(xq, wq, out_dtype)
     cublas_ok = cublas.usable(xq, wq, ws, bias, out_dtype)
-    forced = config is not None
     if config is None:
         config = _default_config(xq.device, m, n, k, tma_ok, cublas_ok)
     elif config.kind == "tma" and not tma_ok:
         raise ValueError("fp8_block_gemm: TMA needs contiguous xq/wq, K % 16 == 0 and 16-byte aligned output rows")
     elif config.kind == "cublas" and not cublas_ok:
-        raise ValueError(
-            "fp8_block_gemm: cuBLAS blockwise does not take this call (kernels/cublas.py lists when it does)"
-        )
+        if forced:
+            raise ValueError(
+                "fp8_block_gemm: cuBLAS blockwise does not take this call (kernels/cublas.py lists when it does)"
+            )
+        config = _default_config(xq.device, m, n, k, tma_ok, cublas_ok=False)
     if config.kind == "cublas":
         try:
             return cublas.block_gemm(xq, xs, wq, ws, bias, out_dtype)
@@ -582,6 +591,7 @@ def fp8_block_linear(
     m, k = x.shape
     n = wq.shape[0]
     tickets = None
+    forced = config is not None
     if m > 0 and n > 0 and k > 0 and x.dtype in _OUT_DTYPES and wq.device == x.device:
         if config is None:  # the config fp8_block_gemm would pick for the fresh, contiguous xq
             cublas_ok = cublas.usable_weight(m, wq, ws, bias, x.dtype)
@@ -591,4 +601,4 @@ def fp8_block_linear(
     # cuBLAS reads the activation scales column-major: the quant kernel writes them so (no copy).
     col_major = config is not None and config.kind == "cublas"
     xq, xs = act_quant_1x128(x, scale_fmt, zero=tickets, col_major_scales=col_major)
-    return _gemm(xq, xs, wq, ws, bias, x.dtype, config, tickets)
+    return _gemm(xq, xs, wq, ws, bias, x.dtype, config, tickets, forced=forced)

@@ -48,9 +48,10 @@ CONFIGS: dict[str, GemmConfig] = {
     "tiles_16x128": GemmConfig("tiles", 16, 128, 4, 4),
     "splitk_16x64": GemmConfig("splitk", 16, 64, 4, 4, split_k=8),
 }
-# cuBLAS blockwise, where kernels/cublas.py admits the shape. GEMM-only time, ours (default Triton
-# config) / cuBLAS, H100, docs/bench_gemm.json at ea2a4a5: M >= 512: 1.19-1.47x at every suite shape
-# (e.g. 1166 vs 802 TFLOP/s at 2048x4096x4096); M = 128: 1.04-3.3x; M = 64: 0.85-1.16x (mixed).
+# cuBLAS blockwise, where kernels/cublas.py admits the shape. GEMM-only time of our best Triton config /
+# cuBLAS's over the 22 shapes of the H100 table (tune at c94e49f, docs/tuning.md): M = 64 0.52-1.18
+# (median 1.03: mixed), 128 0.70-1.27 (1.10), 512 0.72-1.42 (1.28), 2048 1.10-1.50 (1.27), 8192
+# 1.18-1.47 (1.28). Shapes without a table entry get cuBLAS from M = 128.
 CUBLAS = GemmConfig("cublas", 128, 128, 0, 0)
 CUBLAS_MIN_M = 128  # the heuristic's threshold (shapes without a tuned entry)
 
