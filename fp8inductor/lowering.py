@@ -138,7 +138,7 @@ def _candidate_configs(
     device: torch.device, m: int, n: int, k: int, tma_ok: bool, out_dtype: torch.dtype, bias_dtype: torch.dtype | None
 ) -> list[GemmConfig]:
     """Template configs worth offering: the default pick first, then the shipped CONFIGS that fit.
-    None when the op's own choice is split-K or cuBLAS (the FallbackKernel runs it)."""
+    Empty when the op's own choice is split-K or cuBLAS (the FallbackKernel runs it)."""
     from .kernels.block_gemm import static_choice  # the op's own choice: tuned table, else heuristic
 
     # static_choice's view of the run-time layout (fresh row-major operands, frozen row-major

@@ -89,7 +89,7 @@ def _warn_no_fp8(index: int) -> None:
 # The run-time ops' CUDA kernels are registered on the dispatcher directly (a Library fragment) rather
 # than through ``custom_op(...).register_kernel``, whose wrapper adds Python layers to every call (the
 # aliasing check, a Dynamo-disable frame): host time that a prefill graph of FallbackKernels pays per
-# linear (docs/benchmarks.md, "Host time"). custom_op still defines the schema, the fake and the CPU
+# linear (docs/benchmarks.md, "Reading the GEMM results" and "Prefill"). custom_op still defines the schema, the fake and the CPU
 # implementation; the dispatcher prefers a CUDA-key kernel to custom_op's default for CUDA tensors.
 _CUDA_LIB = torch.library.Library(_NS, "FRAGMENT")
 

@@ -60,6 +60,10 @@ def candidates(m: int) -> list[GemmConfig]:
             GemmConfig("tma", 128, 64, 4, 4, ctas_per_sm=2, flatten=True)]  # fmt: skip
 
 
+def _utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
 def _git_sha() -> str:
     import subprocess
 
@@ -179,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
 
     run = dict(torch=torch.__version__, triton=triton.__version__, git_sha=_git_sha(),
                timing="triton.testing.do_bench_cudagraph median, weights rotated past 2x L2",
-               tuned_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))  # fmt: skip
+               tuned_at=_utc_now())  # fmt: skip
     if args.update and data:  # the table keeps its provenance and other buckets; this run is a retune
         data["m_buckets"] = sorted(set(ms) | set(data.get("m_buckets", [])))
         data.setdefault("retunes", []).append({**run, "m_buckets": ms, "shapes": args.shapes, "why": args.why})
@@ -196,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"budget reached: {len(todo) - i + 1} shapes left (rerun with {again})")
             break
         rec = tune_shape(m, n, k)
-        rec.update(git_sha=sha, tuned_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+        rec.update(git_sha=sha, tuned_at=_utc_now())
         entries.setdefault(shape_key(n, k), {})[str(m)] = rec
         print(f"[{i}/{len(todo)} {time.perf_counter() - t0:6.0f}s] M={m:<5} N={n:<6} K={k:<6} best {rec['us']:9.2f} us "
               f"(heuristic {rec['heuristic_us']:9.2f}) {rec['config']['kind']} {rec['config']['block_m']}x"

@@ -549,9 +549,8 @@ def static_choice(
     """The config ``fp8_block_linear`` will pick for an [M, K] activation against a row-major [N, K]
     weight, from sizes and dtypes alone: what compile-time decisions (the Inductor lowering, sibling
     fusion) know of the run-time choice. TMA needs K % 16 == 0 (fresh, aligned operands); cuBLAS
-    what ``cublas.shape_ok`` and the device allow."""
-    cublas_ok = cublas.enabled() and cublas.device_supported(device) and cublas.shape_ok(m, n, k, out_dtype, bias_dtype)
-    return _default_config(device, m, n, k, k % 16 == 0, cublas_ok)
+    what ``cublas.admits``."""
+    return _default_config(device, m, n, k, k % 16 == 0, cublas.admits(device, m, n, k, out_dtype, bias_dtype))
 
 
 def _default_config(device: torch.device, m: int, n: int, k: int, tma_ok: bool, cublas_ok: bool) -> GemmConfig:

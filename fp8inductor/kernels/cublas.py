@@ -32,10 +32,10 @@ import os
 import torch
 
 from ..reference import FP8_DTYPE, ceil_div
+from .config import QBLOCK
 
 log = logging.getLogger("fp8inductor")
 
-QBLOCK = 128
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
@@ -74,6 +74,14 @@ def shape_ok(m: int, n: int, k: int, out_dtype: torch.dtype, bias_dtype: torch.d
     return bias_dtype is None or (out_dtype != torch.float32 and bias_dtype == out_dtype)
 
 
+def admits(
+    device: torch.device, m: int, n: int, k: int, out_dtype: torch.dtype, bias_dtype: torch.dtype | None
+) -> bool:
+    """cuBLAS is on, the device and build support it, and ``shape_ok``: the part of ``usable`` that
+    sizes and dtypes decide (what compile-time decisions can know; ``block_gemm.static_choice``)."""
+    return enabled() and device_supported(device) and shape_ok(m, n, k, out_dtype, bias_dtype)
+
+
 def _aligned_rows(t: torch.Tensor) -> bool:
     """Row-major contiguous with a 16-byte aligned base (cuBLAS operands and scale matrices)."""
     return t.is_contiguous() and t.data_ptr() % 16 == 0
@@ -88,10 +96,8 @@ def usable_weight(
     wq: [N, K] fp8; ws: [ceil(N/128), ceil(K/128)] fp32; bias: [N] or None (aligned like the others:
     the sweep only saw fresh biases).
     """
-    if not enabled() or not device_supported(wq.device):
-        return False
     n, k = wq.shape
-    if not shape_ok(m, n, k, out_dtype, None if bias is None else bias.dtype):
+    if not admits(wq.device, m, n, k, out_dtype, None if bias is None else bias.dtype):
         return False
     return _aligned_rows(wq) and _aligned_rows(ws) and (bias is None or _aligned_rows(bias))
 
