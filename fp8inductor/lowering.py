@@ -157,6 +157,14 @@ def _candidate_configs(
     return out
 
 
+def _memo(key, make):
+    """One value per key per graph: linears that read the same activation share its quantization."""
+    memo = V.graph.__dict__.setdefault("_fp8inductor_act_quant", {})
+    if key not in memo:
+        memo[key] = make()
+    return memo[key]
+
+
 def _quantized_activation(x, scale_fmt: str):
     """(xq [..., K] fp8, xs [..., ceil(K/128)] fp32) of x, one quantization per activation per graph.
 
@@ -170,11 +178,10 @@ def _quantized_activation(x, scale_fmt: str):
     x_node = fx_node.args[0] if fx_node is not None and fx_node.args else None
     if not isinstance(x_node, torch.fx.Node):
         return L.fallback_handler(ops.quantize_activation, add_to_fallback_set=False)(x, QBLOCK, scale_fmt)
-    memo = V.graph.__dict__.setdefault("_fp8inductor_act_quant", {})
-    key = (x_node, scale_fmt)
-    if key not in memo:
-        memo[key] = L.fallback_handler(ops.quantize_activation, add_to_fallback_set=False)(x, QBLOCK, scale_fmt)
-    return memo[key]
+    return _memo(
+        (x_node, scale_fmt, "op"),
+        lambda: L.fallback_handler(ops.quantize_activation, add_to_fallback_set=False)(x, QBLOCK, scale_fmt),
+    )
 
 
 def _gemm(x, wq, ws, bias, scale_fmt: str, lead: list[int], n: int, k: int):
@@ -215,9 +222,66 @@ def _gemm(x, wq, ws, bias, scale_fmt: str, lead: list[int], n: int, k: int):
     return result[0] if isinstance(result, tuple) else result
 
 
+def _cublas_linear(x, wq, ws, bias, scale_fmt: str, lead: list[int], n: int, k: int):
+    """[*lead, N] in x's dtype by cuBLAS blockwise on an Inductor-IR quantization, or None where the
+    op would not pick cuBLAS or the IR quantization is not available (``quant_ir.available``).
+
+        xq, xs = quant_ir.quantize_1x128(x)      # Inductor kernel, fused into x's producer;
+                                                 # xs [M, K/128] written column-major
+        y      = aten._scaled_mm(xq, wq.t(), xs, ws.t(), bias, out_dtype=x.dtype)
+
+    The quantization is shared by the linears that read x (one per FX node of x). The GEMM is an
+    aten ExternKernel call on views of the frozen weight: no custom-op dispatch per linear, no copy
+    of the scales (the layouts are the ones ``cublas.block_gemm`` passes, checked by ``static_choice``
+    through ``cublas.admits``; frozen weights and fresh buffers are row-major and aligned).
+    """
+    from . import quant_ir
+    from .kernels.block_gemm import static_choice
+
+    m = math.prod(lead)
+    device = x.get_device()
+    bias_dtype = None if bias is None else bias.get_dtype()
+    if static_choice(device, m, n, k, x.get_dtype(), bias_dtype).kind != "cublas":
+        return None
+    if not quant_ir.available(device, k, scale_fmt):
+        return None
+    fx_node = V.graph.current_node
+    x_node = fx_node.args[0] if fx_node is not None and fx_node.args else None
+    make = functools.partial(quant_ir.quantize_1x128, x, m, k, scale_fmt, col_major_scales=True)
+    xq, xs = _memo((x_node, scale_fmt, "ir-col-major"), make) if isinstance(x_node, torch.fx.Node) else make()
+    permute = L.lowerings[aten.permute.default]
+    scaled_mm = L.fallback_handler(aten._scaled_mm.default, add_to_fallback_set=False)
+    y = scaled_mm(xq, permute(wq, [1, 0]), xs, permute(ws, [1, 0]), bias, None, x.get_dtype(), False)
+    return L.lowerings[aten.view.default](y, [*lead, n])
+
+
 # ---------------------------------------------------------------------------------------------
-# The lowering
+# The lowerings
 # ---------------------------------------------------------------------------------------------
+
+
+@L.register_lowering(ops.quantize_activation, type_promotion_kind=None)
+def lower_quantize_activation(x, group_size: int = 128, scale_fmt: str = "float"):
+    """x [..., K] -> (q [..., K] fp8, s [..., K/128] fp32): Inductor IR (``quant_ir``) inside an
+    fp8block compile where it is available, fused into x's producer; else the op's kernel."""
+    from . import quant_ir
+
+    config = _active_config()
+    *lead, k_expr = x.get_size()
+    k = _static_int(k_expr)
+    if (
+        config is None
+        or config.gemm_lowering != "template"
+        or group_size != QBLOCK
+        or not lead
+        or not quant_ir.available(x.get_device(), k, scale_fmt)
+        or (x.get_device().type == "cuda" and not _fp8_gpu(x.get_device()))
+    ):
+        return L.fallback_handler(ops.quantize_activation, add_to_fallback_set=False)(x, group_size, scale_fmt)
+    m = functools.reduce(lambda a, b: a * b, lead)
+    q, s = quant_ir.quantize_1x128(x, m, k, scale_fmt)
+    view = L.lowerings[aten.view.default]
+    return view(q, [*lead, k]), view(s, [*lead, k // QBLOCK])
 
 
 def _fallback(*args):
@@ -240,8 +304,11 @@ def lower_block_linear(x, wq, ws, bias=None, group_size: int = 128, scale_fmt: s
     if math.prod(lead_ints) == 0 or n == 0 or k == 0:
         return _fallback(*args)
     try:
+        y = _cublas_linear(x, wq, ws, bias, scale_fmt, lead_ints, n, k)
+        if y is not None:
+            return y
         acc = _gemm(x, wq, ws, bias, scale_fmt, lead_ints, n, k)
-    except Exception as exc:  # never fail a compile over a template: the op's kernels are as correct
+    except Exception as exc:  # never fail a compile over a lowering: the op's kernels are as correct
         _warn_template_failure(f"{type(exc).__name__}: {exc}")
         acc = None
     if acc is None:

@@ -113,10 +113,12 @@ def test_tuned_cublas_entry_applies_only_where_admitted(monkeypatch, tuned_cfg, 
     assert bg._default_config(torch.device("cuda"), 4096, 4096, 4096, tma_ok, cublas_ok) == want
 
 
-def test_cuda_build_gate():
+def test_cuda_build_gate(monkeypatch):
     assert cublas.cuda_build_ok("12.9") and cublas.cuda_build_ok("13.0") and cublas.cuda_build_ok("12.10")
     assert not cublas.cuda_build_ok("12.8") and not cublas.cuda_build_ok("11.8")
-    assert not cublas.cuda_build_ok(None) and not cublas.cuda_build_ok("rocm")
+    assert not cublas.cuda_build_ok("rocm") and not cublas.cuda_build_ok("")
+    monkeypatch.setattr(torch.version, "cuda", None)  # a CPU or ROCm build (None: read torch.version.cuda)
+    assert not cublas.cuda_build_ok()
 
 
 @pytest.mark.parametrize(
@@ -367,8 +369,9 @@ def test_cublas_linear_captures_in_a_cuda_graph():
 
 @gpu
 @pytest.mark.usefixtures("fresh_dynamo")
-def test_compiled_linear_keeps_the_op_where_cublas_is_picked(monkeypatch):
-    """The lowering leaves a cuBLAS-picked linear to the op (no template, no fp32 round trip); with
+def test_compiled_linear_lowers_to_scaled_mm_where_cublas_is_picked(monkeypatch):
+    """The lowering turns a cuBLAS-picked linear into the IR activation quantization (``quant_ir``,
+    an Inductor kernel) and one aten ``_scaled_mm`` call (no template, no custom op left); with
     cuBLAS off, the same linear becomes a template. Both match the eager op."""
     _needs_hopper()
     from torch._inductor.utils import run_and_get_code
@@ -388,11 +391,17 @@ def test_compiled_linear_keeps_the_op_where_cublas_is_picked(monkeypatch):
         with torch.inference_mode():
             y, code = run_and_get_code(torch.compile(lin, backend="fp8block"), x)
             want = holder(x)
-        codes[flag] = "\n".join(code)
+        codes[flag] = _code_lines(code)
         tol = 2**-7  # one bf16 rounding plus Hopper fp8 accumulation noise (as test_gpu_lowering)
         torch.testing.assert_close(y.float(), want.float(), rtol=tol, atol=tol * want.abs().max().item())
-    assert "@triton_heuristics.template(" not in codes["1"] and "fp8inductor.block_linear" in codes["1"]
-    assert "@triton_heuristics.template(" in codes["0"]
+    assert "@triton_heuristics.template(" not in codes["1"] and "fp8inductor." not in codes["1"], codes["1"]
+    assert codes["1"].count("aten._scaled_mm.default(") == 1, codes["1"]
+    assert "@triton_heuristics.template(" in codes["0"] and "_scaled_mm" not in codes["0"]
+
+
+def _code_lines(codes: list[str]) -> str:
+    """The generated code without comments (they keep the FX graph's op names)."""
+    return "\n".join(line for c in codes for line in c.splitlines() if not line.strip().startswith("#"))
 
 
 class _QKV(nn.Module):
@@ -414,7 +423,8 @@ class _QKV(nn.Module):
 def test_compiled_siblings_fuse_into_one_cublas_gemm_at_prefill_m():
     """M = 512 > SIBLING_FUSION_MAX_M: q/k/v become one block_linear (one activation quant, one
     cuBLAS GEMM on the concatenated weight) because that GEMM runs on cuBLAS; the result matches the
-    unfused compile within the GEMM tolerance (different cuBLAS kernels for different N)."""
+    unfused compile within the GEMM tolerance (different cuBLAS kernels for different N). The
+    activation quantizations are Inductor kernels, no op call is left."""
     _needs_hopper()
     from torch._dynamo.utils import counters
     from torch._inductor.utils import run_and_get_code
@@ -425,7 +435,54 @@ def test_compiled_siblings_fuse_into_one_cublas_gemm_at_prefill_m():
     with torch.inference_mode():
         y, code = run_and_get_code(torch.compile(model, backend="fp8block"), x)
         assert counters["fp8inductor"]["sibling_groups"] == 1
-        assert "\n".join(code).count("fp8inductor.block_linear.default(") == 2  # qkv, o
+        code = _code_lines(code)
+        assert code.count("aten._scaled_mm.default(") == 2, code  # qkv, o
+        assert "fp8inductor." not in code, code
         torch._dynamo.reset()
         y_sep = torch.compile(model, backend="fp8block", options={"fuse_siblings": False})(x)
     torch.testing.assert_close(y.float(), y_sep.float(), rtol=2**-6, atol=2**-6 * y_sep.abs().max().item())
+
+
+class _MLP(nn.Module):
+    """Llama's MLP: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, hidden: int = 1024, inter: int = 2048) -> None:
+        super().__init__()
+        self.gate = nn.Linear(hidden, inter, bias=False)
+        self.up = nn.Linear(hidden, inter, bias=False)
+        self.down = nn.Linear(inter, hidden, bias=False)
+
+    def forward(self, x):
+        return self.down(torch.nn.functional.silu(self.gate(x)) * self.up(x))
+
+
+@gpu
+@pytest.mark.usefixtures("fresh_dynamo")
+@pytest.mark.parametrize("quantized", [False, True], ids=["backend", "quantize_"])
+def test_compiled_mlp_quantizes_in_the_producer_kernel(quantized):
+    """At a cuBLAS M, SiLU(gate) * up and down's activation quantization are one Inductor kernel (no
+    bf16 intermediate, no op call), for the backend's linears and for ``quantize_``'s FP8 modules
+    (unfused gate / up, which still share x's quantization). The result matches the eager FP8 MLP:
+    down's input differs by Inductor's unrounded product, so the tolerance allows a bf16 rounding
+    of it through the 2048-term dot (as test_gpu_lowering's epilogue test)."""
+    _needs_hopper()
+    from torch._inductor.utils import run_and_get_code
+
+    from fp8inductor.modules import quantize_
+
+    torch.manual_seed(0)
+    model = _MLP().to("cuda", BF16).eval()
+    eager = _MLP().to("cuda", BF16).eval()
+    eager.load_state_dict(model.state_dict())
+    quantize_(eager)
+    if quantized:
+        model = eager
+    x = torch.randn(4, 256, 1024, device="cuda", dtype=BF16)
+    with torch.inference_mode():
+        want = eager(x)
+        y, code = run_and_get_code(torch.compile(model, backend="fp8block"), x)
+    code = _code_lines(code)
+    assert "fp8inductor." not in code, code
+    assert code.count("aten._scaled_mm.default(") == (3 if quantized else 2), code
+    assert code.count("= async_compile.triton(") == 2, code  # quant(x); silu * up + quant
+    torch.testing.assert_close(y.float(), want.float(), rtol=2**-6, atol=2**-6 * want.abs().max().item())

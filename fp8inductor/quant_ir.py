@@ -1,0 +1,131 @@
+"""The 1x128 activation quantization written as Inductor IR, so Inductor fuses it into its producer.
+
+``quantize_activation`` as an op is a FallbackKernel: it reads the activation that its producer
+(an RMSNorm, SiLU(gate) * up, the attention output's transpose copy) wrote to memory. Written as
+Inductor IR it is two loops Inductor can schedule like its own:
+
+    amax[m, g] = max_r |x[m, 128 g + r]|                       # Reduction, ranges [M, G] x [128]
+    s[m, g]    = div_rn(max(amax[m, g], 1e-4), 448)            # Pointwise (ue8m0: next power of two)
+    q[m, g, r] = e4m3(clamp(div_rn(x[m, 128 g + r], s[m, g]), -448, 448))   # Pointwise [M, G, 128]
+
+Inductor inlines an unrealized producer (SiLU * mul, RMSNorm's normalization, a transpose copy) into
+both loops and fuses the three into one kernel (the reduction's numel M * G and rnumel 128 match
+the quant's [M, G, 128]), so the producer's bf16 output is never written or read back.
+
+Numerics: the same operations as ``reference.quantize_activation_ref`` in the same order, with
+IEEE divisions (``ops.div_rn``: ``tl.math.div_rn`` in Triton; CPU C++ divides in IEEE anyway) and
+NaN-propagating max (Inductor's ``max`` reduction and ``maximum`` propagate NaN, as ``torch.amax``
+does). Given the same input values the codes and scales are bit-equal to the reference (tests:
+``tests/test_quant_ir.py`` on CPU, ``tests/test_gpu_lowering.py`` on the H100). What differs is
+the input itself where a producer is fused: Inductor keeps the producer's value in fp32 instead of
+rounding it to bf16 first (``config.emulate_precision_casts`` off), as it does for any fused bf16
+chain; the quantization then sees the more precise value.
+
+Only for K a multiple of 128 (every group full; else the op's kernel handles the ragged group) and
+on backends whose IEEE division is known: CPU, and Triton where Inductor's Triton codegen has its
+own ``div_rn`` (``_compat.triton_has_div_rn``; its default ``/`` is the approximate ``div.full``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch._inductor import ir
+from torch._inductor import lowering as L
+from torch._inductor.virtualized import ops
+
+from . import _compat
+from .reference import FP8_DTYPE, _check_scale_fmt
+
+GROUP = 128  # activation group along K
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
+SCALE_FLOOR = 1e-4  # amax floor: an all-zero group gets scale 1e-4 / 448, not 0 (reference.py)
+
+aten = torch.ops.aten
+_F32 = torch.float32
+
+
+def available(device: torch.device, k, scale_fmt: str) -> bool:
+    """Whether ``quantize_1x128`` may stand in for the op's kernel: K a static multiple of 128, a
+    known scale format, and a backend with an IEEE division (CPU, or Triton with ``div_rn``)."""
+    if scale_fmt not in ("float", "ue8m0"):
+        return False
+    if not isinstance(k, int) or k <= 0 or k % GROUP:
+        return False
+    if device.type == "cpu":
+        return True
+    return device.type == "cuda" and _compat.triton_has_div_rn()
+
+
+def _ue8m0(s):
+    """fp32 s > 0 -> 2**ceil(log2 s), exactly, from the bits (as ``act_quant._amax_to_scale``):
+    a non-zero mantissa bumps the exponent and is cleared; Inf and NaN pass through."""
+    bits = ops.to_dtype_bitcast(s, torch.int32, _F32)
+    exp_bits = ops.bitwise_and(bits, ops.constant(0x7F800000, torch.int32))
+    mantissa = ops.bitwise_and(bits, ops.constant(0x007FFFFF, torch.int32))
+    up = ops.where(
+        ops.ne(mantissa, ops.constant(0, torch.int32)), ops.add(exp_bits, ops.constant(0x00800000, torch.int32)), bits
+    )
+    special = ops.eq(exp_bits, ops.constant(0x7F800000, torch.int32))
+    return ops.to_dtype_bitcast(ops.where(special, bits, up), _F32, torch.int32)
+
+
+def quantize_1x128(x, m, k: int, scale_fmt: str = "float", col_major_scales: bool = False):
+    """Quantize x per row in groups of 128 along K, as Inductor IR.
+
+    Args:
+        x: TensorBox [*lead, K] of bf16/fp16/fp32 with prod(lead) == m (m may be symbolic); any
+            layout, realized or not (an unrealized producer is inlined).
+        k: K, a multiple of 128 (``available``).
+        col_major_scales: lay s out with strides (1, M), as cuBLAS blockwise reads it.
+    Returns:
+        q: TensorBox [M, K] float8_e4m3fn, contiguous.
+        s: TensorBox [M, K / 128] float32, contiguous or (``col_major_scales``) strides (1, M).
+    """
+    _check_scale_fmt(scale_fmt)
+    groups = k // GROUP
+    device = x.get_device()
+    x2 = L.lowerings[aten.view.default](x, [m, k])
+    load_x = x2.make_loader()
+
+    def x_fp32(row, g, r):
+        return ops.to_dtype(load_x([row, g * GROUP + r]), _F32)
+
+    def abs_x(index, rindex):
+        (row, g), (r,) = index, rindex
+        return ops.abs(x_fp32(row, g, r))
+
+    amax = ir.Reduction.create(
+        device=device,
+        dst_dtype=_F32,
+        src_dtype=_F32,
+        inner_fn=abs_x,
+        ranges=[m, groups],
+        reduction_ranges=[GROUP],
+        reduction_type="max",
+    )
+    amax.realize()  # a reduction is read through its buffer (removed again when all readers fuse)
+    load_amax = amax.make_loader()
+
+    def scale(index):
+        s = ops.div_rn(ops.maximum(load_amax(index), ops.constant(SCALE_FLOOR, _F32)), ops.constant(FP8_MAX, _F32))
+        s = _ue8m0(s) if scale_fmt == "ue8m0" else s
+        return ops.where(ops.ne(s, s), ops.constant(float("nan"), _F32), s)  # the positive NaN, as below
+
+    s = ir.Pointwise.create(device=device, dtype=_F32, inner_fn=scale, ranges=[m, groups])
+    s.realize()
+    s = ir.ExternKernel.require_stride_order(s, [0, 1] if col_major_scales else [1, 0])
+    load_s = s.make_loader()
+
+    def quant(index):
+        row, g, r = index
+        v = ops.div_rn(x_fp32(row, g, r), load_s([row, g]))
+        v = ops.minimum(ops.maximum(v, ops.constant(-FP8_MAX, _F32)), ops.constant(FP8_MAX, _F32))
+        # NaN -> the positive NaN, code 0x7F, as the Triton kernel writes (x86 makes Inf / Inf a
+        # negative NaN, 0xFF; the sign of a NaN carries nothing)
+        v = ops.where(ops.ne(v, v), ops.constant(float("nan"), _F32), v)
+        return ops.to_dtype(v, FP8_DTYPE, src_dtype=_F32)
+
+    q = ir.Pointwise.create(device=device, dtype=FP8_DTYPE, inner_fn=quant, ranges=[m, groups, GROUP])
+    q.realize()
+    q = ir.ExternKernel.require_contiguous(q)
+    return L.lowerings[aten.view.default](q, [m, k]), s

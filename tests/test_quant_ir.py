@@ -1,0 +1,151 @@
+"""The activation quantization as Inductor IR (``fp8inductor.quant_ir``), on any device Inductor
+compiles for (CPU here: C++ codegen; the H100's Triton codegen in tests/test_gpu_lowering.py).
+
+What must hold: inside an fp8block compile, ``quantize_activation`` of a producer's output becomes
+one Inductor kernel with the producer (no separate op call), and its codes and scales are bit-equal
+to ``quantize_activation_ref`` of the value the producer computes (Inductor keeps a fused bf16
+chain in fp32, so the reference is fed the fp32 producer); where the IR cannot stand in (ragged K,
+``gemm_lowering="extern"``) the op's kernel runs.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fp8inductor import reference as ref
+
+QUANT = torch.ops.fp8inductor.quantize_activation
+OP_CALL = "fp8inductor.quantize_activation.default("
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+KERNEL_DEF = {"cpu": "= async_compile.cpp", "cuda": "= async_compile.triton("}
+
+
+def _silu_mul(a, b):
+    return F.silu(a) * b
+
+
+def _silu_mul_fp32(a, b):
+    """The producer as Inductor's fused kernel computes it: in fp32, without the bf16 rounding."""
+    return F.silu(a.float()) * b.float()
+
+
+def _compiled_quant(producer, scale_fmt, *args, **options):
+    from torch._inductor.utils import run_and_get_code
+
+    def f(*inputs):
+        return QUANT(producer(*inputs), 128, scale_fmt)
+
+    compiled = torch.compile(f, backend="fp8block", options=options or None)
+    with torch.inference_mode():
+        (q, s), code = run_and_get_code(compiled, *args)
+    return q, s, "\n".join(code)
+
+
+def _special_values(a: torch.Tensor, b: torch.Tensor) -> None:
+    """NaN, Inf, an all-zero group, huge and tiny magnitudes, each in its own group."""
+    a[0, 3] = float("nan")
+    if a.shape[0] > 1:
+        b[1, 128:256] = 0.0
+    a[-1, -5] = float("inf")
+    a[-1, 0] = 3e38 if a.dtype != torch.float16 else 6e4
+    b[0, -1] = 1e-38 if b.dtype != torch.float16 else 6e-8
+
+
+def _assert_bit_equal(q, s, q_ref, s_ref):
+    assert q.dtype == ref.FP8_DTYPE and s.dtype == torch.float32
+    assert q.shape == q_ref.shape and s.shape == s_ref.shape
+    assert torch.equal(s.view(torch.int32), s_ref.view(torch.int32)), "scales differ"
+    bits, bits_ref = q.view(torch.uint8), q_ref.view(torch.uint8)
+    # Zero and NaN codes may differ in sign only (0x00 / 0x80, 0x7F / 0xFF), as for the Triton
+    # kernel: -0.0 / s vs +0.0, and the CPU's Inf / Inf is a negative NaN.
+    magnitude_equal = (bits & 0x7F) == (bits_ref & 0x7F)
+    sign_free = magnitude_equal & (((bits & 0x7F) == 0) | ((bits & 0x7F) == 0x7F))
+    differ = (bits != bits_ref) & ~sign_free
+    assert not differ.any(), f"{int(differ.sum())} codes differ"
+
+
+@pytest.mark.usefixtures("fresh_dynamo")
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("scale_fmt", ["float", "ue8m0"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("shape", [(1, 128), (37, 512), (2, 5, 384)])
+def test_fused_into_producer_and_bit_equal(shape, dtype, scale_fmt, device):
+    torch.manual_seed(sum(shape))
+    a = torch.randn(shape, dtype=dtype) * 4
+    b = torch.randn(shape, dtype=dtype)
+    _special_values(a.view(-1, shape[-1]), b.view(-1, shape[-1]))
+    q, s, code = _compiled_quant(_silu_mul, scale_fmt, a.to(device), b.to(device))
+    assert OP_CALL not in code, "the op ran instead of the IR"
+    assert code.count(KERNEL_DEF[device]) == 1, "producer and quantization are not one kernel"
+    # The reference on the CPU: the fp32 producer there may differ from the GPU's SiLU in the last
+    # bit, so on CUDA the reference is fed the GPU's own fp32 producer.
+    x32 = _silu_mul_fp32(a.to(device), b.to(device)).cpu()
+    q_ref, s_ref = ref.quantize_activation_ref(x32, 128, scale_fmt)
+    q, s = q.cpu(), s.cpu()
+    _assert_bit_equal(q, s, q_ref, s_ref)
+    nan_codes = q.view(torch.uint8).view(-1, shape[-1])[0, :128]
+    assert (nan_codes == 0x7F).all(), "a NaN group is the positive NaN code, as the Triton kernel's"
+
+
+@pytest.mark.usefixtures("fresh_dynamo")
+@pytest.mark.parametrize("device", DEVICES)
+def test_unfused_input_is_bit_equal_to_the_op(device):
+    """A graph input (nothing to fuse): the IR's result is the op's kernel's, bit for bit, on values
+    on and beside every e4m3 rounding tie (amax 448 -> s = 1: x / s is x, ties stay ties), and on
+    random rows whose divisions are inexact (where an approximate division would show)."""
+    grid = torch.arange(0, 448, 0.0625, dtype=torch.float32).view(56, 128)  # every e4m3 tie, and more
+    ties = torch.cat([grid, -grid], dim=1)
+    ties[:, 0] = 448.0
+    x = torch.cat([ties, torch.randn(200, 256) * torch.logspace(-6, 6, 200)[:, None]]).to(device)
+    q, s, code = _compiled_quant(lambda t: t, "float", x)
+    assert OP_CALL not in code
+    with torch.inference_mode():
+        q_op, s_op = QUANT(x, 128, "float")  # the op's kernel (Triton on CUDA, the reference on CPU)
+    _assert_bit_equal(q.cpu(), s.cpu(), q_op.cpu(), s_op.cpu())
+
+
+@pytest.mark.usefixtures("fresh_dynamo")
+def test_dynamic_m_uses_the_ir():
+    """The IR needs a static K only (a model's K is a weight's): a symbolic M compiles once and
+    serves every M."""
+    from torch._dynamo.utils import counters
+    from torch._inductor.utils import run_and_get_code
+
+    compiled = torch.compile(lambda a, b: QUANT(_silu_mul(a, b), 128, "float"), backend="fp8block")
+    for m in (3, 17, 64):
+        a, b = torch.randn(m, 256, dtype=torch.bfloat16), torch.randn(m, 256, dtype=torch.bfloat16)
+        torch._dynamo.mark_dynamic(a, 0)
+        torch._dynamo.mark_dynamic(b, 0)
+        with torch.inference_mode():
+            if m == 3:  # (run_and_get_code compiles afresh on every call)
+                (q, s), code = run_and_get_code(compiled, a, b)
+                assert OP_CALL not in "\n".join(code)
+            else:
+                q, s = compiled(a, b)
+        _assert_bit_equal(q, s, *ref.quantize_activation_ref(_silu_mul_fp32(a, b), 128, "float"))
+    assert counters["stats"]["unique_graphs"] == 1
+
+
+@pytest.mark.usefixtures("fresh_dynamo")
+@pytest.mark.parametrize("k, options", [(200, {}), (256, {"gemm_lowering": "extern"})])
+def test_op_kernel_where_the_ir_cannot_stand_in(k, options):
+    """A ragged last group (K % 128 != 0) and the extern option keep the op, which reads the
+    producer's bf16 output (Inductor's: computed in fp32, rounded once)."""
+    a, b = torch.randn(9, k, dtype=torch.bfloat16), torch.randn(9, k, dtype=torch.bfloat16)
+    q, s, code = _compiled_quant(_silu_mul, "float", a, b, **options)
+    assert OP_CALL in code
+    x_bf16 = _silu_mul_fp32(a, b).to(torch.bfloat16)
+    _assert_bit_equal(q, s, *ref.quantize_activation_ref(x_bf16, 128, "float"))
+
+
+def test_available_gate():
+    from fp8inductor import _compat, quant_ir
+
+    cpu = torch.device("cpu")
+    assert quant_ir.available(cpu, 256, "float") and quant_ir.available(cpu, 128, "ue8m0")
+    assert not quant_ir.available(cpu, 200, "float")  # ragged group
+    assert not quant_ir.available(cpu, None, "float")  # symbolic K
+    assert not quant_ir.available(cpu, 256, "e8m0")  # unknown format
+    assert quant_ir.available(torch.device("cuda", 0), 256, "float") == _compat.triton_has_div_rn()
