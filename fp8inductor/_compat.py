@@ -5,9 +5,9 @@ Checked: torch 2.11.0+cu130 (GPU machine) and 2.13.0+cpu (CI).
 * ``compile_fx``: 2.13 added ``compile_region_name``; we pass only ``config_patches``, which both take.
 * ``TritonTemplate``: ``store_output`` needs ``val_shape`` on 2.11 ("TritonCSEVariable must have
   shape"); both versions take it (``fp8inductor.kernels.template``).
-* ``ops.div_rn`` (IEEE fp32 division in Inductor IR): 2.13's Triton codegen emits ``tl.math.div_rn``
-  for it; where ``TritonOverrides`` does not define it the inherited default is the approximate
-  ``/`` (``div.full.f32``), so ``triton_has_div_rn`` checks the class itself (``fp8inductor.quant_ir``).
+* ``ops.div_rn`` (IEEE fp32 division in Inductor IR) has a Triton codegen in 2.13, not in 2.11 (whose
+  Triton ``/`` is the approximate ``div.full.f32``); ``fp8inductor.quant_ir`` uses
+  ``ops.inline_asm_elementwise`` (``div.rn.f32``), which both have, instead.
 * ``PyCodeCache`` (private): Inductor's in-memory output modules, cleared by
   ``forget_inductor_output_modules``; same API in 2.11 and 2.13.
 """
@@ -25,16 +25,6 @@ def compile_fx(gm: torch.fx.GraphModule, example_inputs: list[Any], config_patch
     from torch._inductor.compile_fx import compile_fx as _compile_fx
 
     return _compile_fx(gm, example_inputs, config_patches=config_patches)
-
-
-def triton_has_div_rn() -> bool:
-    """Inductor's Triton codegen turns ``ops.div_rn`` into an IEEE division (its own override, not
-    the inherited ``truediv`` default)."""
-    try:
-        from torch._inductor.codegen.triton import TritonOverrides
-    except ImportError:  # no Triton codegen in this build
-        return False
-    return "div_rn" in vars(TritonOverrides)
 
 
 def forget_inductor_output_modules() -> None:

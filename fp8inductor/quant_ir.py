@@ -13,7 +13,8 @@ both loops and fuses the three into one kernel (the reduction's numel M * G and 
 the quant's [M, G, 128]), so the producer's bf16 output is never written or read back.
 
 Numerics: the same operations as ``reference.quantize_activation_ref`` in the same order, with
-IEEE divisions (``ops.div_rn``: ``tl.math.div_rn`` in Triton; CPU C++ divides in IEEE anyway) and
+IEEE divisions (``_div_rn``: the PTX ``div.rn.f32`` on the GPU, where Triton's ``/`` is the
+approximate ``div.full.f32``; the CPU's C++ division is IEEE) and
 NaN-propagating max (Inductor's ``max`` reduction and ``maximum`` propagate NaN, as ``torch.amax``
 does). Given the same input values the codes and scales are bit-equal to the reference (tests:
 ``tests/test_quant_ir.py`` on CPU, ``tests/test_gpu_lowering.py`` on the H100). What differs is
@@ -21,9 +22,13 @@ the input itself where a producer is fused: Inductor keeps the producer's value 
 rounding it to bf16 first (``config.emulate_precision_casts`` off), as it does for any fused bf16
 chain; the quantization then sees the more precise value.
 
-Only for K a multiple of 128 (every group full; else the op's kernel handles the ragged group) and
-on backends whose IEEE division is known: CPU, and Triton where Inductor's Triton codegen has its
-own ``div_rn`` (``_compat.triton_has_div_rn``; its default ``/`` is the approximate ``div.full``).
+Only for K a multiple of 128 (every group full; else the op's kernel handles the ragged group),
+on the CPU and on NVIDIA GPUs (inline PTX; not ROCm).
+
+Why inline PTX: torch 2.13's Inductor has ``ops.div_rn`` (``tl.math.div_rn`` in Triton), 2.11's
+has not (its Triton codegen emits ``/`` unless the graph-wide ``eager_numerics.division_rounding``
+is set); ``ops.inline_asm_elementwise`` exists in both (Inductor's own ``cvt_e8m0_rceil`` lowering
+uses it), so one code path serves every supported torch.
 """
 
 from __future__ import annotations
@@ -33,7 +38,6 @@ from torch._inductor import ir
 from torch._inductor import lowering as L
 from torch._inductor.virtualized import ops
 
-from . import _compat
 from .reference import FP8_DTYPE, _check_scale_fmt
 
 GROUP = 128  # activation group along K
@@ -46,14 +50,22 @@ _F32 = torch.float32
 
 def available(device: torch.device, k, scale_fmt: str) -> bool:
     """Whether ``quantize_1x128`` may stand in for the op's kernel: K a static multiple of 128, a
-    known scale format, and a backend with an IEEE division (CPU, or Triton with ``div_rn``)."""
+    known scale format, and a device whose IEEE division ``_div_rn`` knows (CPU, NVIDIA GPU)."""
     if scale_fmt not in ("float", "ue8m0"):
         return False
     if not isinstance(k, int) or k <= 0 or k % GROUP:
         return False
+    return device.type == "cpu" or (device.type == "cuda" and torch.version.hip is None)
+
+
+def _div_rn(x, y, device: torch.device):
+    """fp32 x / y, IEEE round-to-nearest-even: the PTX instruction on the GPU (Triton's ``/`` is
+    ``div.full.f32``, off by up to 2 ulp), the C++ division on the CPU (IEEE already)."""
     if device.type == "cpu":
-        return True
-    return device.type == "cuda" and _compat.triton_has_div_rn()
+        return ops.truediv(x, y)
+    return ops.inline_asm_elementwise(
+        x, y, asm="div.rn.f32 $0, $1, $2;", constraints="=f,f,f", dtype=_F32, is_pure=True, pack=1
+    )
 
 
 def _ue8m0(s):
@@ -107,7 +119,7 @@ def quantize_1x128(x, m, k: int, scale_fmt: str = "float", col_major_scales: boo
     load_amax = amax.make_loader()
 
     def scale(index):
-        s = ops.div_rn(ops.maximum(load_amax(index), ops.constant(SCALE_FLOOR, _F32)), ops.constant(FP8_MAX, _F32))
+        s = _div_rn(ops.maximum(load_amax(index), ops.constant(SCALE_FLOOR, _F32)), ops.constant(FP8_MAX, _F32), device)
         s = _ue8m0(s) if scale_fmt == "ue8m0" else s
         return ops.where(ops.ne(s, s), ops.constant(float("nan"), _F32), s)  # the positive NaN, as below
 
@@ -118,7 +130,7 @@ def quantize_1x128(x, m, k: int, scale_fmt: str = "float", col_major_scales: boo
 
     def quant(index):
         row, g, r = index
-        v = ops.div_rn(x_fp32(row, g, r), load_s([row, g]))
+        v = _div_rn(x_fp32(row, g, r), load_s([row, g]), device)
         v = ops.minimum(ops.maximum(v, ops.constant(-FP8_MAX, _F32)), ops.constant(FP8_MAX, _F32))
         # NaN -> the positive NaN, code 0x7F, as the Triton kernel writes (x86 makes Inf / Inf a
         # negative NaN, 0xFF; the sign of a NaN carries nothing)

@@ -140,12 +140,14 @@ def test_op_kernel_where_the_ir_cannot_stand_in(k, options):
     _assert_bit_equal(q, s, *ref.quantize_activation_ref(x_bf16, 128, "float"))
 
 
-def test_available_gate():
-    from fp8inductor import _compat, quant_ir
+def test_available_gate(monkeypatch):
+    from fp8inductor import quant_ir
 
     cpu = torch.device("cpu")
     assert quant_ir.available(cpu, 256, "float") and quant_ir.available(cpu, 128, "ue8m0")
     assert not quant_ir.available(cpu, 200, "float")  # ragged group
     assert not quant_ir.available(cpu, None, "float")  # symbolic K
     assert not quant_ir.available(cpu, 256, "e8m0")  # unknown format
-    assert quant_ir.available(torch.device("cuda", 0), 256, "float") == _compat.triton_has_div_rn()
+    assert quant_ir.available(torch.device("cuda", 0), 256, "float")
+    monkeypatch.setattr(torch.version, "hip", "6.2")  # ROCm: no PTX
+    assert not quant_ir.available(torch.device("cuda", 0), 256, "float")
