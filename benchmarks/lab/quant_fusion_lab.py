@@ -10,7 +10,9 @@ fp8block backend as ``quantize_activation(producer(...))``:
   op's Triton kernel (``act_quant_1x128``) reads it back and writes codes and scales;
 * ``ir``: the default: one Inductor kernel computes the producer and quantizes it (no bf16 round trip);
 
-timed with ``triton.testing.do_bench`` (median, ms) in one process, and checked: ``ir``'s codes and
+timed in one process as GPU kernel time per call (torch.profiler over 20 calls: the kernels alone,
+what a model with the GPU kept busy pays) and as ``triton.testing.do_bench`` of the whole call
+(median, ms; includes the host's launch time, which dominates at these sizes), and checked: ``ir``'s codes and
 scales against the op's kernel on the fp32 producer value (bit-equal but for the sign of zero and
 NaN codes; Inductor keeps a fused producer in fp32).
 
@@ -22,6 +24,7 @@ attention output's transpose ([1, 32, 2048, 128] -> [2048, 4096], o_proj's input
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 
@@ -86,6 +89,21 @@ def cases(dev):
     }  # fmt: skip
 
 
+def kernel_us(fn, calls: int = 20) -> tuple[float, list[str]]:
+    """GPU kernel time per call (us) and the kernel names of one call, by torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    total = sum(e.device_time for e in events)
+    return total / calls, sorted({e.name for e in events})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=None, help="write the results as JSON here")
@@ -94,12 +112,14 @@ def main() -> None:
     rows = []
     with torch.inference_mode():
         for name, (fn, inputs, fp32_value) in cases(dev).items():
-            times, outs = {}, {}
+            times, outs, kernels = {}, {}, {}
             for variant, options in (("op", {"gemm_lowering": "extern"}), ("ir", {})):
                 torch._dynamo.reset()
                 compiled = torch.compile(fn, backend="fp8block", options=options)
                 outs[variant] = compiled(*inputs)
-                times[variant] = triton.testing.do_bench(lambda c=compiled, i=inputs: c(*i), warmup=25, rep=200)
+                call = functools.partial(compiled, *inputs)
+                times[variant] = triton.testing.do_bench(call, warmup=25, rep=200)
+                times[variant + "_kernel_us"], kernels[variant] = kernel_us(call)
             q_ir, s_ir = outs["ir"][0] if isinstance(outs["ir"][0], tuple) else outs["ir"]
             if fp32_value is not None:
                 q_want, s_want = act_quant_1x128(fp32_value(*inputs).reshape(-1, q_ir.shape[-1]))
@@ -112,9 +132,13 @@ def main() -> None:
             s_equal = torch.equal(s_ir.reshape(s_want.shape).view(torch.int32), s_want.view(torch.int32))
             row = {
                 "case": name,
-                "op_ms": times["op"],
-                "ir_ms": times["ir"],
-                "speedup": times["op"] / times["ir"],
+                "op_kernel_us": times["op_kernel_us"],
+                "ir_kernel_us": times["ir_kernel_us"],
+                "kernel_speedup": times["op_kernel_us"] / times["ir_kernel_us"],
+                "op_call_ms": times["op"],
+                "ir_call_ms": times["ir"],
+                "op_kernels": kernels["op"],
+                "ir_kernels": kernels["ir"],
                 "check": check,
                 "codes_differing": int(differ.sum()),
                 "scales_bit_equal": s_equal,
