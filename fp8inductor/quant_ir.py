@@ -133,11 +133,13 @@ def quantize_1x128(x, m, k: int, scale_fmt: str = "float", col_major_scales: boo
     s = ir.Pointwise.create(device=device, dtype=_F32, inner_fn=scale, ranges=[m, groups])
     s.realize()
     s = ir.ExternKernel.require_stride_order(s, [0, 1] if col_major_scales else [1, 0])
-    load_s = s.make_loader()
 
     def quant(index):
         row, g, r = index
-        v = _div_rn(x_fp32(row, g, r), load_s([row, g]), device)
+        # s recomputed from amax, not loaded from the scale buffer: a read of the column-major
+        # scales here would make this node "non-contiguous" to Inductor, which then drops the inner
+        # reduction hint and loops the reduction (x read twice). Same operations, same bits.
+        v = _div_rn(x_fp32(row, g, r), scale([row, g]), device)
         v = ops.minimum(ops.maximum(v, ops.constant(-FP8_MAX, _F32)), ops.constant(FP8_MAX, _F32))
         # NaN -> the positive NaN, code 0x7F, as the Triton kernel writes (x86 makes Inf / Inf a
         # negative NaN, 0xFF; the sign of a NaN carries nothing)

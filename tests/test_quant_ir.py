@@ -180,3 +180,68 @@ def test_available_gate(monkeypatch):
     assert quant_ir.available(torch.device("cuda", 0), 256, "float")
     monkeypatch.setattr(torch.version, "hip", "6.2")  # ROCm: no PTX
     assert not quant_ir.available(torch.device("cuda", 0), 256, "float")
+
+
+class _StopAfterScheduling(Exception):
+    pass
+
+
+def _triton_kernel_plans(monkeypatch, fn, *args):
+    """[(inside_reduction, persistent_reduction, numels)] of every Triton kernel Inductor plans for
+    ``fn(*args)`` compiled with the fp8block backend, on the CPU: Inductor's Triton codegen for CPU
+    tensors (``cpu_backend="triton"``) makes the same scheduling decisions as for a GPU; each
+    kernel's plan is recorded as its source is generated, and the compile stops once the graph's
+    code is generated (before Triton would need a driver to compile it). The linears are
+    told they run on cuBLAS (the H100's choice at prefill M), so the lowering emits the IR
+    quantization with column-major scales, as in a prefill graph."""
+    import torch.utils._triton as torch_triton
+    from torch._inductor import config as inductor_config
+    from torch._inductor.codegen import triton as triton_codegen
+    from torch._inductor.graph import GraphLowering
+
+    from fp8inductor import lowering
+    from fp8inductor.kernels import block_gemm
+    from fp8inductor.kernels.config import CUBLAS
+
+    plans = []
+
+    def record(kernel, *a, **k):
+        plans.append((kernel.inside_reduction, kernel.persistent_reduction, dict(kernel.numels)))
+        return original(kernel, *a, **k)
+
+    def stop_after_codegen(graph, *a, **k):
+        original_codegen(graph, *a, **k)
+        raise _StopAfterScheduling
+
+    original = triton_codegen.TritonKernel.codegen_kernel
+    original_codegen = GraphLowering.codegen
+    monkeypatch.setattr(triton_codegen.TritonKernel, "codegen_kernel", record)
+    monkeypatch.setattr(GraphLowering, "codegen", stop_after_codegen)
+    monkeypatch.setattr(torch_triton, "triton_hash_with_backend", lambda: "cpu-plan-only")
+    monkeypatch.setattr(torch_triton, "triton_backend", lambda: None)
+    monkeypatch.setattr(lowering, "_fp8_gpu", lambda device: True)
+    monkeypatch.setattr(block_gemm, "static_choice", lambda *a, **k: CUBLAS)
+    patches = {"cpu_backend": "triton", "force_disable_caches": True}
+    with torch.inference_mode(), inductor_config.patch(patches), pytest.raises(Exception, match="_StopAfterScheduling"):
+        torch.compile(fn, backend="fp8block")(*args)
+    return plans
+
+
+@pytest.mark.usefixtures("fresh_dynamo")
+def test_quantization_kernels_are_persistent_reductions(monkeypatch):
+    """Each activation quantization of a prefill MLP (x's; SiLU(gate) * up's, fused) is one
+    persistent reduction over its 128-wide groups: x read once. Before the INNER hint and the
+    recomputed scale (quant_ir.py), Inductor looped these reductions, reading x twice: 116 us per
+    SiLU * up quantization on the H100 (Llama-3-8B, 1 x 2048), against 60 us persistent."""
+    torch.manual_seed(0)
+    gate, up, down = (
+        torch.nn.Linear(a, b, bias=False).to(torch.bfloat16) for a, b in ((512, 1024),) * 2 + ((1024, 512),)
+    )
+
+    def mlp(x):
+        return down(F.silu(gate(x)) * up(x))
+
+    plans = _triton_kernel_plans(monkeypatch, mlp, torch.randn(1, 256, 512, dtype=torch.bfloat16))
+    quant_plans = [p for p in plans if p[0] and p[2].get("r0_") == 128]
+    assert len(quant_plans) == 2, plans  # x's quantization (shared by gate and up), SiLU * up's
+    assert all(persistent for _, persistent, _ in quant_plans), quant_plans
