@@ -123,10 +123,10 @@ def main() -> None:
             q_ir, s_ir = outs["ir"][0] if isinstance(outs["ir"][0], tuple) else outs["ir"]
             if fp32_value is not None:
                 q_want, s_want = act_quant_1x128(fp32_value(*inputs).reshape(-1, q_ir.shape[-1]))
-                check = "bit-equal to the kernel on the fp32 producer"
+                check = "codes/scales vs the op's kernel on eager's fp32 producer"
             else:
                 q_want, s_want = outs["op"][0] if isinstance(outs["op"][0], tuple) else outs["op"]
-                check = "vs the op on Inductor's bf16 producer"
+                check = "codes/scales vs the op's kernel on Inductor's bf16 producer"
             bits, bits_want = q_ir.view(torch.uint8), q_want.view(torch.uint8)
             differ = ((bits & 0x7F) != (bits_want & 0x7F)) | ((bits != bits_want) & ((bits & 0x7F) % 0x7F != 0))
             s_equal = torch.equal(s_ir.reshape(s_want.shape).view(torch.int32), s_want.view(torch.int32))
