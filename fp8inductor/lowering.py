@@ -222,6 +222,18 @@ def _gemm(x, wq, ws, bias, scale_fmt: str, lead: list[int], n: int, k: int):
     return result[0] if isinstance(result, tuple) else result
 
 
+def _dense(t) -> bool:
+    """t's layout is fixed, row-major contiguous, at storage offset 0 (as a cuBLAS operand must be)."""
+    try:
+        layout = t.get_layout()
+    except (AttributeError, NotImplementedError):  # an unrealized value has no layout yet
+        return False
+    if not isinstance(layout, ir.FixedLayout) or _static_int(layout.offset) != 0:
+        return False
+    strides = [_static_int(st) for st in layout.stride]
+    return strides == [_static_int(st) for st in ir.FlexibleLayout.contiguous_strides(layout.size)]
+
+
 def _cublas_linear(x, wq, ws, bias, scale_fmt: str, lead: list[int], n: int, k: int):
     """[*lead, N] in x's dtype by cuBLAS blockwise on an Inductor-IR quantization, or None where the
     op would not pick cuBLAS or the IR quantization is not available (``quant_ir.available``).
@@ -231,9 +243,11 @@ def _cublas_linear(x, wq, ws, bias, scale_fmt: str, lead: list[int], n: int, k: 
         y      = aten._scaled_mm(xq, wq.t(), xs, ws.t(), bias, out_dtype=x.dtype)
 
     The quantization is shared by the linears that read x (one per FX node of x). The GEMM is an
-    aten ExternKernel call on views of the frozen weight: no custom-op dispatch per linear, no copy
-    of the scales (the layouts are the ones ``cublas.block_gemm`` passes, checked by ``static_choice``
-    through ``cublas.admits``; frozen weights and fresh buffers are row-major and aligned).
+    aten ExternKernel call on views of the weight: no custom-op dispatch per linear, no copy of the
+    scales. The layouts are the ones ``cublas.block_gemm`` passes: the sizes and dtypes are checked
+    by ``static_choice`` (``cublas.admits``), the weight, its scales and the bias must be row-major
+    at offset 0 (``_dense``; frozen constants and module buffers normally are, and a fresh Inductor
+    buffer is aligned); else the op runs, which checks the run-time tensors itself.
     """
     from . import quant_ir
     from .kernels.block_gemm import static_choice
@@ -244,6 +258,8 @@ def _cublas_linear(x, wq, ws, bias, scale_fmt: str, lead: list[int], n: int, k: 
     if static_choice(device, m, n, k, x.get_dtype(), bias_dtype).kind != "cublas":
         return None
     if not quant_ir.available(device, k, scale_fmt):
+        return None
+    if not all(_dense(t) for t in (wq, ws, bias) if t is not None):
         return None
     fx_node = V.graph.current_node
     x_node = fx_node.args[0] if fx_node is not None and fx_node.args else None

@@ -203,14 +203,16 @@ def _triton_kernel_plans(monkeypatch, fn, *args):
     from fp8inductor.kernels import block_gemm
     from fp8inductor.kernels.config import CUBLAS
 
-    plans = []
+    plans, codes = [], []
 
     def record(kernel, *a, **k):
         plans.append((kernel.inside_reduction, kernel.persistent_reduction, dict(kernel.numels)))
         return original(kernel, *a, **k)
 
     def stop_after_codegen(graph, *a, **k):
-        original_codegen(graph, *a, **k)
+        result = original_codegen(graph, *a, **k)
+        wrapper = result[0] if isinstance(result, tuple) else result
+        codes.append(getattr(wrapper, "value", str(wrapper)))
         raise _StopAfterScheduling
 
     original = triton_codegen.TritonKernel.codegen_kernel
@@ -224,7 +226,7 @@ def _triton_kernel_plans(monkeypatch, fn, *args):
     patches = {"cpu_backend": "triton", "force_disable_caches": True}
     with torch.inference_mode(), inductor_config.patch(patches), pytest.raises(Exception, match="_StopAfterScheduling"):
         torch.compile(fn, backend="fp8block")(*args)
-    return plans
+    return plans, "\n".join(codes)
 
 
 @pytest.mark.usefixtures("fresh_dynamo")
@@ -241,7 +243,29 @@ def test_quantization_kernels_are_persistent_reductions(monkeypatch):
     def mlp(x):
         return down(F.silu(gate(x)) * up(x))
 
-    plans = _triton_kernel_plans(monkeypatch, mlp, torch.randn(1, 256, 512, dtype=torch.bfloat16))
+    plans, code = _triton_kernel_plans(monkeypatch, mlp, torch.randn(1, 256, 512, dtype=torch.bfloat16))
+    assert code.count("aten._scaled_mm.default(") == 2 and "fp8inductor.block_linear.default(" not in code, code
     quant_plans = [p for p in plans if p[0] and p[2].get("r0_") == 128]
     assert len(quant_plans) == 2, plans  # x's quantization (shared by gate and up), SiLU * up's
     assert all(persistent for _, persistent, _ in quant_plans), quant_plans
+
+
+@pytest.mark.usefixtures("fresh_dynamo")
+@pytest.mark.parametrize("layout", ["row-major", "transposed"])
+def test_cublas_lowering_needs_a_dense_weight(monkeypatch, layout):
+    """The aten ``_scaled_mm`` lowering takes the weight as a view, so it needs the weight and its
+    scales row-major at offset 0; any other layout (here graph inputs, as a module's buffers can be)
+    keeps the op, which checks the run-time tensors. (A graph input's storage offset is not seen here:
+    the generated code addresses inputs from their data pointer, and Inductor copies misaligned ones.)"""
+    from fp8inductor.reference import quantize_weight_ref
+
+    wq, ws = quantize_weight_ref(torch.randn(512, 256), (128, 128), "float")
+    if layout == "transposed":
+        wq = wq.t().contiguous().t()  # same values, column-major
+
+    def linear(x, wq, ws):
+        return torch.ops.fp8inductor.block_linear(x, wq, ws, None)
+
+    _, code = _triton_kernel_plans(monkeypatch, linear, torch.randn(256, 256, dtype=torch.bfloat16), wq, ws)
+    lowered = "aten._scaled_mm.default(" in code and "fp8inductor.block_linear.default(" not in code
+    assert lowered == (layout == "row-major"), code
