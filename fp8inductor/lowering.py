@@ -1,40 +1,47 @@
-"""Inductor lowering of ``fp8inductor::block_linear``: Triton templates with fused epilogues.
+"""Inductor lowerings of ``fp8inductor::block_linear`` and ``quantize_activation``.
 
-Without this module Inductor calls the op as an opaque FallbackKernel (activation quant + GEMM
+Without this module Inductor calls the ops as opaque FallbackKernels (activation quant + GEMM
 kernels chosen at run time). With it, inside an ``fp8block`` compile on an FP8 GPU and for a static
-M, ``block_linear(x, wq, ws, bias)`` lowers to
+M, ``block_linear(x, wq, ws, bias)`` lowers by the GEMM the op would pick (``static_choice``):
 
-    xq, xs = quantize_activation(x)                     # FallbackKernel (Triton, bit-exact)
-    acc    = <GEMM choice>(xq, xs, wq, ws)              # [..., N] float32, x's leading shape
-    y      = (acc + bias.float()).to(x.dtype)           # pointwise: fused into the template's store
+* a Triton template config:
 
-so Inductor fuses the bias, the cast and any pointwise consumer (residual add, activation) into the
-GEMM's store (``store_output``) instead of writing the linear's output and reading it back.
+      xq, xs = quantize_activation(x)                 # FallbackKernel (Triton, bit-exact)
+      acc    = <GEMM choice>(xq, xs, wq, ws)          # [..., N] float32, x's leading shape
+      y      = (acc + bias.float()).to(x.dtype)       # pointwise: fused into the template's store
 
-GEMM choices:
-* outside max-autotune: one choice, no benchmarking: the shipped tuned config for this device and
-  shape (``fp8inductor.tuned``) or the heuristic (``pick_config``) as a template. When that config
-  is split-K (small M, few output tiles: the last split of each tile stores it, no single store to
-  fuse into) or cuBLAS blockwise (``kernels/cublas.py``: large M on the H100, where it is 1.27x
-  our best Triton config at the median, docs/tuning.md) the op stays a FallbackKernel, as without this module: its launcher runs that
-  choice and writes x's dtype directly, where a GEMM choice here would write an fp32 accumulator
-  for the epilogue to read back (estimated at M=2048, N=6144: ~40 us of HBM traffic against a
-  ~90 us GEMM).
-* under ``max_autotune`` / ``max_autotune_gemm``: every template config of ``kernels.config.CONFIGS``
-  that fits, the tuned one, and the op's own launcher (``fp8inductor::block_gemm``, which can split
-  K), benchmarked by Inductor's autotuner; where the tuned table or heuristic picks cuBLAS, the
-  FallbackKernel as above. cuBLAS is chosen only where ``kernels/cublas.py`` admits the call: it is
-  silently wrong when ceil(K/128) % 4 != 0 (measured), and an autotuner that benchmarks a wrong
-  kernel could pick it.
+  so Inductor fuses the bias, the cast and any pointwise consumer (residual add, activation) into
+  the GEMM's store (``store_output``) instead of writing the linear's output and reading it back;
+* cuBLAS blockwise (``kernels/cublas.py``: large M on the H100, 1.27x our best Triton config at the
+  median, docs/tuning.md), where the IR quantization is available (``quant_ir.available``) and the
+  weight, its scales and the bias are dense (``_dense``):
 
-A symbolic M (``dynamic=True``, ``mark_dynamic``) keeps the FallbackKernel, whose launcher picks the
-config per M at run time: one compiled graph serves prefill and decode with the right kernel for
-each (a template's block sizes would be fixed at compile time for one M hint).
+      xq, xs = quant_ir.quantize_1x128(x)             # Inductor kernel fused into x's producer;
+                                                      # xs column-major, as cuBLAS reads it
+      y      = aten._scaled_mm(xq, wq.t(), xs, ws.t(), bias, out_dtype=x.dtype)
 
-Gated off (FallbackKernel): CPU tensors, GPUs below compute capability 8.9, group size != 128, 1-D
-activations, ``gemm_lowering="extern"``, compiles outside the fp8block backend (whose pass ``uuid``
-puts these sources in the FX-graph cache key), and any exception while lowering (logged once per
-message). A failure later, when Triton compiles or launches the chosen template, is not caught.
+  (cuBLAS writes x's dtype itself: no fp32 accumulator round trip; no custom-op dispatch per linear);
+* split-K (small M, few output tiles: the last split of each tile stores it, no single store to fuse
+  into), or cuBLAS where the IR or the layouts do not allow the above: the op, a FallbackKernel.
+
+Outside max-autotune that is one choice, no benchmarking: the shipped tuned config for this device
+and shape (``fp8inductor.tuned``) or the heuristic (``pick_config``). Under ``max_autotune`` /
+``max_autotune_gemm`` a template pick gets every template config of ``kernels.config.CONFIGS`` that
+fits and the op's own launcher (``fp8inductor::block_gemm``, which can split K), benchmarked by
+Inductor's autotuner. cuBLAS is chosen only where ``kernels/cublas.py`` admits the call: it is
+silently wrong when ceil(K/128) % 4 != 0 (measured), and an autotuner that benchmarks a wrong kernel
+could pick it.
+
+``quantize_activation`` called by the user's model lowers to ``quant_ir`` too (CPU and GPU).
+
+A symbolic M (``dynamic=True``, ``mark_dynamic``) keeps the block_linear FallbackKernel, whose
+launcher picks the config per M at run time: one compiled graph serves prefill and decode with the
+right kernel for each (a template's block sizes would be fixed at compile time for one M hint).
+
+Gated off (FallbackKernel): CPU tensors (block_linear), GPUs below compute capability 8.9, group
+size != 128, 1-D activations, ``gemm_lowering="extern"``, compiles outside the fp8block backend
+(whose pass ``uuid`` puts these sources in the FX-graph cache key), and any exception while lowering
+(logged once per message). A failure later, when Triton compiles or launches a kernel, is not caught.
 """
 
 from __future__ import annotations
@@ -223,12 +230,22 @@ def _gemm(x, wq, ws, bias, scale_fmt: str, lead: list[int], n: int, k: int):
 
 
 def _dense(t) -> bool:
-    """t's layout is fixed, row-major contiguous, at storage offset 0 (as a cuBLAS operand must be)."""
+    """t's layout is fixed, row-major contiguous, at storage offset 0, and (a constant) its data
+    16-byte aligned: what the op's ``cublas.usable_weight`` checks at run time, known here.
+
+    Inductor lays a constant out at offset 0 whatever its storage offset, and does not copy a
+    misaligned one, hence the look at the tensor itself; graph inputs that may be misaligned are
+    listed in ``V.graph.unaligned_buffers`` (Inductor copies them when they are)."""
     try:
-        layout = t.get_layout()
+        layout, name = t.get_layout(), t.get_name()
     except (AttributeError, NotImplementedError):  # an unrealized value has no layout yet
         return False
     if not isinstance(layout, ir.FixedLayout) or _static_int(layout.offset) != 0:
+        return False
+    if name in getattr(V.graph, "unaligned_buffers", ()):
+        return False
+    constant = V.graph.constants.get(name)
+    if constant is not None and constant.data_ptr() % 16:
         return False
     strides = [_static_int(st) for st in layout.stride]
     return strides == [_static_int(st) for st in ir.FlexibleLayout.contiguous_strides(layout.size)]
@@ -295,7 +312,11 @@ def lower_quantize_activation(x, group_size: int = 128, scale_fmt: str = "float"
     ):
         return L.fallback_handler(ops.quantize_activation, add_to_fallback_set=False)(x, group_size, scale_fmt)
     m = functools.reduce(lambda a, b: a * b, lead)
-    q, s = quant_ir.quantize_1x128(x, m, k, scale_fmt)
+    try:
+        q, s = quant_ir.quantize_1x128(x, m, k, scale_fmt)
+    except Exception as exc:  # never fail a compile over the IR: the op's kernel is as correct
+        _warn_template_failure(f"quantize_activation IR: {type(exc).__name__}: {exc}")
+        return L.fallback_handler(ops.quantize_activation, add_to_fallback_set=False)(x, group_size, scale_fmt)
     view = L.lowerings[aten.view.default]
     return view(q, [*lead, k]), view(s, [*lead, k // QBLOCK])
 

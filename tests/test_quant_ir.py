@@ -251,21 +251,87 @@ def test_quantization_kernels_are_persistent_reductions(monkeypatch):
 
 
 @pytest.mark.usefixtures("fresh_dynamo")
-@pytest.mark.parametrize("layout", ["row-major", "transposed"])
+def test_attention_output_quantization_reads_through_the_transpose(monkeypatch):
+    """o_proj's input is the attention output transposed back to [tokens, heads * head_dim]: its
+    quantization is one persistent reduction reading through the transpose (no copy kernel), and
+    q/k/v's is another."""
+    torch.manual_seed(0)
+    q_proj, k_proj, v_proj, o_proj = (torch.nn.Linear(512, 512, bias=False).to(torch.bfloat16) for _ in range(4))
+
+    def attention(x):
+        b, t, d = x.shape
+        q, k, v = (p(x).view(b, t, 4, d // 4).transpose(1, 2) for p in (q_proj, k_proj, v_proj))
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return o_proj(o.transpose(1, 2).reshape(b, t, d))
+
+    plans, code = _triton_kernel_plans(monkeypatch, attention, torch.randn(1, 256, 512, dtype=torch.bfloat16))
+    quant_plans = [p for p in plans if p[0] and p[2].get("r0_") == 128]
+    assert len(quant_plans) == 2 and all(persistent for _, persistent, _ in quant_plans), plans
+    assert code.count("aten._scaled_mm.default(") == 2, code  # q/k/v fused, o
+    assert not [p for p in plans if not p[0]], plans  # no pointwise kernel: no transpose copy
+
+
+class _BufferLinear(torch.nn.Module):
+    """A linear on FP8 buffers, as ``quantize_``'s modules hold them (frozen into constants)."""
+
+    def __init__(self, wq: torch.Tensor, ws: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("wq", wq)
+        self.register_buffer("ws", ws)
+
+    def forward(self, x):
+        return torch.ops.fp8inductor.block_linear(x, self.wq, self.ws, None)
+
+
+@pytest.mark.usefixtures("fresh_dynamo")
+@pytest.mark.parametrize("layout", ["row-major", "transposed", "misaligned"])
 def test_cublas_lowering_needs_a_dense_weight(monkeypatch, layout):
     """The aten ``_scaled_mm`` lowering takes the weight as a view, so it needs the weight and its
-    scales row-major at offset 0; any other layout (here graph inputs, as a module's buffers can be)
-    keeps the op, which checks the run-time tensors. (A graph input's storage offset is not seen here:
-    the generated code addresses inputs from their data pointer, and Inductor copies misaligned ones.)"""
+    scales row-major, at offset 0 and 16-byte aligned (what the op checks at run time); any other
+    layout keeps the op, which checks the run-time tensors and falls back to its Triton kernels."""
     from fp8inductor.reference import quantize_weight_ref
 
     wq, ws = quantize_weight_ref(torch.randn(512, 256), (128, 128), "float")
     if layout == "transposed":
         wq = wq.t().contiguous().t()  # same values, column-major
-
-    def linear(x, wq, ws):
-        return torch.ops.fp8inductor.block_linear(x, wq, ws, None)
-
-    _, code = _triton_kernel_plans(monkeypatch, linear, torch.randn(256, 256, dtype=torch.bfloat16), wq, ws)
+    elif layout == "misaligned":
+        wq = torch.cat([torch.zeros(1, dtype=wq.dtype), wq.flatten()])[1:].view(512, 256)  # 1 byte off
+    model = _BufferLinear(wq, ws)
+    _, code = _triton_kernel_plans(monkeypatch, model, torch.randn(256, 256, dtype=torch.bfloat16))
     lowered = "aten._scaled_mm.default(" in code and "fp8inductor.block_linear.default(" not in code
     assert lowered == (layout == "row-major"), code
+
+
+_COL_MAJOR_LIB = torch.library.Library("fp8inductor_test", "DEF")
+_COL_MAJOR_LIB.define("quant_col_major(Tensor x) -> (Tensor, Tensor)")
+
+
+def _quant_col_major_fake(x):
+    m, k = x.shape
+    return x.new_empty((m, k), dtype=ref.FP8_DTYPE), x.new_empty((k // 128, m), dtype=torch.float32).t()
+
+
+_COL_MAJOR_LIB.impl("quant_col_major", _quant_col_major_fake, "Meta")
+_COL_MAJOR_LIB.impl("quant_col_major", _quant_col_major_fake, "CPU")  # never run: lowered below
+
+
+@pytest.mark.usefixtures("fresh_dynamo")
+def test_column_major_scales_have_the_reference_values():
+    """The cuBLAS lowering's form of the IR (scales written [M, K/128] with strides (1, M)), run by
+    Inductor's C++ codegen: the same bits as the reference, in the layout cuBLAS reads."""
+    from torch._inductor import lowering as L
+
+    from fp8inductor import quant_ir
+
+    op = torch.ops.fp8inductor_test.quant_col_major.default
+    if op not in L.lowerings:
+        L.register_lowering(op, type_promotion_kind=None)(
+            lambda x: quant_ir.quantize_1x128(x, x.get_size()[0], int(x.get_size()[1]), "float", col_major_scales=True)
+        )
+    torch.manual_seed(0)
+    a, b = torch.randn(37, 512, dtype=torch.bfloat16), torch.randn(37, 512, dtype=torch.bfloat16)
+    _special_values(a, b)
+    with torch.inference_mode():
+        q, s = torch.compile(lambda a, b: op(a * b), backend="inductor")(a, b)
+    assert s.stride() == (1, 37)
+    _assert_bit_equal(q, s, *ref.quantize_activation_ref(_mul_fp32(a, b), 128, "float"))
