@@ -187,7 +187,8 @@ class _StopAfterScheduling(Exception):
 
 
 def _triton_kernel_plans(monkeypatch, fn, *args):
-    """[(inside_reduction, persistent_reduction, numels)] of every Triton kernel Inductor plans for
+    """[(inside_reduction, persistent_reduction, numels, sizes of the buffers read)] of every Triton
+    kernel Inductor plans for
     ``fn(*args)`` compiled with the fp8block backend, on the CPU: Inductor's Triton codegen for CPU
     tensors (``cpu_backend="triton"``) makes the same scheduling decisions as for a GPU; each
     kernel's plan is recorded as its source is generated, and the compile stops once the graph's
@@ -206,7 +207,17 @@ def _triton_kernel_plans(monkeypatch, fn, *args):
     plans, codes = [], []
 
     def record(kernel, *a, **k):
-        plans.append((kernel.inside_reduction, kernel.persistent_reduction, dict(kernel.numels)))
+        from torch._inductor.utils import sympy_product
+        from torch._inductor.virtualized import V
+
+        names = {dep.name for node in kernel.features.scheduler_nodes() for dep in node.read_writes.reads}
+        buffers = [V.graph.try_get_buffer(name) for name in sorted(names)]
+        read_sizes = [
+            V.graph.sizevars.optimization_hint(sympy_product(b.get_size()), fallback=0)
+            for b in buffers
+            if b is not None
+        ]
+        plans.append((kernel.inside_reduction, kernel.persistent_reduction, dict(kernel.numels), read_sizes))
         return original(kernel, *a, **k)
 
     def stop_after_codegen(graph, *a, **k):
@@ -247,7 +258,7 @@ def test_quantization_kernels_are_persistent_reductions(monkeypatch):
     assert code.count("aten._scaled_mm.default(") == 2 and "fp8inductor.block_linear.default(" not in code, code
     quant_plans = [p for p in plans if p[0] and p[2].get("r0_") == 128]
     assert len(quant_plans) == 2, plans  # x's quantization (shared by gate and up), SiLU * up's
-    assert all(persistent for _, persistent, _ in quant_plans), quant_plans
+    assert all(plan[1] for plan in quant_plans), quant_plans
 
 
 @pytest.mark.usefixtures("fresh_dynamo")
@@ -266,7 +277,7 @@ def test_attention_output_quantization_reads_through_the_transpose(monkeypatch):
 
     plans, code = _triton_kernel_plans(monkeypatch, attention, torch.randn(1, 256, 512, dtype=torch.bfloat16))
     quant_plans = [p for p in plans if p[0] and p[2].get("r0_") == 128]
-    assert len(quant_plans) == 2 and all(persistent for _, persistent, _ in quant_plans), plans
+    assert len(quant_plans) == 2 and all(plan[1] for plan in quant_plans), plans
     assert code.count("aten._scaled_mm.default(") == 2, code  # q/k/v fused, o
     assert not [p for p in plans if not p[0]], plans  # no pointwise kernel: no transpose copy
 
