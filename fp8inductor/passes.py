@@ -142,10 +142,14 @@ class FP8BlockPass(CustomGraphPass):
         _Rewriter(graph, self.config, scope).run()
 
     def uuid(self) -> bytes:
-        # FP8INDUCTOR_CUBLAS changes the lowering's choice (template or the op): part of the key too.
+        # FP8INDUCTOR_CUBLAS and FP8INDUCTOR_QUANT_IR change the lowering's choices: part of the key too.
+        from . import quant_ir
         from .kernels import cublas
 
-        return _source_hash() + repr(self.config).encode() + (b"|cublas" if cublas.enabled() else b"|no-cublas")
+        switches = (b"|cublas" if cublas.enabled() else b"|no-cublas") + (
+            b"|quant-ir" if quant_ir.enabled() else b"|no-quant-ir"
+        )
+        return _source_hash() + repr(self.config).encode() + switches
 
 
 # ---------------------------------------------------------------------------------------------

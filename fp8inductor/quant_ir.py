@@ -33,6 +33,8 @@ uses it), so one code path serves every supported torch.
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch._inductor import ir
 from torch._inductor import lowering as L
@@ -49,10 +51,17 @@ aten = torch.ops.aten
 _F32 = torch.float32
 
 
+def enabled() -> bool:
+    """The IR may stand in for the op's kernel unless ``FP8INDUCTOR_QUANT_IR=0`` (A/B runs; read on
+    every call, and part of the fp8block pass's cache key)."""
+    return os.environ.get("FP8INDUCTOR_QUANT_IR", "1") != "0"
+
+
 def available(device: torch.device, k, scale_fmt: str) -> bool:
-    """Whether ``quantize_1x128`` may stand in for the op's kernel: K a static multiple of 128, a
-    known scale format, and a device whose IEEE division ``_div_rn`` knows (CPU, NVIDIA GPU)."""
-    if scale_fmt not in ("float", "ue8m0"):
+    """Whether ``quantize_1x128`` may stand in for the op's kernel: ``enabled``, K a static multiple
+    of 128, a known scale format, and a device whose IEEE division ``_div_rn`` knows (CPU, NVIDIA
+    GPU)."""
+    if not enabled() or scale_fmt not in ("float", "ue8m0"):
         return False
     if not isinstance(k, int) or k <= 0 or k % GROUP:
         return False

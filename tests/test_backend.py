@@ -274,6 +274,10 @@ def test_pass_uuid_depends_on_config_and_sources(monkeypatch):
     monkeypatch.setenv("FP8INDUCTOR_CUBLAS", "0")  # the lowering then never leaves a GEMM to cuBLAS
     assert a.uuid() != with_cublas
     monkeypatch.delenv("FP8INDUCTOR_CUBLAS")
+    monkeypatch.setenv("FP8INDUCTOR_QUANT_IR", "0")  # the lowering then keeps the op's quant kernel
+    assert a.uuid() != with_cublas
+    monkeypatch.delenv("FP8INDUCTOR_QUANT_IR")
+    assert a.uuid() == with_cublas
     from fp8inductor import passes
 
     passes._source_hash.cache_clear()
@@ -520,7 +524,9 @@ def test_sibling_linears_run_as_one_gemm(shape, bias, monkeypatch):
     x = torch.randn(*shape)
     calls = []
     original = ref.quantize_weight_ref
-    monkeypatch.setattr(ref, "quantize_weight_ref", lambda w, *a, **k: (calls.append(tuple(w.shape)), original(w, *a, **k))[1])
+    monkeypatch.setattr(
+        ref, "quantize_weight_ref", lambda w, *a, **k: (calls.append(tuple(w.shape)), original(w, *a, **k))[1]
+    )
     y, y_again, seen = _run_twice(model, x)
     assert seen["sibling_groups"] == 1 and seen["linears_fused"] == 3 and seen["linears_converted"] == 4
     assert sorted(calls) == [(256, 512), (512, 256)]  # o, and cat(q, k, v) once: at compile time only
@@ -575,7 +581,9 @@ def test_unfused_graphs_use_rows_of_the_same_concatenated_fp8_weight(monkeypatch
 
     made = []
     original = ref.quantize_weight_ref
-    monkeypatch.setattr(ref, "quantize_weight_ref", lambda w, *a, **k: (made.append(tuple(w.shape)), original(w, *a, **k))[1])
+    monkeypatch.setattr(
+        ref, "quantize_weight_ref", lambda w, *a, **k: (made.append(tuple(w.shape)), original(w, *a, **k))[1]
+    )
     model = _Siblings(bias=True).eval()
     fast = torch.compile(model, backend="fp8block", dynamic=dynamic)
     with torch.inference_mode(), warnings.catch_warnings():
@@ -597,7 +605,9 @@ def test_linear_chains_and_outputs_leaving_the_graph():
     chain = nn.Sequential(nn.Linear(256, 256), nn.Linear(256, 256)).eval()
     x = torch.randn(4, 256)
     y, _, seen = _run_twice(chain, x)
-    torch.testing.assert_close(y, fp8_linear(fp8_linear(x, chain[0].weight, chain[0].bias), chain[1].weight, chain[1].bias))
+    torch.testing.assert_close(
+        y, fp8_linear(fp8_linear(x, chain[0].weight, chain[0].bias), chain[1].weight, chain[1].bias)
+    )
 
     class TwoOut(_Siblings):
         def forward(self, x):

@@ -158,10 +158,13 @@ def test_dynamic_m_uses_the_ir():
 
 
 @pytest.mark.usefixtures("fresh_dynamo")
-@pytest.mark.parametrize("k, options", [(200, {}), (256, {"gemm_lowering": "extern"})])
-def test_op_kernel_where_the_ir_cannot_stand_in(k, options):
-    """A ragged last group (K % 128 != 0) and the extern option keep the op, which reads the
-    producer's bf16 output (Inductor's: computed in fp32, rounded once)."""
+@pytest.mark.parametrize(
+    "k, options, switch", [(200, {}, "1"), (256, {"gemm_lowering": "extern"}, "1"), (256, {}, "0")]
+)
+def test_op_kernel_where_the_ir_cannot_stand_in(monkeypatch, k, options, switch):
+    """A ragged last group (K % 128 != 0), the extern option and ``FP8INDUCTOR_QUANT_IR=0`` keep the
+    op, which reads the producer's bf16 output (Inductor's: computed in fp32, rounded once)."""
+    monkeypatch.setenv("FP8INDUCTOR_QUANT_IR", switch)
     a, b = torch.randn(9, k, dtype=torch.bfloat16), torch.randn(9, k, dtype=torch.bfloat16)
     q, s, code = _compiled_quant(_silu_mul, "float", a, b, **options)
     assert OP_CALL in code
@@ -174,6 +177,9 @@ def test_available_gate(monkeypatch):
 
     cpu = torch.device("cpu")
     assert quant_ir.available(cpu, 256, "float") and quant_ir.available(cpu, 128, "ue8m0")
+    monkeypatch.setenv("FP8INDUCTOR_QUANT_IR", "0")
+    assert not quant_ir.available(cpu, 256, "float")
+    monkeypatch.delenv("FP8INDUCTOR_QUANT_IR")
     assert not quant_ir.available(cpu, 200, "float")  # ragged group
     assert not quant_ir.available(cpu, None, "float")  # symbolic K
     assert not quant_ir.available(cpu, 256, "e8m0")  # unknown format
