@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from fp8inductor import reference as ref
+from fp8inductor.testing import assert_fp8_equal, assert_scales_equal
 
 QUANT = torch.ops.fp8inductor.quantize_activation
 OP_CALL = "fp8inductor.quantize_activation.default("
@@ -65,16 +66,11 @@ def _special_values(a: torch.Tensor, b: torch.Tensor) -> None:
 
 
 def _assert_bit_equal(q, s, q_ref, s_ref):
-    assert q.dtype == ref.FP8_DTYPE and s.dtype == torch.float32
-    assert q.shape == q_ref.shape and s.shape == s_ref.shape
-    assert torch.equal(s.view(torch.int32), s_ref.view(torch.int32)), "scales differ"
-    bits, bits_ref = q.view(torch.uint8), q_ref.view(torch.uint8)
-    # Zero and NaN codes may differ in sign only (0x00 / 0x80, 0x7F / 0xFF), as for the Triton
-    # kernel: -0.0 / s vs +0.0, and the CPU's Inf / Inf is a negative NaN.
-    magnitude_equal = (bits & 0x7F) == (bits_ref & 0x7F)
-    sign_free = magnitude_equal & (((bits & 0x7F) == 0) | ((bits & 0x7F) == 0x7F))
-    differ = (bits != bits_ref) & ~sign_free
-    assert not differ.any(), f"{int(differ.sum())} codes differ"
+    """Codes bit-equal up to the sign of zero and NaN codes (-0.0 / s vs +0.0; the CPU's Inf / Inf
+    is a negative NaN), scales bit-equal with NaN at the same places (fp8inductor.testing)."""
+    assert q.dtype == ref.FP8_DTYPE
+    assert_fp8_equal(q.cpu(), q_ref.cpu())
+    assert_scales_equal(s.cpu(), s_ref.cpu())
 
 
 @pytest.mark.usefixtures("fresh_dynamo")
@@ -188,66 +184,21 @@ def test_available_gate(monkeypatch):
     assert not quant_ir.available(torch.device("cuda", 0), 256, "float")
 
 
-class _StopAfterScheduling(Exception):
-    pass
+def _triton_kernel_plans(fn, *args):
+    """(plans, wrapper code) of ``fn(*args)`` compiled as a prefill graph on the H100 would be (every
+    FP8 linear on cuBLAS), planned on the CPU (``fp8inductor.plan``)."""
+    from fp8inductor.plan import plan_triton_kernels
+
+    return plan_triton_kernels(fn, *args)
 
 
-def _triton_kernel_plans(monkeypatch, fn, *args):
-    """[(inside_reduction, persistent_reduction, numels, sizes of the buffers read)] of every Triton
-    kernel Inductor plans for
-    ``fn(*args)`` compiled with the fp8block backend, on the CPU: Inductor's Triton codegen for CPU
-    tensors (``cpu_backend="triton"``) makes the same scheduling decisions as for a GPU; each
-    kernel's plan is recorded as its source is generated, and the compile stops once the graph's
-    code is generated (before Triton would need a driver to compile it). The linears are
-    told they run on cuBLAS (the H100's choice at prefill M), so the lowering emits the IR
-    quantization with column-major scales, as in a prefill graph."""
-    import torch.utils._triton as torch_triton
-    from torch._inductor import config as inductor_config
-    from torch._inductor.codegen import triton as triton_codegen
-    from torch._inductor.graph import GraphLowering
-
-    from fp8inductor import lowering
-    from fp8inductor.kernels import block_gemm
-    from fp8inductor.kernels.config import CUBLAS
-
-    plans, codes = [], []
-
-    def record(kernel, *a, **k):
-        from torch._inductor.utils import sympy_product
-        from torch._inductor.virtualized import V
-
-        names = {dep.name for node in kernel.features.scheduler_nodes() for dep in node.read_writes.reads}
-        buffers = [V.graph.try_get_buffer(name) for name in sorted(names)]
-        read_sizes = [
-            V.graph.sizevars.optimization_hint(sympy_product(b.get_size()), fallback=0)
-            for b in buffers
-            if b is not None
-        ]
-        plans.append((kernel.inside_reduction, kernel.persistent_reduction, dict(kernel.numels), read_sizes))
-        return original(kernel, *a, **k)
-
-    def stop_after_codegen(graph, *a, **k):
-        result = original_codegen(graph, *a, **k)
-        wrapper = result[0] if isinstance(result, tuple) else result
-        codes.append(getattr(wrapper, "value", str(wrapper)))
-        raise _StopAfterScheduling
-
-    original = triton_codegen.TritonKernel.codegen_kernel
-    original_codegen = GraphLowering.codegen
-    monkeypatch.setattr(triton_codegen.TritonKernel, "codegen_kernel", record)
-    monkeypatch.setattr(GraphLowering, "codegen", stop_after_codegen)
-    monkeypatch.setattr(torch_triton, "triton_hash_with_backend", lambda: "cpu-plan-only")
-    monkeypatch.setattr(torch_triton, "triton_backend", lambda: None)
-    monkeypatch.setattr(lowering, "_fp8_gpu", lambda device: True)
-    monkeypatch.setattr(block_gemm, "static_choice", lambda *a, **k: CUBLAS)
-    patches = {"cpu_backend": "triton", "force_disable_caches": True}
-    with torch.inference_mode(), inductor_config.patch(patches), pytest.raises(Exception, match="_StopAfterScheduling"):
-        torch.compile(fn, backend="fp8block")(*args)
-    return plans, "\n".join(codes)
+def _quant_plans(plans):
+    """The kernels reducing over 128-element groups: the activation quantizations."""
+    return [p for p in plans if p.reduction and p.numels.get("r0_") == 128]
 
 
 @pytest.mark.usefixtures("fresh_dynamo")
-def test_quantization_kernels_are_persistent_reductions(monkeypatch):
+def test_quantization_kernels_are_persistent_reductions():
     """Each activation quantization of a prefill MLP (x's; SiLU(gate) * up's, fused) is one
     persistent reduction over its 128-wide groups: x read once. Before the INNER hint and the
     recomputed scale (quant_ir.py), Inductor looped these reductions, reading x twice: 116 us per
@@ -260,15 +211,15 @@ def test_quantization_kernels_are_persistent_reductions(monkeypatch):
     def mlp(x):
         return down(F.silu(gate(x)) * up(x))
 
-    plans, code = _triton_kernel_plans(monkeypatch, mlp, torch.randn(1, 256, 512, dtype=torch.bfloat16))
+    plans, code = _triton_kernel_plans(mlp, torch.randn(1, 256, 512, dtype=torch.bfloat16))
     assert code.count("aten._scaled_mm.default(") == 2 and "fp8inductor.block_linear.default(" not in code, code
-    quant_plans = [p for p in plans if p[0] and p[2].get("r0_") == 128]
+    quant_plans = _quant_plans(plans)
     assert len(quant_plans) == 2, plans  # x's quantization (shared by gate and up), SiLU * up's
-    assert all(plan[1] for plan in quant_plans), quant_plans
+    assert all(plan.persistent for plan in quant_plans), quant_plans
 
 
 @pytest.mark.usefixtures("fresh_dynamo")
-def test_attention_output_quantization_reads_through_the_transpose(monkeypatch):
+def test_attention_output_quantization_reads_through_the_transpose():
     """o_proj's input is the attention output transposed back to [tokens, heads * head_dim]: its
     quantization is one persistent reduction reading through the transpose (no copy kernel), and
     q/k/v's is another."""
@@ -281,11 +232,11 @@ def test_attention_output_quantization_reads_through_the_transpose(monkeypatch):
         o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return o_proj(o.transpose(1, 2).reshape(b, t, d))
 
-    plans, code = _triton_kernel_plans(monkeypatch, attention, torch.randn(1, 256, 512, dtype=torch.bfloat16))
-    quant_plans = [p for p in plans if p[0] and p[2].get("r0_") == 128]
-    assert len(quant_plans) == 2 and all(plan[1] for plan in quant_plans), plans
+    plans, code = _triton_kernel_plans(attention, torch.randn(1, 256, 512, dtype=torch.bfloat16))
+    quant_plans = _quant_plans(plans)
+    assert len(quant_plans) == 2 and all(plan.persistent for plan in quant_plans), plans
     assert code.count("aten._scaled_mm.default(") == 2, code  # q/k/v fused, o
-    assert not [p for p in plans if not p[0]], plans  # no pointwise kernel: no transpose copy
+    assert not [p for p in plans if not p.reduction], plans  # no pointwise kernel: no transpose copy
 
 
 class _BufferLinear(torch.nn.Module):
@@ -302,7 +253,7 @@ class _BufferLinear(torch.nn.Module):
 
 @pytest.mark.usefixtures("fresh_dynamo")
 @pytest.mark.parametrize("layout", ["row-major", "transposed", "misaligned"])
-def test_cublas_lowering_needs_a_dense_weight(monkeypatch, layout):
+def test_cublas_lowering_needs_a_dense_weight(layout):
     """The aten ``_scaled_mm`` lowering takes the weight as a view, so it needs the weight and its
     scales row-major, at offset 0 and 16-byte aligned (what the op checks at run time); any other
     layout keeps the op, which checks the run-time tensors and falls back to its Triton kernels."""
@@ -314,7 +265,7 @@ def test_cublas_lowering_needs_a_dense_weight(monkeypatch, layout):
     elif layout == "misaligned":
         wq = torch.cat([torch.zeros(1, dtype=wq.dtype), wq.flatten()])[1:].view(512, 256)  # 1 byte off
     model = _BufferLinear(wq, ws)
-    _, code = _triton_kernel_plans(monkeypatch, model, torch.randn(256, 256, dtype=torch.bfloat16))
+    _, code = _triton_kernel_plans(model, torch.randn(256, 256, dtype=torch.bfloat16))
     lowered = "aten._scaled_mm.default(" in code and "fp8inductor.block_linear.default(" not in code
     assert lowered == (layout == "row-major"), code
 
