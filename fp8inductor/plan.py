@@ -50,7 +50,8 @@ def plan_triton_kernels(
     fn: Callable[..., Any], *args: Any, backend: str = "fp8block", force_cublas: bool = True
 ) -> tuple[list[KernelPlan], str]:
     """Compile ``fn(*args)`` (CPU tensors, inference mode) with ``backend`` and return the plan of
-    every Triton kernel and the generated wrapper code. Caches are off, so each call plans afresh."""
+    every Triton kernel and the generated wrapper code. Caches are off and Dynamo is reset first
+    (``torch._dynamo.reset()``: earlier compiled functions recompile), so each call plans afresh."""
     from torch._inductor import config as inductor_config
     from torch._inductor.codegen import triton as triton_codegen
     from torch._inductor.graph import GraphLowering
