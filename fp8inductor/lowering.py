@@ -164,31 +164,35 @@ def _candidate_configs(
     return out
 
 
-def _memo(key, make):
-    """One value per key per graph: linears that read the same activation share its quantization."""
+def _shared_quantization(form: str, scale_fmt: str, make):
+    """``make()`` once per activation, scale format and ``form`` per graph: the linears that read the
+    same activation (q/k/v, gate/up) share one quantization.
+
+    The memo is keyed by the activation's FX node (the current ``block_linear`` node's first
+    argument): in the functional graph one node is one value, so an in-place update between two
+    linears (a new node after functionalization) can never hand the second linear the first one's
+    quantization. (Keying by Inductor buffer name would: a reinplaced mutation keeps the name. Keying
+    by layout would miss: the first use fixes it.) Without an FX node, no sharing.
+    """
+    fx_node = V.graph.current_node
+    x_node = fx_node.args[0] if fx_node is not None and fx_node.args else None
+    if not isinstance(x_node, torch.fx.Node):
+        return make()
     memo = V.graph.__dict__.setdefault("_fp8inductor_act_quant", {})
+    key = (x_node, scale_fmt, form)
     if key not in memo:
         memo[key] = make()
     return memo[key]
 
 
-def _quantized_activation(x, scale_fmt: str):
-    """(xq [..., K] fp8, xs [..., ceil(K/128)] fp32) of x, one quantization per activation per graph.
+def _op_quantization(x, scale_fmt: str):
+    """``quantize_activation(x)`` as the op's FallbackKernel: (xq [..., K] fp8, xs [..., ceil(K/128)] fp32)."""
+    return L.fallback_handler(ops.quantize_activation, add_to_fallback_set=False)(x, QBLOCK, scale_fmt)
 
-    Linears that read the same activation (q/k/v, gate/up) share one ``quantize_activation`` kernel.
-    The memo is keyed by the activation's FX node: in the functional graph one node is one value,
-    so an in-place update between two linears (a new node after functionalization) can never hand
-    the second linear the first one's quantization. (Keying by Inductor buffer name would: a
-    reinplaced mutation keeps the name. Keying by layout would miss: the first use fixes it.)
-    """
-    fx_node = V.graph.current_node
-    x_node = fx_node.args[0] if fx_node is not None and fx_node.args else None
-    if not isinstance(x_node, torch.fx.Node):
-        return L.fallback_handler(ops.quantize_activation, add_to_fallback_set=False)(x, QBLOCK, scale_fmt)
-    return _memo(
-        (x_node, scale_fmt, "op"),
-        lambda: L.fallback_handler(ops.quantize_activation, add_to_fallback_set=False)(x, QBLOCK, scale_fmt),
-    )
+
+def _quantized_activation(x, scale_fmt: str):
+    """(xq [..., K] fp8, xs [..., ceil(K/128)] fp32) of x by the op's kernel, shared per activation."""
+    return _shared_quantization("op", scale_fmt, functools.partial(_op_quantization, x, scale_fmt))
 
 
 def _gemm(x, wq, ws, bias, scale_fmt: str, lead: list[int], n: int, k: int):
@@ -278,10 +282,8 @@ def _cublas_linear(x, wq, ws, bias, scale_fmt: str, lead: list[int], n: int, k: 
         return None
     if not all(_dense(t) for t in (wq, ws, bias) if t is not None):
         return None
-    fx_node = V.graph.current_node
-    x_node = fx_node.args[0] if fx_node is not None and fx_node.args else None
     make = functools.partial(quant_ir.quantize_1x128, x, m, k, scale_fmt, col_major_scales=True)
-    xq, xs = _memo((x_node, scale_fmt, "ir-col-major"), make) if isinstance(x_node, torch.fx.Node) else make()
+    xq, xs = _shared_quantization("ir-col-major", scale_fmt, make)
     permute = L.lowerings[aten.permute.default]
     scaled_mm = L.fallback_handler(aten._scaled_mm.default, add_to_fallback_set=False)
     y = scaled_mm(xq, permute(wq, [1, 0]), xs, permute(ws, [1, 0]), bias, None, x.get_dtype(), False)
@@ -300,6 +302,7 @@ def lower_quantize_activation(x, group_size: int = 128, scale_fmt: str = "float"
     from . import quant_ir
 
     config = _active_config()
+    device = x.get_device()
     *lead, k_expr = x.get_size()
     k = _static_int(k_expr)
     if (
@@ -307,16 +310,15 @@ def lower_quantize_activation(x, group_size: int = 128, scale_fmt: str = "float"
         or config.gemm_lowering != "template"
         or group_size != QBLOCK
         or not lead
-        or not quant_ir.available(x.get_device(), k, scale_fmt)
-        or (x.get_device().type == "cuda" and not _fp8_gpu(x.get_device()))
+        or not quant_ir.available(device, k, scale_fmt)
+        or (device.type == "cuda" and not _fp8_gpu(device))
     ):
         return L.fallback_handler(ops.quantize_activation, add_to_fallback_set=False)(x, group_size, scale_fmt)
-    m = functools.reduce(lambda a, b: a * b, lead)
     try:
-        q, s = quant_ir.quantize_1x128(x, m, k, scale_fmt)
+        q, s = quant_ir.quantize_1x128(x, math.prod(lead), k, scale_fmt)
     except Exception as exc:  # never fail a compile over the IR: the op's kernel is as correct
         _warn_template_failure(f"quantize_activation IR: {type(exc).__name__}: {exc}")
-        return L.fallback_handler(ops.quantize_activation, add_to_fallback_set=False)(x, group_size, scale_fmt)
+        return _op_quantization(x, scale_fmt)
     view = L.lowerings[aten.view.default]
     return view(q, [*lead, k]), view(s, [*lead, k // QBLOCK])
 

@@ -310,24 +310,15 @@ def test_llama_prefill_plan_has_no_op_call_and_only_persistent_quantizations():
     """A transformers Llama prefill graph, compiled as on the H100: every FP8 linear is an aten
     ``_scaled_mm`` call (q/k/v and gate/up fused: 4 per layer) on an IR quantization that is one
     persistent reduction, and no fp8inductor op is called at run time."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    import model_zoo
 
-    cfg = LlamaConfig(
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        vocab_size=512,
-        max_position_embeddings=1024,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
-    ids = torch.randint(0, 512, (1, 256))
+    model, _, _ = model_zoo.llama()
+    layers = model.config.num_hidden_layers
+    ids = torch.randint(0, model.config.vocab_size, (1, 256), generator=torch.Generator().manual_seed(0))
     plans, code = _triton_kernel_plans(lambda ids: model(ids, logits_to_keep=1), ids)
     op_calls = [line for line in code.splitlines() if "torch.ops.fp8inductor." in line and ".default(" in line]
     assert not op_calls, op_calls
-    assert code.count("aten._scaled_mm.default(") == 4 * cfg.num_hidden_layers, code
+    assert code.count("aten._scaled_mm.default(") == 4 * layers, code
     quant_plans = _quant_plans(plans)
-    assert len(quant_plans) == 4 * cfg.num_hidden_layers, plans
+    assert len(quant_plans) == 4 * layers, plans
     assert all(plan.persistent for plan in quant_plans), quant_plans

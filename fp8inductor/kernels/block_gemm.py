@@ -520,12 +520,13 @@ def _gemm(
     if bias is not None:
         bias = bias.contiguous()
     tma_ok = _tma_ok(xq, wq, out_dtype)
-    cublas_ok = cublas.usable(xq, wq, ws, bias, out_dtype)
+    # cuBLAS admission is checked only where it decides something: a given Triton config (the
+    # linear's split-K or tile pick at decode sizes) skips it on this per-call path.
     if config is None:
-        config = _default_config(xq.device, m, n, k, tma_ok, cublas_ok)
+        config = _default_config(xq.device, m, n, k, tma_ok, cublas.usable(xq, wq, ws, bias, out_dtype))
     elif config.kind == "tma" and not tma_ok:
         raise ValueError("fp8_block_gemm: TMA needs contiguous xq/wq, K % 16 == 0 and 16-byte aligned output rows")
-    elif config.kind == "cublas" and not cublas_ok:
+    elif config.kind == "cublas" and not cublas.usable(xq, wq, ws, bias, out_dtype):
         if forced:
             raise ValueError(
                 "fp8_block_gemm: cuBLAS blockwise does not take this call (kernels/cublas.py lists when it does)"
