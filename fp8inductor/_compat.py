@@ -8,6 +8,9 @@ Checked: torch 2.11.0+cu130 (GPU machine) and 2.13.0+cpu (CI).
 * ``ops.div_rn`` (IEEE fp32 division in Inductor IR) has a Triton codegen in 2.13, not in 2.11 (whose
   Triton ``/`` is the approximate ``div.full.f32``); ``fp8inductor.quant_ir`` uses
   ``ops.inline_asm_elementwise`` (``div.rn.f32``), which both have, instead.
+* ``select_decomp_table`` (private): Inductor's decompositions; under ``coordinate_descent_tuning``
+  (``mode="max-autotune"``) its ``aten.mm`` decomposition turns an M = 1 matmul into ``mul`` + ``sum``
+  before any joint-graph pass sees it, in both versions; ``decompositions_keeping_mm`` keeps the mm.
 * ``PyCodeCache`` (private): Inductor's in-memory output modules, cleared by
   ``forget_inductor_output_modules``; same API in 2.11 and 2.13.
 """
@@ -21,10 +24,48 @@ import torch
 TORCH_VERSION = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
 
 
-def compile_fx(gm: torch.fx.GraphModule, example_inputs: list[Any], config_patches: dict[str, Any]):
+def compile_fx(
+    gm: torch.fx.GraphModule,
+    example_inputs: list[Any],
+    config_patches: dict[str, Any],
+    decompositions: dict[Any, Any] | None = None,
+):
+    """Inductor's ``compile_fx``; ``decompositions`` None means Inductor's own table."""
     from torch._inductor.compile_fx import compile_fx as _compile_fx
 
-    return _compile_fx(gm, example_inputs, config_patches=config_patches)
+    return _compile_fx(gm, example_inputs, config_patches=config_patches, decompositions=decompositions)
+
+
+def decompositions_keeping_mm(config_patches: dict[str, Any]) -> dict[Any, Any]:
+    """Inductor's decomposition table under ``config_patches``, with ``aten.mm``'s decomposition run
+    as if ``coordinate_descent_tuning`` were off.
+
+    With it on (``mode="max-autotune"`` sets it), Inductor rewrites ``mm(x, w)`` with one row (or one
+    column) as ``(x.unsqueeze(2) * w.unsqueeze(0)).sum(1)`` in fp32 while AOTAutograd traces, so the
+    FP8 pass, which runs on the traced joint graph, never sees a decode step's linears: measured on
+    the H100 (2026-11-25, ``bench_model.py`` row ``fp8block_max_autotune``), batch-1 decode ran in
+    bf16 (logits error 1.2e-2, the bf16 level) at 295 tok/s, while batch 8 and 32 ran FP8. The other
+    mm decompositions (K = 1 outer products, CPU special cases) are kept as they are.
+    """
+    import functools
+
+    from torch._inductor import config as inductor_config
+    from torch._inductor.decomposition import select_decomp_table
+
+    def keep_gemv(decomp):
+        @functools.wraps(decomp)
+        def decompose(*args, **kwargs):
+            with inductor_config.patch(coordinate_descent_tuning=False):
+                return decomp(*args, **kwargs)
+
+        return decompose
+
+    with inductor_config.patch(config_patches):
+        table = dict(select_decomp_table())
+    for op, decomp in list(table.items()):
+        if getattr(op, "overloadpacket", None) is torch.ops.aten.mm:
+            table[op] = keep_gemv(decomp)
+    return table
 
 
 def forget_inductor_output_modules() -> None:

@@ -261,6 +261,28 @@ def test_mode_and_options_together_via_options():
     assert y.shape == (4, 256) and len(fp8inductor.last_report().converted) == 1
 
 
+def test_decomposition_table_keeps_a_one_row_mm_under_coordinate_descent_tuning():
+    """Inductor's aten.mm decomposition turns a one-row mm into mul + sum when coordinate-descent tuning
+    is on (max-autotune) and the device is not a CPU: the FP8 pass would then never see a decode
+    step's linears. Meta tensors stand in for CUDA ones (the decomposition only excludes cpu/mps)."""
+    from torch._inductor.decomposition import select_decomp_table
+
+    from fp8inductor import _compat
+
+    mm = torch.ops.aten.mm.default
+    x, w = torch.empty(1, 256, device="meta"), torch.empty(256, 128, device="meta")
+    patches = {"coordinate_descent_tuning": True}
+    with torch._inductor.config.patch(patches):
+        assert select_decomp_table()[mm](x, w) is not NotImplemented  # what the backend guards against
+    table = _compat.decompositions_keeping_mm(patches)
+    with torch._inductor.config.patch(patches):
+        assert table[mm](x, w) is NotImplemented  # the mm stays an mm
+        assert torch._inductor.config.coordinate_descent_tuning  # restored after the call
+        k1 = table[mm](torch.empty(64, 1, device="meta"), torch.empty(1, 32, device="meta"))
+    assert k1 is not NotImplemented and k1.shape == (64, 32)  # other mm decompositions kept
+    assert set(table) == set(select_decomp_table())
+
+
 def test_bad_option_is_a_clear_error():
     with pytest.raises(Exception, match="unknown fp8block option 'bogus'"), torch.inference_mode():
         compile_fp8(nn.Linear(256, 256), options={"bogus": 1})(torch.randn(2, 256))

@@ -64,3 +64,17 @@ def test_dynamic_m_on_cuda_compiles_once_and_matches_cpu():
             expect = fp8inductor.block_fp8_linear(h, q2, s2, m[2].bias.cpu())
             assert rel_err(f(x.cuda()).cpu(), expect) < 1e-2
     assert counters["stats"]["unique_graphs"] == 1
+
+
+def test_batch_one_linears_run_fp8_under_coordinate_descent_tuning():
+    """mode="max-autotune" turns coordinate-descent tuning on, whose aten.mm decomposition rewrote an
+    M = 1 linear as mul + sum before the FP8 pass (a decode step then ran bf16: H100, 2026-11-25)."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(512, 1024), nn.SiLU(), nn.Linear(1024, 384)).to(torch.bfloat16).cuda()
+    x = torch.randn(1, 512, dtype=torch.bfloat16, device="cuda")
+    with torch.inference_mode():
+        y = torch.compile(m, backend="fp8block", options={"coordinate_descent_tuning": True})(x)
+        report = fp8inductor.last_report()
+        expect = zoo.emulated(m)(x)
+    assert len(report.converted) == 2, str(report)
+    assert rel_err(y, expect) < 0.08  # same kernels eagerly and compiled (tests/test_models.py)
