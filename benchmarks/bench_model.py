@@ -560,6 +560,10 @@ class RowRunner:
         ("copies, fills", ("memcpy", "memset", "copy", "fill", "elementwise")),
     )
 
+    # Kernels kept per profile, longest first. 15 (until 2026-11-25) hid a third of a 1x2048 prefill's
+    # Inductor kernels (the norms' statistics and quantizations, 20-40 µs each).
+    PROFILE_TOP_KERNELS = 40
+
     def profile_step(self, step: Callable[[], Any], steps: int = 20) -> dict:
         """GPU kernel time of one step (a decode step, a prefill forward) by category (torch.profiler
         over ``steps`` calls)."""
@@ -591,7 +595,9 @@ class RowRunner:
             "steps": steps,
             "gpu_busy_us_per_step": sum(v["us_per_step"] for v in cats.values()),
             "categories": dict(sorted(cats.items(), key=lambda kv: -kv[1]["us_per_step"])),
-            "top_kernels": [{"name": n, "us_per_step": u, "calls_per_step": c} for n, u, c in kernels[:15]],
+            "top_kernels": [
+                {"name": n, "us_per_step": u, "calls_per_step": c} for n, u, c in kernels[: self.PROFILE_TOP_KERNELS]
+            ],
         }
 
     def log_profile(self, key: str, prof: dict, step_us: float | None = None) -> None:
