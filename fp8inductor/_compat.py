@@ -10,7 +10,7 @@ Checked: torch 2.11.0+cu130 (GPU machine) and 2.13.0+cpu (CI).
   ``ops.inline_asm_elementwise`` (``div.rn.f32``), which both have, instead.
 * ``select_decomp_table`` (private): Inductor's decompositions; under ``coordinate_descent_tuning``
   (``mode="max-autotune"``) its ``aten.mm`` decomposition turns an M = 1 matmul into ``mul`` + ``sum``
-  before any joint-graph pass sees it, in both versions; ``decompositions_keeping_mm`` keeps the mm.
+  before any joint-graph pass sees it, in both versions; ``compile_fx(..., keep_one_row_mm=True)`` keeps the mm.
 * ``PyCodeCache`` (private): Inductor's in-memory output modules, cleared by
   ``forget_inductor_output_modules``; same API in 2.11 and 2.13.
 """
@@ -25,20 +25,29 @@ TORCH_VERSION = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")
 
 
 def compile_fx(
-    gm: torch.fx.GraphModule,
-    example_inputs: list[Any],
-    config_patches: dict[str, Any],
-    decompositions: dict[Any, Any] | None = None,
+    gm: torch.fx.GraphModule, example_inputs: list[Any], config_patches: dict[str, Any], keep_one_row_mm: bool = False
 ):
-    """Inductor's ``compile_fx``; ``decompositions`` None means Inductor's own table."""
-    from torch._inductor.compile_fx import compile_fx as _compile_fx
+    """Inductor's ``compile_fx``. ``keep_one_row_mm``: trace with ``select_decomp_table_keeping_mm``
+    instead of Inductor's own table (only matters under coordinate-descent tuning).
 
-    return _compile_fx(gm, example_inputs, config_patches=config_patches, decompositions=decompositions)
+    The table is swapped through ``compile_fx``'s module global, not its ``decompositions`` argument:
+    on 2.13 that argument rides into the FX-graph cache key as an unpicklable object, and every such
+    compile bypassed the cache (measured in CI, 2026-11-25); a module-level function pickles by name.
+    Both 2.11 and 2.13 look the global up inside ``compile_fx``.
+    """
+    from unittest import mock
+
+    from torch._inductor import compile_fx as compile_fx_module
+
+    if not keep_one_row_mm:
+        return compile_fx_module.compile_fx(gm, example_inputs, config_patches=config_patches)
+    with mock.patch.object(compile_fx_module, "select_decomp_table", select_decomp_table_keeping_mm):
+        return compile_fx_module.compile_fx(gm, example_inputs, config_patches=config_patches)
 
 
-def decompositions_keeping_mm(config_patches: dict[str, Any]) -> dict[Any, Any]:
-    """Inductor's decomposition table under ``config_patches``, with ``aten.mm``'s decomposition run
-    as if ``coordinate_descent_tuning`` were off.
+def select_decomp_table_keeping_mm() -> dict[Any, Any]:
+    """Inductor's decomposition table (``select_decomp_table``, under the current config) with
+    ``aten.mm``'s decomposition run as if ``coordinate_descent_tuning`` were off.
 
     With it on (``mode="max-autotune"`` sets it), Inductor rewrites ``mm(x, w)`` with one row (or one
     column) as ``(x.unsqueeze(2) * w.unsqueeze(0)).sum(1)`` in fp32 while AOTAutograd traces, so the
@@ -60,8 +69,7 @@ def decompositions_keeping_mm(config_patches: dict[str, Any]) -> dict[Any, Any]:
 
         return decompose
 
-    with inductor_config.patch(config_patches):
-        table = dict(select_decomp_table())
+    table = dict(select_decomp_table())
     for op, decomp in list(table.items()):
         if getattr(op, "overloadpacket", None) is torch.ops.aten.mm:
             table[op] = keep_gemv(decomp)

@@ -99,10 +99,10 @@ def fp8block(
         return _compat.compile_fx(gm, example_inputs, patches)
     _check_devices(gm)
     patches.update(freezing=True, joint_custom_pre_pass=FP8BlockPass(config))
-    # Keep M = 1 matmuls as mm under coordinate-descent tuning (max-autotune), or decode skips FP8.
-    decompositions = _compat.decompositions_keeping_mm(patches)
+    # Under coordinate-descent tuning (max-autotune) keep one-row matmuls as mm, or decode skips FP8.
+    keep_mm = bool(patches.get("coordinate_descent_tuning", inductor_config.coordinate_descent_tuning))
     with compile_scope(config, _param_names(gm)) as scope:
-        compiled = _compat.compile_fx(gm, example_inputs, patches, decompositions)
+        compiled = _compat.compile_fx(gm, example_inputs, patches, keep_one_row_mm=keep_mm)
     _publish(scope.report)
     return compiled
 

@@ -274,13 +274,48 @@ def test_decomposition_table_keeps_a_one_row_mm_under_coordinate_descent_tuning(
     patches = {"coordinate_descent_tuning": True}
     with torch._inductor.config.patch(patches):
         assert select_decomp_table()[mm](x, w) is not NotImplemented  # what the backend guards against
-    table = _compat.decompositions_keeping_mm(patches)
     with torch._inductor.config.patch(patches):
+        table = _compat.select_decomp_table_keeping_mm()
         assert table[mm](x, w) is NotImplemented  # the mm stays an mm
         assert torch._inductor.config.coordinate_descent_tuning  # restored after the call
         k1 = table[mm](torch.empty(64, 1, device="meta"), torch.empty(1, 32, device="meta"))
+        assert set(table) == set(select_decomp_table())
     assert k1 is not NotImplemented and k1.shape == (64, 32)  # other mm decompositions kept
-    assert set(table) == set(select_decomp_table())
+
+
+@pytest.mark.parametrize("tuning", [False, True])
+def test_trace_uses_the_mm_keeping_table_exactly_under_coordinate_descent(monkeypatch, tuning):
+    from fp8inductor import _compat
+
+    calls = []
+    table = _compat.select_decomp_table_keeping_mm
+    monkeypatch.setattr(_compat, "select_decomp_table_keeping_mm", lambda: calls.append(1) or table())
+    with torch.inference_mode():
+        compile_fp8(nn.Linear(256, 128), options={"coordinate_descent_tuning": tuning})(torch.randn(1, 256))
+    assert bool(calls) == tuning
+    assert len(fp8inductor.last_report().converted) == 1
+
+
+def test_coordinate_descent_compiles_use_the_fx_graph_cache(monkeypatch):
+    """The table swap under coordinate-descent tuning keeps the FX-graph cache key picklable (handing
+    Inductor a decompositions dict made every such compile bypass the cache on torch 2.13)."""
+    from torch._inductor import config as inductor_config
+
+    from fp8inductor import passes
+
+    key = b"cd-cache" + os.urandom(8)  # fresh keys for this test run
+    monkeypatch.setattr(passes, "_source_hash", lambda: key)
+    lin, x = nn.Linear(256, 256), torch.randn(1, 256)
+    seen = []
+    for _ in range(2):
+        torch._dynamo.reset()
+        counters.clear()
+        with torch.inference_mode(), warnings.catch_warnings(), inductor_config.patch(fx_graph_cache=True):
+            warnings.simplefilter("ignore")
+            compile_fp8(lin, options={"coordinate_descent_tuning": True})(x)
+        assert len(fp8inductor.last_report().converted) == 1
+        seen.append((counters["inductor"]["fxgraph_cache_hit"], counters["inductor"]["fxgraph_cache_miss"]))
+    assert seen == [(0, 1), (1, 0)]
 
 
 def test_bad_option_is_a_clear_error():
