@@ -35,9 +35,10 @@ def compile_fx(
     compile bypassed the cache (measured in CI, 2026-11-25); a module-level function pickles by name.
     Both 2.11 and 2.13 look the global up inside ``compile_fx``.
     """
+    import importlib
     from unittest import mock
 
-    from torch._inductor import compile_fx as compile_fx_module
+    compile_fx_module = importlib.import_module("torch._inductor.compile_fx")  # the module, not the function
 
     if not keep_one_row_mm:
         return compile_fx_module.compile_fx(gm, example_inputs, config_patches=config_patches)
