@@ -283,15 +283,22 @@ def test_decomposition_table_keeps_a_one_row_mm_under_coordinate_descent_tuning(
     assert k1 is not NotImplemented and k1.shape == (64, 32)  # other mm decompositions kept
 
 
-@pytest.mark.parametrize("tuning", [False, True])
-def test_trace_uses_the_mm_keeping_table_exactly_under_coordinate_descent(monkeypatch, tuning):
+@pytest.mark.parametrize(
+    "options, tuning",
+    [
+        ({}, False),
+        ({"coordinate_descent_tuning": True}, True),
+        ({"mode": "max-autotune-no-cudagraphs"}, True),  # the user's way in: the mode turns the tuning on
+    ],
+)
+def test_trace_uses_the_mm_keeping_table_exactly_under_coordinate_descent(monkeypatch, options, tuning):
     from fp8inductor import _compat
 
     calls = []
     table = _compat.select_decomp_table_keeping_mm
     monkeypatch.setattr(_compat, "select_decomp_table_keeping_mm", lambda: calls.append(1) or table())
     with torch.inference_mode():
-        compile_fp8(nn.Linear(256, 128), options={"coordinate_descent_tuning": tuning})(torch.randn(1, 256))
+        compile_fp8(nn.Linear(256, 128), options=options)(torch.randn(1, 256))
     assert bool(calls) == tuning
     assert len(fp8inductor.last_report().converted) == 1
 
