@@ -35,14 +35,17 @@ def compile_fx(
     compile bypassed the cache (measured in CI, 2026-11-25); a module-level function pickles by name.
     Both 2.11 and 2.13 look the global up inside ``compile_fx``.
     """
+    import contextlib
     import importlib
     from unittest import mock
 
     compile_fx_module = importlib.import_module("torch._inductor.compile_fx")  # the module, not the function
-
-    if not keep_one_row_mm:
-        return compile_fx_module.compile_fx(gm, example_inputs, config_patches=config_patches)
-    with mock.patch.object(compile_fx_module, "select_decomp_table", select_decomp_table_keeping_mm):
+    table = (
+        mock.patch.object(compile_fx_module, "select_decomp_table", select_decomp_table_keeping_mm)
+        if keep_one_row_mm
+        else contextlib.nullcontext()
+    )
+    with table:
         return compile_fx_module.compile_fx(gm, example_inputs, config_patches=config_patches)
 
 

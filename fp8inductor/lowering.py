@@ -141,16 +141,9 @@ def _template_kwargs(cfg: GemmConfig, k: int, num_sms: int) -> dict:
     )
 
 
-def _candidate_configs(
-    device: torch.device, m: int, n: int, k: int, tma_ok: bool, out_dtype: torch.dtype, bias_dtype: torch.dtype | None
-) -> list[GemmConfig]:
-    """Template configs worth offering: the default pick first, then the shipped CONFIGS that fit.
-    Empty when the op's own choice is split-K or cuBLAS (the FallbackKernel runs it)."""
-    from .kernels.block_gemm import static_choice  # the op's own choice: tuned table, else heuristic
-
-    # static_choice's view of the run-time layout (fresh row-major operands, frozen row-major
-    # weights) holds here; if a run-time layout says otherwise the op runs its Triton kernels.
-    picked = static_choice(device, m, n, k, out_dtype, bias_dtype)
+def _candidate_configs(picked: GemmConfig, m: int, tma_ok: bool) -> list[GemmConfig]:
+    """Template configs worth offering: the op's own pick (``static_choice``) first, then the shipped
+    CONFIGS that fit. Empty when that pick is split-K or cuBLAS (the FallbackKernel runs it)."""
     if picked.kind in ("splitk", "cublas"):
         return []
     out = [picked]
@@ -185,9 +178,9 @@ def _shared_quantization(form: str, scale_fmt: str, make):
     return memo[key]
 
 
-def _op_quantization(x, scale_fmt: str):
-    """``quantize_activation(x)`` as the op's FallbackKernel: (xq [..., K] fp8, xs [..., ceil(K/128)] fp32)."""
-    return L.fallback_handler(ops.quantize_activation, add_to_fallback_set=False)(x, QBLOCK, scale_fmt)
+def _op_quantization(x, scale_fmt: str, group_size: int = QBLOCK):
+    """``quantize_activation(x)`` as the op's FallbackKernel: (xq [..., K] fp8, xs [..., ceil(K/group)] fp32)."""
+    return L.fallback_handler(ops.quantize_activation, add_to_fallback_set=False)(x, group_size, scale_fmt)
 
 
 def _quantized_activation(x, scale_fmt: str):
@@ -195,13 +188,13 @@ def _quantized_activation(x, scale_fmt: str):
     return _shared_quantization("op", scale_fmt, functools.partial(_op_quantization, x, scale_fmt))
 
 
-def _gemm(x, wq, ws, bias, scale_fmt: str, lead: list[int], n: int, k: int):
-    """[*lead, N] float32 TensorBox of the block-scaled GEMM of x [*lead, K] against (wq, ws), or None."""
+def _gemm(x, wq, ws, scale_fmt: str, lead: list[int], n: int, k: int, picked: GemmConfig):
+    """[*lead, N] float32 TensorBox of the block-scaled GEMM of x [*lead, K] against (wq, ws), or None.
+    picked: the op's own config for this linear (``static_choice``)."""
     device = x.get_device()
     m = math.prod(lead)
     tma_ok = k % 16 == 0  # xq and wq are row-major and freshly allocated (aligned); TMA rows need 16 B
-    bias_dtype = None if bias is None else bias.get_dtype()
-    configs = _candidate_configs(device, m, n, k, tma_ok, x.get_dtype(), bias_dtype)
+    configs = _candidate_configs(picked, m, tma_ok)
     if not configs:
         return None  # split-K or cuBLAS: the FallbackKernel's launcher runs them, with no fp32 round trip
     from .kernels.block_gemm import _ensure_tma_allocator, _num_sms
@@ -256,8 +249,8 @@ def _dense(t) -> bool:
 
 
 def _cublas_linear(x, wq, ws, bias, scale_fmt: str, lead: list[int], n: int, k: int):
-    """[*lead, N] in x's dtype by cuBLAS blockwise on an Inductor-IR quantization, or None where the
-    op would not pick cuBLAS or the IR quantization is not available (``quant_ir.available``).
+    """[*lead, N] in x's dtype by cuBLAS blockwise on an Inductor-IR quantization, for a linear the op
+    would run on cuBLAS; None where the IR quantization is not available (``quant_ir.available``).
 
         xq, xs = quant_ir.quantize_1x128(x)      # Inductor kernel, fused into x's producer;
                                                  # xs [M, K/128] written column-major
@@ -271,13 +264,9 @@ def _cublas_linear(x, wq, ws, bias, scale_fmt: str, lead: list[int], n: int, k: 
     buffer is aligned); else the op runs, which checks the run-time tensors itself.
     """
     from . import quant_ir
-    from .kernels.block_gemm import static_choice
 
     m = math.prod(lead)
     device = x.get_device()
-    bias_dtype = None if bias is None else bias.get_dtype()
-    if static_choice(device, m, n, k, x.get_dtype(), bias_dtype).kind != "cublas":
-        return None
     if not quant_ir.available(device, k, scale_fmt):
         return None
     if not all(_dense(t) for t in (wq, ws, bias) if t is not None):
@@ -313,7 +302,7 @@ def lower_quantize_activation(x, group_size: int = 128, scale_fmt: str = "float"
         or not quant_ir.available(device, k, scale_fmt)
         or (device.type == "cuda" and not _fp8_gpu(device))
     ):
-        return L.fallback_handler(ops.quantize_activation, add_to_fallback_set=False)(x, group_size, scale_fmt)
+        return _op_quantization(x, scale_fmt, group_size)
     try:
         q, s = quant_ir.quantize_1x128(x, math.prod(lead), k, scale_fmt)
     except Exception as exc:  # never fail a compile over the IR: the op's kernel is as correct
@@ -343,10 +332,17 @@ def lower_block_linear(x, wq, ws, bias=None, group_size: int = 128, scale_fmt: s
     if math.prod(lead_ints) == 0 or n == 0 or k == 0:
         return _fallback(*args)
     try:
-        y = _cublas_linear(x, wq, ws, bias, scale_fmt, lead_ints, n, k)
-        if y is not None:
-            return y
-        acc = _gemm(x, wq, ws, bias, scale_fmt, lead_ints, n, k)
+        from .kernels.block_gemm import static_choice  # the op's own choice: tuned table, else heuristic
+
+        # static_choice's view of the run-time layout (fresh row-major operands, frozen row-major
+        # weights) holds here; if a run-time layout says otherwise the op runs its Triton kernels.
+        bias_dtype = None if bias is None else bias.get_dtype()
+        picked = static_choice(device, math.prod(lead_ints), n, k, x.get_dtype(), bias_dtype)
+        if picked.kind == "cublas":
+            y = _cublas_linear(x, wq, ws, bias, scale_fmt, lead_ints, n, k)
+            if y is not None:
+                return y
+        acc = _gemm(x, wq, ws, scale_fmt, lead_ints, n, k, picked)
     except Exception as exc:  # never fail a compile over a lowering: the op's kernels are as correct
         _warn_template_failure(f"{type(exc).__name__}: {exc}")
         acc = None

@@ -306,23 +306,12 @@ def test_trace_uses_the_mm_keeping_table_exactly_under_coordinate_descent(monkey
 def test_coordinate_descent_compiles_use_the_fx_graph_cache(monkeypatch):
     """The table swap under coordinate-descent tuning keeps the FX-graph cache key picklable (handing
     Inductor a decompositions dict made every such compile bypass the cache on torch 2.13)."""
-    from torch._inductor import config as inductor_config
-
-    from fp8inductor import passes
-
     key = b"cd-cache" + os.urandom(8)  # fresh keys for this test run
-    monkeypatch.setattr(passes, "_source_hash", lambda: key)
     lin, x = nn.Linear(256, 256), torch.randn(1, 256)
-    seen = []
-    for _ in range(2):
-        torch._dynamo.reset()
-        counters.clear()
-        with torch.inference_mode(), warnings.catch_warnings(), inductor_config.patch(fx_graph_cache=True):
-            warnings.simplefilter("ignore")
-            compile_fp8(lin, options={"coordinate_descent_tuning": True})(x)
+    options = {"coordinate_descent_tuning": True}
+    for expect in ((0, 1), (1, 0)):
+        assert _fx_graph_cache_counts(monkeypatch, lin, x, key, options) == expect
         assert len(fp8inductor.last_report().converted) == 1
-        seen.append((counters["inductor"]["fxgraph_cache_hit"], counters["inductor"]["fxgraph_cache_miss"]))
-    assert seen == [(0, 1), (1, 0)]
 
 
 def test_bad_option_is_a_clear_error():
@@ -383,28 +372,30 @@ def test_cache_key_covers_every_source_that_shapes_the_graph(tmp_path):
     assert get_hash_for_files(passes.source_files([str(copy)])) == before
 
 
-def test_edited_sources_do_not_reuse_a_cached_graph(monkeypatch):
-    """End to end through Inductor's FX-graph cache: same sources hit, edited sources miss."""
+def _fx_graph_cache_counts(monkeypatch, model, x, source_hash: bytes, options=None) -> tuple[int, int]:
+    """(hits, misses) of Inductor's FX-graph cache for one fresh fp8block compile of model(x), with
+    the pass's source hash set to ``source_hash``."""
     from torch._inductor import config as inductor_config
 
     from fp8inductor import passes
 
+    monkeypatch.setattr(passes, "_source_hash", lambda: source_hash)
+    torch._dynamo.reset()
+    counters.clear()
+    with torch.inference_mode(), warnings.catch_warnings(), inductor_config.patch(fx_graph_cache=True):
+        warnings.simplefilter("ignore")
+        compile_fp8(model, options=options)(x)
+    return counters["inductor"]["fxgraph_cache_hit"], counters["inductor"]["fxgraph_cache_miss"]
+
+
+def test_edited_sources_do_not_reuse_a_cached_graph(monkeypatch):
+    """End to end through Inductor's FX-graph cache: same sources hit, edited sources miss."""
     lin = nn.Linear(256, 256)
     x = torch.randn(4, 256)
-
-    def compile_and_count(source_hash: bytes) -> tuple[int, int]:
-        monkeypatch.setattr(passes, "_source_hash", lambda: source_hash)
-        torch._dynamo.reset()
-        counters.clear()
-        with torch.inference_mode(), warnings.catch_warnings(), inductor_config.patch(fx_graph_cache=True):
-            warnings.simplefilter("ignore")
-            compile_fp8(lin)(x)
-        return counters["inductor"]["fxgraph_cache_hit"], counters["inductor"]["fxgraph_cache_miss"]
-
     salt = os.urandom(8)  # fresh keys for this test run
-    assert compile_and_count(b"sources-A" + salt) == (0, 1)
-    assert compile_and_count(b"sources-A" + salt) == (1, 0)
-    assert compile_and_count(b"sources-B" + salt) == (0, 1)  # an edited source: recompiled
+    assert _fx_graph_cache_counts(monkeypatch, lin, x, b"sources-A" + salt) == (0, 1)
+    assert _fx_graph_cache_counts(monkeypatch, lin, x, b"sources-A" + salt) == (1, 0)
+    assert _fx_graph_cache_counts(monkeypatch, lin, x, b"sources-B" + salt) == (0, 1)  # an edited source: recompiled
 
 
 def test_lowering_is_gated_off_on_cpu_and_keeps_nd_activations():
@@ -506,7 +497,7 @@ def _cpu_lowering(monkeypatch):
 
     from fp8inductor import lowering, ops
 
-    def gemm(x, wq, ws, bias, scale_fmt, lead, n, k):
+    def gemm(x, wq, ws, scale_fmt, lead, n, k, picked):
         xq, xs = lowering._quantized_activation(x, scale_fmt)
         return L.fallback_handler(ops.block_gemm, add_to_fallback_set=False)(xq, xs, wq, ws, torch.float32)
 
