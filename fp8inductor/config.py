@@ -39,6 +39,10 @@ class FP8BlockConfig:
             never straddles two linears); the concatenated weight is quantized once per process and
             shared by every graph (``weight_memo``). Linears on already-FP8 modules (``quantize_``)
             are not fused: that would need a second FP8 copy.
+        fuse_norms: an RMSNorm (transformers' ``LlamaRMSNorm`` form) whose output only FP8 linears
+            read, and the residual add in front of it, run as one kernel that also quantizes the
+            normalized activation (``fp8inductor.norm_fusion``); the linears take the quantized
+            activation. Numerics: the norm's own bf16 roundings, as eager (docs/numerics.md).
     """
 
     weight_block_size: tuple[int, int] = (128, 128)
@@ -49,6 +53,7 @@ class FP8BlockConfig:
     min_out_features: int = 128
     gemm_lowering: str = "template"
     fuse_siblings: bool = True
+    fuse_norms: bool = True
 
     def __post_init__(self) -> None:
         bs = tuple(self.weight_block_size)
@@ -67,8 +72,9 @@ class FP8BlockConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if not isinstance(self.fuse_siblings, bool):
-            raise TypeError(f"fuse_siblings must be a bool, got {self.fuse_siblings!r}")
+        for name in ("fuse_siblings", "fuse_norms"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.gemm_lowering not in GEMM_LOWERINGS:
             raise ValueError(f"gemm_lowering must be one of {GEMM_LOWERINGS}, got {self.gemm_lowering!r}")
 

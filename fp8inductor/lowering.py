@@ -188,10 +188,12 @@ def _quantized_activation(x, scale_fmt: str):
     return _shared_quantization("op", scale_fmt, functools.partial(_op_quantization, x, scale_fmt))
 
 
-def _gemm(x, wq, ws, scale_fmt: str, lead: list[int], n: int, k: int, picked: GemmConfig):
-    """[*lead, N] float32 TensorBox of the block-scaled GEMM of x [*lead, K] against (wq, ws), or None.
-    picked: the op's own config for this linear (``static_choice``)."""
-    device = x.get_device()
+def _gemm(quantized, wq, ws, lead: list[int], n: int, k: int, picked: GemmConfig):
+    """[*lead, N] float32 TensorBox of the block-scaled GEMM of the activation against (wq, ws), or None.
+    quantized: () -> (xq [*lead, K] fp8, xs [*lead, K/128] fp32), the activation's quantization
+    (called only when a template config is offered); picked: the op's own config for this linear
+    (``static_choice``)."""
+    device = wq.get_device()
     m = math.prod(lead)
     tma_ok = k % 16 == 0  # xq and wq are row-major and freshly allocated (aligned); TMA rows need 16 B
     configs = _candidate_configs(picked, m, tma_ok)
@@ -200,8 +202,11 @@ def _gemm(x, wq, ws, scale_fmt: str, lead: list[int], n: int, k: int, picked: Ge
     from .kernels.block_gemm import _ensure_tma_allocator, _num_sms
 
     _ensure_tma_allocator(device)  # device-side TMA descriptors need a workspace allocator
-    xq, xs = _quantized_activation(x, scale_fmt)
-    inputs = [ir.ExternKernel.require_contiguous(t) for t in (xq, xs, wq, ws)]
+    xq, xs = quantized()
+    # xs keeps a fixed layout it has (rms_norm_quant writes it column-major): the template reads it
+    # through its strides; the codes and weights must be row-major (TMA rows, _tile_ptrs' K loop).
+    xs = xs if _fixed_layout(xs) else ir.ExternKernel.require_contiguous(xs)
+    inputs = [ir.ExternKernel.require_contiguous(xq), xs, *(ir.ExternKernel.require_contiguous(t) for t in (wq, ws))]
     layout = ir.FixedLayout(device, torch.float32, [*lead, n], ir.FlexibleLayout.contiguous_strides([*lead, n]))
     choices: list = []
     for cfg in configs:
@@ -248,6 +253,14 @@ def _dense(t) -> bool:
     return strides == [_static_int(st) for st in ir.FlexibleLayout.contiguous_strides(layout.size)]
 
 
+def _fixed_layout(t) -> bool:
+    """t is a realized buffer (or view of one) with a fixed layout."""
+    try:
+        return isinstance(t.get_layout(), ir.FixedLayout)
+    except (AttributeError, NotImplementedError):
+        return False
+
+
 def _cublas_linear(x, wq, ws, bias, scale_fmt: str, lead: list[int], n: int, k: int):
     """[*lead, N] in x's dtype by cuBLAS blockwise on an Inductor-IR quantization, for a linear the op
     would run on cuBLAS; None where the IR quantization is not available (``quant_ir.available``).
@@ -273,10 +286,41 @@ def _cublas_linear(x, wq, ws, bias, scale_fmt: str, lead: list[int], n: int, k: 
         return None
     make = functools.partial(quant_ir.quantize_1x128, x, m, k, scale_fmt, col_major_scales=True)
     xq, xs = _shared_quantization("ir-col-major", scale_fmt, make)
+    return _scaled_mm(xq, xs, wq, ws, bias, x.get_dtype(), lead, n)
+
+
+def _scaled_mm(xq, xs, wq, ws, bias, out_dtype: torch.dtype, lead: list[int], n: int):
+    """``aten._scaled_mm(xq, wq.t(), xs, ws.t(), bias, out_dtype)`` viewed as [*lead, N].
+    xq: [M, K] fp8 contiguous; xs: [M, K/128] fp32 with strides (1, M), as cuBLAS reads it."""
     permute = L.lowerings[aten.permute.default]
     scaled_mm = L.fallback_handler(aten._scaled_mm.default, add_to_fallback_set=False)
-    y = scaled_mm(xq, permute(wq, [1, 0]), xs, permute(ws, [1, 0]), bias, None, x.get_dtype(), False)
+    y = scaled_mm(xq, permute(wq, [1, 0]), xs, permute(ws, [1, 0]), bias, None, out_dtype, False)
     return L.lowerings[aten.view.default](y, [*lead, n])
+
+
+def _as_rows(xq, xs, m: int, k: int):
+    """The quantized activation xq [*lead, K] (contiguous), xs [*lead, G] as the 2-D [M, K] and
+    [M, G] column-major operands of ``_scaled_mm``: views where the layouts allow (rms_norm_quant's
+    outputs always do), else copies."""
+    g = k // QBLOCK
+    xq2 = L.lowerings[aten.view.default](ir.ExternKernel.require_contiguous(xq), [m, k])
+    try:
+        layout = xs.get_layout()
+        *lead_strides, last = [_static_int(st) for st in layout.stride]
+        sizes = [_static_int(d) for d in layout.size[:-1]]
+        # [*lead, G] is [M, G] column-major when the last dim steps by M and the leading dims
+        # flatten with unit stride (row-major among themselves)
+        inner = 1
+        flattens = True
+        for size, stride in zip(reversed(sizes), reversed(lead_strides)):
+            flattens = flattens and (size == 1 or stride == inner)
+            inner *= size
+        if isinstance(layout, ir.FixedLayout) and last == m and flattens:
+            return xq2, L.lowerings[aten.as_strided.default](xs, [m, g], [1, m], _static_int(layout.offset))
+    except (AttributeError, NotImplementedError):
+        pass
+    xs2 = L.lowerings[aten.view.default](xs, [m, g])
+    return xq2, ir.ExternKernel.require_stride_order(xs2, [0, 1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,15 +386,57 @@ def lower_block_linear(x, wq, ws, bias=None, group_size: int = 128, scale_fmt: s
             y = _cublas_linear(x, wq, ws, bias, scale_fmt, lead_ints, n, k)
             if y is not None:
                 return y
-        acc = _gemm(x, wq, ws, scale_fmt, lead_ints, n, k, picked)
+        acc = _gemm(functools.partial(_quantized_activation, x, scale_fmt), wq, ws, lead_ints, n, k, picked)
     except Exception as exc:  # never fail a compile over a lowering: the op's kernels are as correct
         _warn_template_failure(f"{type(exc).__name__}: {exc}")
         acc = None
     if acc is None:
         return _fallback(*args)
-    # acc is [..., N] in the caller's shape, so this epilogue and the caller's own pointwise ops
-    # (residual add, activation) index it as the template stores it and fuse into that store.
+    return _epilogue(acc, bias, x.get_dtype())
+
+
+def _epilogue(acc, bias, out_dtype: torch.dtype):
+    """(acc + bias) in ``out_dtype``. acc is [..., N] fp32 in the caller's shape, so this epilogue and
+    the caller's own pointwise ops (residual add, activation) index it as the template stores it and
+    fuse into that store."""
     y = acc
     if bias is not None:
         y = L.lowerings[aten.add.Tensor](y, L.to_dtype(bias, torch.float32))
-    return L.to_dtype(y, x.get_dtype())
+    return L.to_dtype(y, out_dtype)
+
+
+@L.register_lowering(ops.quantized_block_linear, type_promotion_kind=None)
+def lower_quantized_block_linear(xq, xs, wq, ws, bias, out_dtype: torch.dtype):
+    """xq [..., K] fp8, xs [..., K/128] fp32 (``rms_norm_quant``'s), wq [N, K] fp8, ws, bias [N] or
+    None -> [..., N] ``out_dtype``: ``lower_block_linear`` without the quantization. cuBLAS (the
+    column-major scales read in place), a template with the fused epilogue, else the op."""
+    args = (xq, xs, wq, ws, bias, out_dtype)
+    config = _active_config()
+    device = xq.get_device()
+
+    def fallback():
+        return L.fallback_handler(ops.quantized_block_linear, add_to_fallback_set=False)(*args)
+
+    if config is None or config.gemm_lowering != "template" or not _fp8_gpu(device):
+        return fallback()
+    *lead, k_expr = xq.get_size()
+    n, k = _static_int(wq.get_size()[0]), _static_int(k_expr)
+    lead_ints = [_static_int(d) for d in lead]
+    if not lead or n is None or k is None or any(d is None for d in lead_ints) or k % QBLOCK:
+        return fallback()
+    m = math.prod(lead_ints)
+    if m == 0 or n == 0:
+        return fallback()
+    try:
+        from .kernels.block_gemm import static_choice
+
+        picked = static_choice(device, m, n, k, out_dtype, None if bias is None else bias.get_dtype())
+        if picked.kind == "cublas" and all(_dense(t) for t in (wq, ws, bias) if t is not None):
+            return _scaled_mm(*_as_rows(xq, xs, m, k), wq, ws, bias, out_dtype, lead_ints, n)
+        acc = _gemm(lambda: (xq, xs), wq, ws, lead_ints, n, k, picked)
+    except Exception as exc:  # never fail a compile over a lowering: the op's kernels are as correct
+        _warn_template_failure(f"quantized_block_linear: {type(exc).__name__}: {exc}")
+        acc = None
+    if acc is None:
+        return fallback()
+    return _epilogue(acc, bias, out_dtype)

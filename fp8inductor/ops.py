@@ -6,6 +6,8 @@
 | ``quantize_weight(w, block_n, block_k, scale_fmt)`` | w [N, K] -> (q [N, K] fp8, s [ceil(N/bn), ceil(K/bk)] fp32) |
 | ``block_linear(x, wq, ws, bias, group_size, scale_fmt)`` | x [..., K] -> y [..., N] in x.dtype |
 | ``block_gemm(xq, xs, wq, ws, out_dtype)`` | quantized xq [..., K], xs -> y [..., N] (Triton) |
+| ``rms_norm_quant(x, residual, weight, eps, scale_fmt)`` | x [..., K] -> (x + residual, q [..., K] fp8, s [..., K/128]) |
+| ``quantized_block_linear(xq, xs, wq, ws, bias, out_dtype)`` | quantized xq [..., K], xs -> y [..., N] + bias |
 
 Each op has a fake (meta) implementation, a CPU implementation (``fp8inductor.reference``) and a
 CUDA implementation (the Triton kernels in ``fp8inductor.kernels``; on GPUs without FP8 support,
@@ -293,6 +295,108 @@ def _(xq: torch.Tensor, xs: torch.Tensor, wq: torch.Tensor, ws: torch.Tensor, ou
     return xq.new_empty((*xq.shape[:-1], wq.shape[0]), dtype=out_dtype)
 
 
+# ---------------------------------------------------------------------------------------------
+# rms_norm_quant: (residual add +) RMSNorm + activation quantization, one kernel. Inserted by the
+# fp8block pass (fp8inductor.norm_fusion) in front of the linears that read a norm's output.
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op(f"{_NS}::rms_norm_quant", mutates_args=())
+def rms_norm_quant_op(
+    x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float, scale_fmt: str = "float"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x [..., K], residual [..., K] or None, weight [K] (all one float dtype) -> (h [..., K] = x +
+    residual, contiguous ([0] without residual), q [..., K] fp8 contiguous, s [..., ceil(K/128)] fp32
+    column-major over the flattened rows). See ``reference.rms_norm_quant_ref``."""
+    return ref.rms_norm_quant_ref(x, residual, weight, eps, scale_fmt)
+
+
+@_cuda_kernel("rms_norm_quant")
+def _(
+    x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float, scale_fmt: str = "float"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ref.check_rms_norm_args(x, residual, weight)
+    if not _use_triton(x):
+        return ref.rms_norm_quant_ref(x, residual, weight, eps, scale_fmt)
+    from .kernels.norm_quant import rms_norm_quant
+
+    return rms_norm_quant(x, residual, weight, eps, scale_fmt)
+
+
+@rms_norm_quant_op.register_fake
+def _(
+    x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float, scale_fmt: str = "float"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ref.check_rms_norm_args(x, residual, weight)
+    ref._check_scale_fmt(scale_fmt)
+    *lead, k = x.shape
+    h = torch.empty_like(x, memory_format=torch.contiguous_format) if residual is not None else x.new_empty(0)
+    q = x.new_empty(x.shape, dtype=ref.FP8_DTYPE)
+    s = ref.scales_column_major(x.new_empty((*lead, ref.ceil_div(k, 128)), dtype=torch.float32))
+    return h, q, s
+
+
+# ---------------------------------------------------------------------------------------------
+# quantized_block_linear: block_linear on an activation quantized beforehand (rms_norm_quant's q, s).
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_quantized_linear_args(xq, xs, wq, ws, bias, out_dtype) -> None:
+    _check_block_gemm_args(xq, xs, wq, ws, out_dtype)
+    if bias is not None:
+        _check_float(bias, "bias")
+        if tuple(bias.shape) != (wq.shape[0],):
+            raise ValueError(
+                f"fp8inductor.quantized_block_linear: bias must be [N] = [{wq.shape[0]}], got {tuple(bias.shape)}"
+            )
+
+
+@torch.library.custom_op(f"{_NS}::quantized_block_linear", mutates_args=())
+def quantized_block_linear_op(
+    xq: torch.Tensor,
+    xs: torch.Tensor,
+    wq: torch.Tensor,
+    ws: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """xq [..., K] fp8, xs [..., ceil(K/128)] fp32 (any strides), wq [N, K] fp8, ws [ceil(N/128),
+    ceil(K/128)] fp32, bias [N] or None -> y [..., N] ``out_dtype``, contiguous: ``block_linear``
+    after its quantization."""
+    _check_quantized_linear_args(xq, xs, wq, ws, bias, out_dtype)
+    return _on_2d(ref.block_gemm_ref, xq, xs, wq, ws, bias, out_dtype)
+
+
+@_cuda_kernel("quantized_block_linear")
+def _(
+    xq: torch.Tensor,
+    xs: torch.Tensor,
+    wq: torch.Tensor,
+    ws: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    _check_quantized_linear_args(xq, xs, wq, ws, bias, out_dtype)
+    if not _use_triton(xq):
+        return _on_2d(ref.block_gemm_ref, xq, xs, wq, ws, bias, out_dtype)
+    from .kernels.block_gemm import fp8_block_gemm
+
+    return _on_2d(fp8_block_gemm, xq, xs, wq, ws, bias, out_dtype)
+
+
+@quantized_block_linear_op.register_fake
+def _(
+    xq: torch.Tensor,
+    xs: torch.Tensor,
+    wq: torch.Tensor,
+    ws: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    _check_quantized_linear_args(xq, xs, wq, ws, bias, out_dtype)
+    return xq.new_empty((*xq.shape[:-1], wq.shape[0]), dtype=out_dtype)
+
+
 def _on_2d(gemm, xq, xs, wq, ws, bias, out_dtype):
     """Run a 2-D ``gemm(xq [M, K], xs [M, kb], wq, ws, bias, out_dtype)`` on xq [..., K]: y [..., N]."""
     *lead, k = xq.shape
@@ -304,3 +408,5 @@ quantize_activation = torch.ops.fp8inductor.quantize_activation.default
 quantize_weight = torch.ops.fp8inductor.quantize_weight.default
 block_linear = torch.ops.fp8inductor.block_linear.default
 block_gemm = torch.ops.fp8inductor.block_gemm.default
+rms_norm_quant = torch.ops.fp8inductor.rms_norm_quant.default
+quantized_block_linear = torch.ops.fp8inductor.quantized_block_linear.default

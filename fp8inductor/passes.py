@@ -288,6 +288,10 @@ class _Rewriter:
             if id(match) not in fused:
                 self._rewrite(match)
         self._report_unmatched()
+        if self.config.fuse_norms:
+            from .norm_fusion import fuse_norms
+
+            fuse_norms(self)
         self.graph.lint()
 
     def _match(self, node: fx.Node) -> LinearMatch | None:

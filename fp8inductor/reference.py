@@ -247,3 +247,69 @@ def block_fp8_linear_ref(
     xq, xs = quantize_activation_ref(x.reshape(-1, k), group, scale_fmt)
     y = block_gemm_ref(xq, xs, wq, ws, bias, out_dtype=x.dtype, block=(128, group))
     return y.reshape(*lead, wq.shape[0])
+
+
+def scales_column_major(s: torch.Tensor) -> torch.Tensor:
+    """s [..., G] (any layout) -> the same values laid out column-major over the flattened rows:
+    [M, G] with strides (1, M) viewed as [..., G] (the layout cuBLAS blockwise reads)."""
+    *lead, g = s.shape
+    flat = s.reshape(-1, g)
+    out = torch.empty((g, flat.shape[0]), dtype=s.dtype, device=s.device).t()
+    out.copy_(flat)
+    return out.view(*lead, g)
+
+
+def rms_norm_quant_ref(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor,
+    eps: float,
+    scale_fmt: str = "float",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(Residual add +) RMSNorm as transformers' ``LlamaRMSNorm`` computes it, then the 1x128
+    activation quantization of the normalized output.
+
+    Per row of ``h = x + residual`` (added and rounded in x.dtype, as eager does), or ``h = x``:
+
+        n = weight * (h.float() * rsqrt(mean(h.float() ** 2) + eps)).to(x.dtype)   # in x.dtype
+        q, s = quantize_activation_ref(n, 128, scale_fmt)
+
+    The same operations in the same order as the model's own modules, so on the same device the
+    codes and scales are those of ``quantize_activation_ref`` on the model's normalized output.
+
+    Args:
+        x: [..., K] float32/float16/bfloat16, any strides.
+        residual: [..., K] in x's dtype, or None.
+        weight: [K] in x's dtype.
+    Returns:
+        h: [..., K] x.dtype, contiguous (``x + residual``); a [0]-shaped tensor without residual.
+        q: [..., K] float8_e4m3fn, contiguous.
+        s: [..., ceil(K/128)] float32, column-major over the flattened rows (``scales_column_major``).
+    """
+    check_rms_norm_args(x, residual, weight)
+    h = x + residual if residual is not None else x
+    hf = h.float()
+    n = weight * (hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    q, s = quantize_activation_ref(n, 128, scale_fmt)
+    h_out = h.contiguous() if residual is not None else x.new_empty(0)
+    return h_out, q, scales_column_major(s)
+
+
+def check_rms_norm_args(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor) -> None:
+    """Clear errors for ``rms_norm_quant``'s inputs (shared by the reference, the op and its fake)."""
+    _check_float(x, "rms_norm_quant: x")
+    if x.dim() < 1:
+        raise ValueError("rms_norm_quant: x must have at least one dimension [..., K]")
+    k = x.shape[-1]
+    if weight.dtype != x.dtype or tuple(weight.shape) != (k,):
+        raise ValueError(
+            f"rms_norm_quant: weight must be [{k}] {x.dtype}, got {tuple(weight.shape)} {weight.dtype}"
+        )
+    if residual is not None and (residual.dtype != x.dtype or residual.shape != x.shape):
+        raise ValueError(
+            f"rms_norm_quant: residual must be {tuple(x.shape)} {x.dtype}, "
+            f"got {tuple(residual.shape)} {residual.dtype}"
+        )
+    devices = {t.device for t in (x, residual, weight) if t is not None}
+    if len(devices) > 1:
+        raise ValueError(f"rms_norm_quant: all tensors must be on one device, got {sorted(map(str, devices))}")

@@ -2,5 +2,15 @@
 
 from .base import LinearMatch, MatmulPattern
 from .linear import ADDMM_KN, ADDMM_NK, ALL_PATTERNS, MM_KN, MM_NK
+from .rms_norm import RMS_NORM_PATTERNS
 
-__all__ = ["ALL_PATTERNS", "ADDMM_KN", "ADDMM_NK", "MM_KN", "MM_NK", "LinearMatch", "MatmulPattern"]
+__all__ = [
+    "ADDMM_KN",
+    "ADDMM_NK",
+    "ALL_PATTERNS",
+    "MM_KN",
+    "MM_NK",
+    "RMS_NORM_PATTERNS",
+    "LinearMatch",
+    "MatmulPattern",
+]

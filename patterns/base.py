@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-import torch.fx as fx
+from torch import fx
 from torch._inductor.pattern_matcher import PatternExpr
 
 WeightLayout = Literal["NK", "KN"]

@@ -41,10 +41,33 @@ def main() -> int:
         err = max(err, ((y_fused.cpu().float() - ref.float()).norm() / ref.float().norm()).item())
         worst = max(worst, err)
         print(f"M={m} N={n} K={k}: rel err {err:.2e}")
+    worst = max(worst, _norm_quant(g))
     worst = max(worst, _cublas_linear(g))
     worst = max(worst, _compiled_templates())
     print(f"worst {worst:.2e}")
     return 0 if worst < 1e-2 else 1
+
+
+def _norm_quant(g: torch.Generator) -> float:
+    """rms_norm_quant: ragged and non-power-of-two group counts, strided rows, with and without residual."""
+    from fp8inductor.kernels.norm_quant import rms_norm_quant
+    from fp8inductor.reference import rms_norm_quant_ref
+
+    worst = 0.0
+    for m, k in [(1, 4096), (3, 200), (17, 7168), (130, 1000)]:
+        x = torch.randn(m, k + 8, generator=g).bfloat16()[:, 4 : k + 4]  # row stride k + 8
+        r = torch.randn(m, k, generator=g).bfloat16()
+        w = (torch.rand(k, generator=g) + 0.5).bfloat16()
+        for res in (r, None):
+            h, q, s = rms_norm_quant(x.cuda(), None if res is None else res.cuda(), w.cuda(), 1e-5, "ue8m0")
+            torch.cuda.synchronize()
+            _, rq, rs = rms_norm_quant_ref(x, res, w, 1e-5, "ue8m0")
+            deq = q.cpu().float() * s.cpu().repeat_interleave(128, dim=1)[:, :k]
+            want = rq.float() * rs.repeat_interleave(128, dim=1)[:, :k]
+            err = ((deq - want).norm() / want.norm()).item()
+            worst = max(worst, err)
+            print(f"rms_norm_quant M={m} K={k} residual={res is not None}: rel err {err:.2e}")
+    return worst
 
 
 def _cublas_linear(g: torch.Generator) -> float:

@@ -497,8 +497,8 @@ def _cpu_lowering(monkeypatch):
 
     from fp8inductor import lowering, ops
 
-    def gemm(x, wq, ws, scale_fmt, lead, n, k, picked):
-        xq, xs = lowering._quantized_activation(x, scale_fmt)
+    def gemm(quantized, wq, ws, lead, n, k, picked):
+        xq, xs = quantized()
         return L.fallback_handler(ops.block_gemm, add_to_fallback_set=False)(xq, xs, wq, ws, torch.float32)
 
     monkeypatch.setattr(lowering, "_fp8_gpu", lambda device: True)

@@ -141,3 +141,55 @@ def test_cudagraphs_with_templates_match_plain_compile():
         for _ in range(3):  # warm-up, record, replay
             y = graphed(x, r)
     torch.testing.assert_close(y, plain, rtol=0, atol=0)
+
+
+class _NormLinear(nn.Module):
+    """h = x + r; y = proj(LlamaRMSNorm(h)); returns (y, h)."""
+
+    def __init__(self, k: int, n: int) -> None:
+        from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+        super().__init__()
+        self.norm = LlamaRMSNorm(k, eps=1e-5)
+        self.proj = nn.Linear(k, n, bias=False)
+        with torch.no_grad():
+            self.norm.weight.copy_(torch.rand(k) + 0.5)
+
+    def forward(self, x: torch.Tensor, r: torch.Tensor):
+        h = x + r
+        return self.proj(self.norm(h)), h
+
+
+@pytest.mark.parametrize("m,cublas_on", [(2048, True), (96, False), (1, True)], ids=["cublas", "template", "decode"])
+def test_norm_fusion_lowers_to_one_kernel_and_matches_the_ops(m, cublas_on, monkeypatch):
+    """RMSNorm + residual add + quantization as one ``rms_norm_quant`` call, the linear on its output
+    by the GEMM ``static_choice`` picks (cuBLAS reading the column-major scales in place, or the
+    template), bit-identical to the eager ops on the same inputs; split-K linears keep the norm."""
+    from torch._dynamo.utils import counters
+
+    from fp8inductor.kernels.block_gemm import static_choice
+
+    if not cublas_on:
+        monkeypatch.setenv("FP8INDUCTOR_CUBLAS", "0")
+    k, n = 4096, 6144
+    torch.manual_seed(m)
+    model = _NormLinear(k, n).to("cuda", torch.bfloat16)
+    x = torch.randn(1, m, k, device="cuda", dtype=torch.bfloat16) * 2
+    r = torch.randn(1, m, k, device="cuda", dtype=torch.bfloat16)
+    (y, h), code = _compile_and_code(model, x, r)
+    kind = static_choice(x.device, m, n, k, torch.bfloat16, None).kind
+    if kind == "splitk":
+        assert counters["fp8inductor"]["norms_fused"] == 0 and "rms_norm_quant" not in code
+        return
+    assert counters["fp8inductor"]["norms_fused"] == 1 and code.count("fp8inductor.rms_norm_quant.default(") == 1
+    if kind == "cublas":
+        # the scales go to cuBLAS as a view of the op's column-major output, not a copy
+        assert re.search(rf"_scaled_mm\.default\(.*reinterpret_tensor\(buf\d+, \({m}, 32\), \(1, {m}\)", code), code
+    else:
+        assert _template_kernels(code) == 1, code
+    with torch.inference_mode():
+        wq, ws = fp8inductor.quantize_weight(model.proj.weight)
+        h_want, xq, xs = torch.ops.fp8inductor.rms_norm_quant(x, r, model.norm.weight, 1e-5, "float")
+        y_want = torch.ops.fp8inductor.quantized_block_linear(xq, xs, wq, ws, None, torch.bfloat16)
+    torch.testing.assert_close(h, h_want, rtol=0, atol=0)
+    torch.testing.assert_close(y, y_want, rtol=0, atol=0)

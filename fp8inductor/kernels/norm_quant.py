@@ -1,0 +1,168 @@
+"""(Residual add +) RMSNorm + 1x128 activation quantization in one kernel: ``rms_norm_quant``.
+
+The activation of a linear that follows an RMSNorm (q/k/v after ``input_layernorm``, gate/up after
+``post_attention_layernorm``) is the norm's output, used only to be quantized. Inductor cannot put
+the norm's row statistics (a reduction over the K elements of a row) and the quantization's group
+amax (a reduction over 128 of them) in one kernel: it writes the residual sum and the statistics in
+one kernel and normalizes and quantizes in a second, reading the row again (two launches, ~30 us
+per norm at Llama-3-8B prefill 1 x 2048 on the H100; docs/benchmarks.md). Here one program holds a
+whole row in registers: it adds the residual, writes the sum, computes the statistics, normalizes,
+and quantizes each 128-group from the same registers.
+
+Numerics, per row (``reference.rms_norm_quant_ref``; transformers' ``LlamaRMSNorm``):
+
+    h = x + residual                       fp32 sum rounded to x's dtype (eager's bf16 add), or x
+    n = (h * rsqrt(sum(h^2) / K + eps))    fp32, rounded to x's dtype (``.to(input_dtype)``)
+    y = weight * n                         fp32 product rounded to x's dtype (a bf16 * bf16 multiply)
+    q, s = 1x128 quantization of y         exactly as ``act_quant`` (IEEE division, RNE cast)
+
+The one difference from the reference: the order of the K-long sum (a tree here, torch's own order
+there) and the hardware ``rsqrt`` can move ``rstd`` by an ulp, which in rare elements moves the
+bf16 rounding of ``n`` or ``y`` by one bf16 ulp and so a code by one step (tests state the rate).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..reference import FP8_DTYPE, _check_scale_fmt, ceil_div, check_rms_norm_args
+from .act_quant import GROUP_K, _amax_to_scale, _fp32_to_e4m3, _upcast_fp32, native_fp8_cast
+
+MAX_K = 32768  # a row lives in registers: [next_pow2(K / 128), 128] fp32 over at most 16 warps
+
+
+@triton.jit
+def _round_to(v, dtype: tl.constexpr):
+    """fp32 -> ``dtype`` -> fp32: the rounding of a value stored in the activation dtype (RNE).
+
+    bf16 is rounded from the bits (round half to even on the upper 16 bits; NaN stays NaN, overflow
+    goes to Inf): the Triton interpreter's fp32 -> bf16 cast truncates (triton 3.9, measured), the
+    GPU's rounds to nearest even, and this gives the GPU's bytes on both.
+    """
+    if dtype == tl.bfloat16:
+        bits = v.to(tl.uint32, bitcast=True)
+        rounded = ((bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000).to(tl.float32, bitcast=True)
+        return tl.where(v != v, v, rounded)
+    elif dtype == tl.float16:
+        return v.to(tl.float16).to(tl.float32)
+    else:
+        return v
+
+
+@triton.jit
+def _rms_norm_quant_kernel(
+    x_ptr,  # [M, K] bf16/fp16/fp32, strides (stride_xm, 1)
+    r_ptr,  # [M, K] residual, x's dtype, strides (stride_rm, 1); unused unless HAS_RESIDUAL
+    w_ptr,  # [K] norm weight, x's dtype, contiguous
+    h_ptr,  # [M, K] out: x + residual, x's dtype, contiguous; unused unless HAS_RESIDUAL
+    q_ptr,  # [M, K] float8e4nv codes (out), contiguous
+    s_ptr,  # [M, ceil(K/128)] fp32 scales (out), strides (1, M): column-major, as cuBLAS reads them
+    M,
+    K,
+    stride_xm,
+    stride_rm,
+    k_float,  # K as fp32 (exact below 2**24)
+    eps,
+    HAS_RESIDUAL: tl.constexpr,
+    UE8M0: tl.constexpr,  # scale_fmt == "ue8m0"
+    GROUPS: tl.constexpr,  # next power of two >= ceil(K / 128)
+    GROUP: tl.constexpr,  # 128
+    NATIVE_CAST: tl.constexpr,  # hardware fp32 -> e4m3 cast (GPU) or the exact emulation (interpreter)
+):
+    # One program per row: the row as a [GROUPS, GROUP] tile (lanes past K are 0 and never stored).
+    row = tl.program_id(0).to(tl.int64)
+    offs_g = tl.arange(0, GROUPS)
+    offs_k = offs_g[:, None] * GROUP + tl.arange(0, GROUP)[None, :]  # [GROUPS, GROUP]
+    mask = offs_k < K
+    dtype: tl.constexpr = x_ptr.dtype.element_ty
+    x = tl.load(x_ptr + row * stride_xm + offs_k, mask=mask, other=0.0)
+    if HAS_RESIDUAL:
+        r = tl.load(r_ptr + row * stride_rm + offs_k, mask=mask, other=0.0)
+        hf = _round_to(_upcast_fp32(x) + _upcast_fp32(r), dtype)
+        tl.store(h_ptr + row * K + offs_k, hf.to(dtype), mask=mask)  # exact: hf is on dtype's grid
+    else:
+        hf = _upcast_fp32(x)
+    w = _upcast_fp32(tl.load(w_ptr + offs_k, mask=mask, other=0.0))
+
+    mean_sq = tl.math.div_rn(tl.sum(tl.sum(hf * hf, axis=1), axis=0), k_float)  # torch.mean on the CPU: sum / K
+    rstd = tl.math.rsqrt(mean_sq + eps)
+    y = _round_to(w * _round_to(hf * rstd, dtype), dtype)  # [GROUPS, GROUP], 0 past K
+
+    amax = tl.max(tl.abs(y), axis=1)  # [GROUPS]
+    has_nan = tl.max((y != y).to(tl.int32), axis=1) > 0
+    s = _amax_to_scale(amax, has_nan, UE8M0)
+    q = _fp32_to_e4m3(tl.math.div_rn(y, s[:, None]), NATIVE_CAST)
+    tl.store(q_ptr + row * K + offs_k, q, mask=mask)
+    tl.store(s_ptr + row + offs_g.to(tl.int64) * M, s, mask=offs_g < tl.cdiv(K, GROUP))
+
+
+def _num_warps(groups: int) -> int:
+    """Warps per row: 16 fp32 values of the row per thread, 1 to 16 warps."""
+    return max(1, min(16, groups * GROUP_K // (32 * 16)))
+
+
+def rms_norm_quant(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor,
+    eps: float,
+    scale_fmt: str = "float",
+    num_warps: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``reference.rms_norm_quant_ref`` in one Triton kernel (one program per row).
+
+    Args:
+        x: [..., K] bfloat16/float16/float32; rows may be strided, K must be unit-stride (else copied).
+        residual: [..., K] in x's dtype (same constraint), or None.
+        weight: [K] in x's dtype.
+        eps: the norm's epsilon.
+        num_warps: warps per program (the lab's sweep); default ``_num_warps``.
+    Returns:
+        h: [..., K] x.dtype, contiguous: ``x + residual``; a [0]-shaped tensor without residual.
+        q: [..., K] float8_e4m3fn, contiguous.
+        s: [..., ceil(K/128)] float32, column-major over the flattened rows: strides (1, M) as [M, G].
+    """
+    _check_scale_fmt(scale_fmt)
+    check_rms_norm_args(x, residual, weight)
+    *lead, k = x.shape
+    if k > MAX_K:
+        raise ValueError(f"rms_norm_quant: K = {k} > {MAX_K} does not fit one program's registers")
+    x2 = _rows(x, k)
+    r2 = _rows(residual, k) if residual is not None else None
+    m = x2.shape[0]
+    groups = ceil_div(k, GROUP_K)
+    q = torch.empty((*lead, k), dtype=FP8_DTYPE, device=x.device)
+    s = torch.empty((groups, m), dtype=torch.float32, device=x.device).t().view(*lead, groups)
+    h = torch.empty((*lead, k), dtype=x.dtype, device=x.device) if r2 is not None else x.new_empty(0)
+    if m == 0 or k == 0:
+        return h, q, s
+    pow2_groups = triton.next_power_of_2(groups)
+    _rms_norm_quant_kernel[(m,)](
+        x2,
+        x2 if r2 is None else r2,
+        weight.contiguous(),
+        x2 if r2 is None else h,  # (unused without a residual)
+        q,
+        s,
+        m,
+        k,
+        x2.stride(0),
+        0 if r2 is None else r2.stride(0),
+        float(k),
+        float(eps),
+        HAS_RESIDUAL=r2 is not None,
+        UE8M0=scale_fmt == "ue8m0",
+        GROUPS=pow2_groups,
+        GROUP=GROUP_K,
+        NATIVE_CAST=native_fp8_cast(x.device),
+        num_warps=num_warps or _num_warps(pow2_groups),
+    )
+    return h, q, s
+
+
+def _rows(t: torch.Tensor, k: int) -> torch.Tensor:
+    """t [..., K] as [M, K] with unit stride along K (a view where the layout allows, else a copy)."""
+    t2 = t.reshape(-1, k)
+    return t2 if k <= 1 or t2.stride(1) == 1 else t2.contiguous()

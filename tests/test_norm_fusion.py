@@ -1,0 +1,175 @@
+"""The RMSNorm + quantization fusion of the fp8block pass (``fp8inductor.norm_fusion``), on the CPU.
+
+On the CPU the fused op and the linears on its quantization are the reference implementations, so a
+fused graph must give exactly what ``rms_norm_quant_ref`` followed by ``block_gemm_ref`` gives: the
+comparisons below are bit for bit. Where the fusion must not apply, the graph keeps the norm.
+(On the H100: tests/test_gpu_lowering.py.)
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch._dynamo.utils import counters
+from torch._inductor.utils import run_and_get_code
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+import fp8inductor
+from fp8inductor.reference import block_gemm_ref, quantize_weight_ref, rms_norm_quant_ref
+
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
+NORM_CALL = "fp8inductor.rms_norm_quant.default("
+
+
+class NormLinear(nn.Module):
+    """h = x (+ r); y = proj(norm(h)); returns (y, h) when there is a residual (h is read again)."""
+
+    def __init__(self, k=384, n=256, dtype=torch.bfloat16, residual=True, bias=False):
+        super().__init__()
+        self.norm = LlamaRMSNorm(k, eps=1e-5).to(dtype)
+        self.proj = nn.Linear(k, n, bias=bias).to(dtype)
+        self.residual = residual
+        with torch.no_grad():
+            self.norm.weight.copy_(torch.rand(k) + 0.5)
+
+    def forward(self, x, r):
+        h = x + r if self.residual else x
+        y = self.proj(self.norm(h))
+        return (y, h) if self.residual else y
+
+    def expected(self, x, r):
+        """The fused graph's result from the references: rms_norm_quant, then the block GEMM."""
+        wq, ws = quantize_weight_ref(self.proj.weight.detach())
+        h, xq, xs = rms_norm_quant_ref(x, r if self.residual else None, self.norm.weight.detach(), 1e-5)
+        k = x.shape[-1]
+        b = None if self.proj.bias is None else self.proj.bias.detach()
+        y = block_gemm_ref(xq.reshape(-1, k), xs.reshape(-1, xs.shape[-1]), wq, ws, b, x.dtype)
+        y = y.reshape(*x.shape[:-1], -1)
+        return (y, h) if self.residual else y
+
+
+def _run(model, *args, **options):
+    compiled = torch.compile(model, backend="fp8block", options=options or None)
+    with torch.inference_mode():
+        out, code = run_and_get_code(compiled, *args)
+    return out, "\n".join(code)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize("residual", [True, False], ids=["residual", "plain"])
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+def test_fused_graph_is_the_reference_op_sequence(dtype, residual, bias):
+    torch.manual_seed(0)
+    model = NormLinear(dtype=dtype, residual=residual, bias=bias)
+    x, r = torch.randn(2, 7, 384, dtype=dtype) * 3, torch.randn(2, 7, 384, dtype=dtype)
+    out, code = _run(model, x, r)
+    assert counters["fp8inductor"]["norms_fused"] == 1
+    assert code.count(NORM_CALL) == 1, code
+    with torch.inference_mode():
+        want = model.expected(x, r)
+    for a, b in zip(out if residual else [out], want if residual else [want]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_llama_layers_fuse_every_norm_and_stay_accurate():
+    """Both norms of every layer (the first reads the embedding, the others a residual sum); the
+    final norm feeds the unconverted lm_head and stays. Logits as accurate as without the fusion."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        hidden_size=256, intermediate_size=512, num_hidden_layers=3, num_attention_heads=2,
+        num_key_value_heads=1, vocab_size=500,
+    )  # fmt: skip
+    model = LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
+    ids = torch.randint(0, 500, (2, 24))
+    with torch.inference_mode():
+        want = model(ids).logits.float()
+    out, code = _run(model, ids)
+    assert counters["fp8inductor"]["norms_fused"] == 6
+    assert code.count(NORM_CALL) == 6
+    # all but the first (which reads the embedding) take the residual add in
+    calls = [line for line in code.splitlines() if NORM_CALL in line]
+    assert sum(", None, " in line for line in calls) == 1, calls
+    torch._dynamo.reset()
+    unfused, _ = _run(model, ids, fuse_norms=False)
+    err = ((out.logits.float() - want).norm() / want.norm()).item()
+    err_unfused = ((unfused.logits.float() - want).norm() / want.norm()).item()
+    assert err < 1.25 * err_unfused + 1e-3, (err, err_unfused)
+
+
+class NotFusable(nn.Module):
+    """Norms whose output something other than FP8 linears reads, or of another form."""
+
+    def __init__(self, k=256):
+        super().__init__()
+        self.norm_a = LlamaRMSNorm(k).to(torch.bfloat16)
+        self.norm_b = LlamaRMSNorm(k).to(torch.bfloat16)
+        self.gemma_w = nn.Parameter(torch.zeros(k, dtype=torch.bfloat16))
+        self.fc_a = nn.Linear(k, k, bias=False).to(torch.bfloat16)
+        self.fc_b = nn.Linear(k, k, bias=False).to(torch.bfloat16)
+        self.fc_c = nn.Linear(k, k, bias=False).to(torch.bfloat16)
+
+    def forward(self, x):
+        a = self.norm_a(x)
+        y = self.fc_a(a) + a  # the norm's output is also added: not only FP8 linears read it
+        hf = y.float()
+        g = (hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + 1e-6)) * (1.0 + self.gemma_w.float())
+        y = self.fc_b(g.to(torch.bfloat16))  # Gemma's form: (1 + w), weighed in fp32
+        n = self.norm_b(y)
+        return self.fc_c(n), n  # the norm's output leaves the graph
+
+
+def test_norms_read_by_others_or_of_other_forms_stay():
+    torch.manual_seed(0)
+    model = NotFusable()
+    x = torch.randn(3, 5, 256, dtype=torch.bfloat16)
+    out, code = _run(model, x)
+    assert counters["fp8inductor"]["norms_fused"] == 0 and NORM_CALL not in code
+    assert counters["fp8inductor"]["linears_converted"] == 3
+
+
+def test_option_off_and_unconverted_linears():
+    torch.manual_seed(0)
+    model = NormLinear()
+    x, r = torch.randn(4, 384, dtype=torch.bfloat16), torch.randn(4, 384, dtype=torch.bfloat16)
+    _, code = _run(model, x, r, fuse_norms=False)
+    assert NORM_CALL not in code and counters["fp8inductor"]["norms_fused"] == 0
+    torch._dynamo.reset()
+    _, code = _run(model, x, r, modules_to_not_convert=["proj"])
+    assert NORM_CALL not in code and counters["fp8inductor"]["norms_fused"] == 0
+    with pytest.raises(TypeError, match="fuse_norms must be a bool"):
+        fp8inductor.FP8BlockConfig(fuse_norms=1)
+
+
+def test_symbolic_m_is_fused():
+    """``mark_dynamic`` on the token dim: one graph, fused, exact for every M."""
+    torch.manual_seed(0)
+    model = NormLinear()
+    compiled = torch.compile(model, backend="fp8block")
+    with torch.inference_mode():
+        for m in (3, 17, 64):
+            x, r = torch.randn(m, 384, dtype=torch.bfloat16), torch.randn(m, 384, dtype=torch.bfloat16)
+            torch._dynamo.mark_dynamic(x, 0)
+            torch._dynamo.mark_dynamic(r, 0)
+            out, want = compiled(x, r), model.expected(x, r)
+            torch.testing.assert_close(out[0], want[0], rtol=0, atol=0)
+            torch.testing.assert_close(out[1], want[1], rtol=0, atol=0)
+    assert counters["fp8inductor"]["norms_fused"] == 1 and counters["stats"]["unique_graphs"] == 1
+
+
+def test_dynamic_true_keeps_the_norm():
+    """``dynamic=True`` makes the norm's eps a graph input (Dynamo does not specialize floats
+    there): the fused op takes eps as a constant, so the norm stays, unfused and correct."""
+    torch.manual_seed(0)
+    model = NormLinear()
+    x, r = torch.randn(5, 384, dtype=torch.bfloat16), torch.randn(5, 384, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        out = torch.compile(model, backend="fp8block", dynamic=True)(x, r)
+        want = model.expected(x, r)
+    assert counters["fp8inductor"]["norms_fused"] == 0 and counters["fp8inductor"]["linears_converted"] == 1
+    torch.testing.assert_close(out[1], want[1], rtol=0, atol=0)
+    # Inductor's unfused norm keeps fp32 where the reference rounds to bf16: one bf16 step of the
+    # normalized value moves a code by at most one e4m3 step in a few elements
+    assert ((out[0].float() - want[0].float()).norm() / want[0].float().norm()).item() < 0.05

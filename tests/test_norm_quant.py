@@ -1,0 +1,175 @@
+"""The (residual add +) RMSNorm + quantization kernel and ops vs ``reference.rms_norm_quant_ref``.
+
+Runs natively on CUDA when a GPU is visible, otherwise under the Triton interpreter on CPU tensors.
+The reference runs on CPU copies (the spec; see tests/test_kernels.py).
+
+Tolerances, and why: the residual sum ``h`` is one rounding of an exact fp32 sum in both, so it is
+compared bit for bit. The row statistic is a K-long fp32 sum whose order differs (a tree in the
+kernel, torch's order in the reference) and the GPU's ``rsqrt`` is the hardware approximation, so
+``rstd`` may differ by an ulp or two; that moves the bf16/fp16 rounding of the normalized value of
+a few elements by one ulp of the activation dtype, hence a group's amax and scale by at most that
+(relative 2**-7 for bf16, 2**-10 for fp16; 4 fp32 ulps for fp32), and the dequantized values by at
+most one e4m3 step (relative 2**-3) plus the change of scale. Under the interpreter the results
+have been bit-exact for bf16 and fp16 (2026-11-25, triton 3.9); the bounds are for the GPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fp8inductor  # noqa: F401  (registers torch.ops.fp8inductor)
+from fp8inductor.kernels.norm_quant import MAX_K, rms_norm_quant
+from fp8inductor.reference import SCALE_FMTS, ceil_div, rms_norm_quant_ref
+from fp8inductor.testing import default_device
+
+DEVICE = default_device()
+DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+SCALE_RTOL = {torch.bfloat16: 2**-7, torch.float16: 2**-10, torch.float32: 4 * 2**-23}
+
+pytestmark = pytest.mark.filterwarnings("ignore:(invalid value|overflow|divide by zero) encountered:RuntimeWarning")
+
+
+def _inputs(m: int, k: int, dtype: torch.dtype, residual: bool, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=g) * 3
+    r = torch.randn(m, k, generator=g) if residual else None
+    w = torch.rand(k, generator=g) + 0.5
+    if m >= 2:
+        x[1] = 0.0  # an all-zero row (with no residual): rstd = rsqrt(eps), codes 0
+    if m >= 3 and k >= 256:
+        x[2, 128:256] *= 1e-3  # a quiet group next to loud ones
+    to = lambda t: None if t is None else t.to(dtype).to(DEVICE)
+    return to(x), to(r), to(w)
+
+
+def _check(x, r, w, eps=1e-5, scale_fmt="float"):
+    h, q, s = rms_norm_quant(x, r, w, eps, scale_fmt)
+    cpu = lambda t: None if t is None else t.cpu()
+    h_ref, q_ref, s_ref = rms_norm_quant_ref(cpu(x), cpu(r), cpu(w), eps, scale_fmt)
+    assert h.shape == h_ref.shape and q.shape == q_ref.shape and s.shape == s_ref.shape
+    assert s.stride() == s_ref.stride()  # column-major over the rows, as cuBLAS reads it
+    torch.testing.assert_close(h.cpu(), h_ref, rtol=0, atol=0, equal_nan=True)
+    if q.numel() == 0:
+        return h, q, s
+    rtol = SCALE_RTOL[x.dtype]
+    torch.testing.assert_close(s.cpu(), s_ref, rtol=rtol, atol=0, equal_nan=True)
+    k = x.shape[-1]
+    deq = q.cpu().float() * s.cpu().repeat_interleave(128, dim=-1)[..., :k]
+    deq_ref = q_ref.float() * s_ref.repeat_interleave(128, dim=-1)[..., :k]
+    torch.testing.assert_close(deq, deq_ref, rtol=2**-3 + 2 * rtol, atol=0, equal_nan=True)
+    return h, q, s
+
+
+@pytest.mark.parametrize("scale_fmt", SCALE_FMTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("residual", [True, False], ids=["residual", "plain"])
+@pytest.mark.parametrize("mk", [(1, 4096), (3, 384), (5, 200), (4, 7168), (33, 1024)])
+def test_matches_reference(mk, residual, dtype, scale_fmt):
+    m, k = mk
+    _check(*_inputs(m, k, dtype, residual, seed=m * 7 + k), scale_fmt=scale_fmt)
+
+
+def test_leading_dims_and_strided_rows():
+    x, r, w = _inputs(12, 640, torch.bfloat16, True, seed=1)
+    x3, r3 = x.view(3, 4, 640), r.view(3, 4, 640)
+    h, q, s = _check(x3, r3, w)
+    assert h.shape == (3, 4, 640) and q.shape == (3, 4, 640) and s.shape == (3, 4, 5)
+    assert s.stride() == (4, 1, 12)  # [M, G] column-major, viewed [3, 4, G]
+    wide = torch.randn(6, 900, generator=torch.Generator().manual_seed(2)).bfloat16().to(DEVICE)
+    _check(wide[:, 100:740], None, w)  # row stride 900
+    _check(wide[::2, :640], wide[1::2, 200:840], w)  # strided rows in both
+
+
+def test_nan_and_inf_stay_in_their_row():
+    x, r, w = _inputs(4, 512, torch.bfloat16, True, seed=3)
+    x[1, 7] = float("nan")
+    x[3, 300] = float("inf")
+    h, q, s = _check(x, r, w, eps=1e-6)
+    # NaN in a row makes its statistic NaN: all its groups are NaN. Inf makes it Inf, rstd 0: the
+    # Inf element is Inf * 0 = NaN (its group NaN), the rest of the row normalizes to 0. Other rows
+    # are untouched.
+    assert s[1].isnan().all() and q[1].float().isnan().all()
+    assert s[3, 2].isnan() and not s[3, [0, 1, 3]].isnan().any()
+    assert (q[3, :256].float() == 0).all() and q[3, 256:384].float().isnan().all()
+    assert not s[[0, 2]].isnan().any() and not q[[0, 2]].float().isnan().any()
+
+
+def test_empty_and_errors():
+    w = torch.ones(256, dtype=torch.bfloat16, device=DEVICE)
+    x = torch.zeros(0, 256, dtype=torch.bfloat16, device=DEVICE)
+    h, q, s = rms_norm_quant(x, x, w, 1e-6)
+    assert h.shape == (0, 256) and q.shape == (0, 256) and s.shape == (0, 2)
+    x = torch.randn(2, 256, device=DEVICE).bfloat16()
+    with pytest.raises(ValueError, match="weight must be"):
+        rms_norm_quant(x, None, w[:128], 1e-6)
+    with pytest.raises(ValueError, match="weight must be"):
+        rms_norm_quant(x, None, w.float(), 1e-6)
+    with pytest.raises(ValueError, match="residual must be"):
+        rms_norm_quant(x, x.half(), w, 1e-6)
+    with pytest.raises(TypeError, match="float32, float16 or bfloat16"):
+        rms_norm_quant(x.to(torch.float8_e4m3fn), None, w, 1e-6)
+    with pytest.raises(ValueError, match="scale_fmt"):
+        rms_norm_quant(x, None, w, 1e-6, "e5m2")
+    big = MAX_K + 128
+    with pytest.raises(ValueError, match="registers"):
+        rms_norm_quant(torch.zeros(1, big, device=DEVICE).bfloat16(), None, torch.ones(big, device=DEVICE).bfloat16(), 1e-6)
+
+
+def test_reference_is_the_llama_norm_then_the_activation_quantization():
+    """The reference's normalized output is transformers' LlamaRMSNorm's, bit for bit."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from fp8inductor.reference import quantize_activation_ref
+
+    g = torch.Generator().manual_seed(4)
+    norm = LlamaRMSNorm(384, eps=1e-5).to(torch.bfloat16)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(384, generator=g) + 0.5)
+    x = (torch.randn(2, 5, 384, generator=g) * 4).bfloat16()
+    r = torch.randn(2, 5, 384, generator=g).bfloat16()
+    h, q, s = rms_norm_quant_ref(x, r, norm.weight.detach(), 1e-5)
+    with torch.no_grad():
+        q_want, s_want = quantize_activation_ref(norm(x + r), 128)
+    assert torch.equal(h, x + r)
+    assert torch.equal(q.view(torch.uint8), q_want.view(torch.uint8)) and torch.equal(s, s_want)
+
+
+@pytest.mark.parametrize("residual", [True, False], ids=["residual", "plain"])
+def test_op_matches_kernel_and_fake(residual):
+    """``torch.ops.fp8inductor.rms_norm_quant``: the kernel on the device, its fake's layouts."""
+    x, r, w = _inputs(6, 1024, torch.bfloat16, residual, seed=5)
+    x3 = x.view(2, 3, 1024)
+    r3 = r.view(2, 3, 1024) if r is not None else None
+    out = torch.ops.fp8inductor.rms_norm_quant(x3, r3, w, 1e-5, "float")
+    want = rms_norm_quant(x3, r3, w, 1e-5, "float") if DEVICE == "cuda" else rms_norm_quant_ref(x3, r3, w, 1e-5)
+    for a, b in zip(out, want):
+        assert a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype
+        bits = lambda t: t.view(torch.uint8) if t.dtype.itemsize == 1 else t
+        assert torch.equal(bits(a), bits(b))
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode() as mode:
+        fx3, fw = mode.from_tensor(x3), mode.from_tensor(w)
+        fr3 = mode.from_tensor(r3) if r3 is not None else None
+        fake = torch.ops.fp8inductor.rms_norm_quant(fx3, fr3, fw, 1e-5, "float")
+    for a, b in zip(fake, out):
+        assert a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype
+
+
+def test_quantized_block_linear_op_is_the_gemm_on_the_given_quantization():
+    from fp8inductor.reference import block_gemm_ref, quantize_weight_ref
+
+    g = torch.Generator().manual_seed(6)
+    x, r, w = _inputs(10, 512, torch.bfloat16, True, seed=6)
+    weight = (torch.randn(384, 512, generator=g) / 512**0.5).bfloat16()
+    bias = torch.randn(384, generator=g).bfloat16()
+    wq, ws = quantize_weight_ref(weight)
+    _, xq, xs = torch.ops.fp8inductor.rms_norm_quant(x.view(2, 5, 512), r.view(2, 5, 512), w, 1e-5, "float")
+    y = torch.ops.fp8inductor.quantized_block_linear(xq, xs, wq.to(DEVICE), ws.to(DEVICE), bias.to(DEVICE), torch.bfloat16)
+    assert y.shape == (2, 5, 384) and y.dtype == torch.bfloat16
+    want = block_gemm_ref(xq.reshape(10, 512).cpu(), xs.reshape(10, 4).cpu(), wq, ws, bias, torch.bfloat16)
+    torch.testing.assert_close(y.reshape(10, 384).cpu().float(), want.float(), rtol=2**-7, atol=1e-3)
+    with pytest.raises(ValueError, match="bias must be"):
+        torch.ops.fp8inductor.quantized_block_linear(xq, xs, wq.to(DEVICE), ws.to(DEVICE), bias[:5].to(DEVICE), torch.bfloat16)
+    assert ceil_div(512, 128) == xs.shape[-1]
