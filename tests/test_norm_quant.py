@@ -19,7 +19,10 @@ import pytest
 import torch
 
 import fp8inductor  # noqa: F401  (registers torch.ops.fp8inductor)
-from fp8inductor.kernels.norm_quant import MAX_K, rms_norm_quant
+import triton
+import triton.language as tl
+
+from fp8inductor.kernels.norm_quant import MAX_K, _div_by_scale, rms_norm_quant
 from fp8inductor.reference import SCALE_FMTS, ceil_div, rms_norm_quant_ref
 from fp8inductor.testing import default_device
 
@@ -28,6 +31,16 @@ DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 SCALE_RTOL = {torch.bfloat16: 2**-7, torch.float16: 2**-10, torch.float32: 4 * 2**-23}
 
 pytestmark = pytest.mark.filterwarnings("ignore:(invalid value|overflow|divide by zero) encountered:RuntimeWarning")
+
+
+@triton.jit
+def _divide_kernel(v_ptr, s_ptr, out_ptr, G: tl.constexpr):
+    """out[g, :] = _div_by_scale(v[g, :], s[g]) for G groups of 128 per program."""
+    offs = tl.arange(0, G)[:, None] * 128 + tl.arange(0, 128)[None, :]
+    base = tl.program_id(0) * G
+    v = tl.load(v_ptr + base * 128 + offs)
+    s = tl.load(s_ptr + base + tl.arange(0, G))
+    tl.store(out_ptr + base * 128 + offs, _div_by_scale(v, s))
 
 
 def _inputs(m: int, k: int, dtype: torch.dtype, residual: bool, seed: int):
@@ -173,3 +186,23 @@ def test_quantized_block_linear_op_is_the_gemm_on_the_given_quantization():
     with pytest.raises(ValueError, match="bias must be"):
         torch.ops.fp8inductor.quantized_block_linear(xq, xs, wq.to(DEVICE), ws.to(DEVICE), bias[:5].to(DEVICE), torch.bfloat16)
     assert ceil_div(512, 128) == xs.shape[-1]
+
+
+def test_division_by_group_scale_is_ieee_division():
+    """``_div_by_scale`` (a reciprocal per group, one fma correction per element) against IEEE
+    division, bit for bit, on groups whose scales are the quantization's own (amax / 448 of values
+    spanning 1e-6 .. 1e4, the 1e-4 floor) and on arbitrary positive scales, plus Inf and NaN scales."""
+    g = torch.Generator().manual_seed(7)
+    groups = 4096 if DEVICE == "cuda" else 256
+    mag = torch.pow(10.0, torch.empty(groups, 1).uniform_(-6, 4, generator=g))
+    v = torch.randn(groups, 128, generator=g) * mag
+    s = torch.clamp(v.abs().amax(1), min=1e-4) / torch.full((groups,), 448.0)
+    s[: groups // 4] = torch.pow(2.0, torch.empty(groups // 4).uniform_(-20, 20, generator=g))  # any scale
+    v[: groups // 4] = (torch.rand(groups // 4, 128, generator=g) * 2 - 1) * 448 * s[: groups // 4, None]
+    s[-1], s[-2] = float("inf"), float("nan")
+    v[-1, :2] = torch.tensor([float("inf"), -float("inf")])
+    out = torch.empty_like(v, device=DEVICE)
+    _divide_kernel[(groups // 64,)](v.to(DEVICE), s.to(DEVICE), out, G=64)
+    want = v / s[:, None]
+    assert torch.equal(out.cpu().view(torch.int32)[~want.isnan()], want.view(torch.int32)[~want.isnan()])
+    assert torch.equal(out.cpu().isnan(), want.isnan())

@@ -34,21 +34,39 @@ MAX_K = 32768  # a row lives in registers: [next_pow2(K / 128), 128] fp32 over a
 
 
 @triton.jit
-def _round_to(v, dtype: tl.constexpr):
+def _round_to(v, dtype: tl.constexpr, NATIVE: tl.constexpr):
     """fp32 -> ``dtype`` -> fp32: the rounding of a value stored in the activation dtype (RNE).
 
-    bf16 is rounded from the bits (round half to even on the upper 16 bits; NaN stays NaN, overflow
-    goes to Inf): the Triton interpreter's fp32 -> bf16 cast truncates (triton 3.9, measured), the
-    GPU's rounds to nearest even, and this gives the GPU's bytes on both.
+    NATIVE: the hardware cast (the GPU rounds to nearest even). Else bf16 is rounded from the bits
+    (round half to even on the upper 16 bits; NaN stays NaN, overflow goes to Inf): the Triton
+    interpreter's fp32 -> bf16 cast truncates (triton 3.9, measured); this gives the GPU's bytes.
     """
-    if dtype == tl.bfloat16:
+    if dtype == tl.float32:
+        return v
+    elif NATIVE or dtype == tl.float16:
+        return v.to(dtype).to(tl.float32)
+    else:
         bits = v.to(tl.uint32, bitcast=True)
         rounded = ((bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000).to(tl.float32, bitcast=True)
         return tl.where(v != v, v, rounded)
-    elif dtype == tl.float16:
-        return v.to(tl.float16).to(tl.float32)
-    else:
-        return v
+
+
+@triton.jit
+def _div_by_scale(v, s):
+    """IEEE round-to-nearest ``v / s`` for a [G, 128] tile and its [G] group scales, with one
+    correctly rounded reciprocal per group instead of a division per element.
+
+    q0 = v * rcp is within an ulp of the quotient; the residual r = v - q0 * s is exact (fma), and
+    q0 + r * rcp rounds to the correctly rounded quotient (Markstein's theorem; needs no overflow,
+    which v / s <= 448 excludes, and gives quotients below 2**-126 to within an ulp, all of which
+    the e4m3 cast sends to 0 anyway). Checked bit for bit against IEEE division by
+    tests/test_norm_quant.py. An Inf scale (an Inf in the group) gives v * 0: +-0, or NaN for Inf,
+    as the division does; a NaN scale gives NaN.
+    """
+    rcp = tl.math.div_rn(tl.full(s.shape, 1.0, tl.float32), s)[:, None]
+    q0 = v * rcp
+    q = tl.math.fma(tl.math.fma(-q0, s[:, None], v), rcp, q0)
+    return tl.where((s == float("inf"))[:, None], v * 0.0, q)
 
 
 @triton.jit
@@ -69,7 +87,7 @@ def _rms_norm_quant_kernel(
     UE8M0: tl.constexpr,  # scale_fmt == "ue8m0"
     GROUPS: tl.constexpr,  # next power of two >= ceil(K / 128)
     GROUP: tl.constexpr,  # 128
-    NATIVE_CAST: tl.constexpr,  # hardware fp32 -> e4m3 cast (GPU) or the exact emulation (interpreter)
+    NATIVE_CAST: tl.constexpr,  # hardware casts (GPU) or exact emulations (interpreter)
 ):
     # One program per row: the row as a [GROUPS, GROUP] tile (lanes past K are 0 and never stored).
     row = tl.program_id(0).to(tl.int64)
@@ -80,7 +98,7 @@ def _rms_norm_quant_kernel(
     x = tl.load(x_ptr + row * stride_xm + offs_k, mask=mask, other=0.0)
     if HAS_RESIDUAL:
         r = tl.load(r_ptr + row * stride_rm + offs_k, mask=mask, other=0.0)
-        hf = _round_to(_upcast_fp32(x) + _upcast_fp32(r), dtype)
+        hf = _round_to(_upcast_fp32(x) + _upcast_fp32(r), dtype, NATIVE_CAST)
         tl.store(h_ptr + row * K + offs_k, hf.to(dtype), mask=mask)  # exact: hf is on dtype's grid
     else:
         hf = _upcast_fp32(x)
@@ -88,12 +106,12 @@ def _rms_norm_quant_kernel(
 
     mean_sq = tl.math.div_rn(tl.sum(tl.sum(hf * hf, axis=1), axis=0), k_float)  # torch.mean on the CPU: sum / K
     rstd = tl.math.rsqrt(mean_sq + eps)
-    y = _round_to(w * _round_to(hf * rstd, dtype), dtype)  # [GROUPS, GROUP], 0 past K
+    y = _round_to(w * _round_to(hf * rstd, dtype, NATIVE_CAST), dtype, NATIVE_CAST)  # [GROUPS, GROUP], 0 past K
 
     amax = tl.max(tl.abs(y), axis=1)  # [GROUPS]
     has_nan = tl.max((y != y).to(tl.int32), axis=1) > 0
     s = _amax_to_scale(amax, has_nan, UE8M0)
-    q = _fp32_to_e4m3(tl.math.div_rn(y, s[:, None]), NATIVE_CAST)
+    q = _fp32_to_e4m3(_div_by_scale(y, s), NATIVE_CAST)
     tl.store(q_ptr + row * K + offs_k, q, mask=mask)
     tl.store(s_ptr + row + offs_g.to(tl.int64) * M, s, mask=offs_g < tl.cdiv(K, GROUP))
 
