@@ -97,6 +97,7 @@ def _div_by_scale(x, s, device: torch.device):
     rcp = _div_rn(ops.constant(1.0, _F32), s, device)
     q0 = ops.mul(x, rcp)
     q = _fma_rn(_fma_rn(ops.neg(q0), s, x), rcp, q0)
+    q = ops.where(ops.eq(q0, ops.constant(0.0, _F32)), q0, q)  # a zero quotient keeps its sign
     return ops.where(ops.eq(s, ops.constant(float("inf"), _F32)), ops.mul(x, ops.constant(0.0, _F32)), q)
 
 

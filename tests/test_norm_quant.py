@@ -201,6 +201,7 @@ def test_division_by_group_scale_is_ieee_division():
     v[: groups // 4] = (torch.rand(groups // 4, 128, generator=g) * 2 - 1) * 448 * s[: groups // 4, None]
     s[-1], s[-2] = float("inf"), float("nan")
     v[-1, :2] = torch.tensor([float("inf"), -float("inf")])
+    v[5, :4] = torch.tensor([0.0, -0.0, 1e-45, -1e-45])  # signed zeros and subnormals keep their sign
     out = torch.empty_like(v, device=DEVICE)
     _divide_kernel[(groups // 64,)](v.to(DEVICE), s.to(DEVICE), out, G=64)
     want = v / s[:, None]

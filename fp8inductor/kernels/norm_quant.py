@@ -61,11 +61,12 @@ def _div_by_scale(v, s):
     which v / s <= 448 excludes, and gives quotients below 2**-126 to within an ulp, all of which
     the e4m3 cast sends to 0 anyway). Checked bit for bit against IEEE division by
     tests/test_norm_quant.py. An Inf scale (an Inf in the group) gives v * 0: +-0, or NaN for Inf,
-    as the division does; a NaN scale gives NaN.
+    as the division does; a NaN scale gives NaN; a zero keeps its sign.
     """
     rcp = tl.math.div_rn(tl.full(s.shape, 1.0, tl.float32), s)[:, None]
     q0 = v * rcp
     q = tl.math.fma(tl.math.fma(-q0, s[:, None], v), rcp, q0)
+    q = tl.where(q0 == 0.0, q0, q)  # the sign of a zero quotient (-0 - -0 * s would give +0)
     return tl.where((s == float("inf"))[:, None], v * 0.0, q)
 
 
