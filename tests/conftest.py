@@ -11,6 +11,26 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+def pytest_sessionstart(session):
+    """Stop at once, saying why, when this interpreter has no ``fp8block`` entry point.
+
+    The backend is found through the installed package's ``torch_dynamo_backends`` entry point; a
+    source tree on ``PYTHONPATH`` alone imports ``fp8inductor`` but leaves ``backend="fp8block"``
+    unknown, and every compile test then fails with Dynamo's ``Invalid backend`` (seen on the GPU
+    machine, 2026-12-05, where ``pip`` is not the ``python3`` that runs the tests).
+    """
+    import importlib.metadata as md
+    import sys
+
+    if not any(ep.name == "fp8block" for ep in md.entry_points(group="torch_dynamo_backends")):
+        pytest.exit(
+            f"fp8inductor is not installed for {sys.executable}: the 'fp8block' backend's entry point "
+            f"is missing. Install it with this interpreter: {sys.executable} -m pip install -e . "
+            "(on a machine with its own torch: add --no-deps --no-build-isolation)",
+            returncode=4,
+        )
+
+
 def _has_fp8_gpu() -> bool:
     return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
 
