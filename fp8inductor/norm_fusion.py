@@ -27,6 +27,7 @@ Left alone:
   its tile tickets zeroed by a launch of its own, which the op's activation quantization does for
   free today, so nothing is saved;
 * a norm whose eps is not a constant: ``torch.compile(dynamic=True)`` makes it a graph input;
+* a norm over more than ``NORM_QUANT_MAX_K`` (32768) features: the kernel holds a row in registers;
 * the residual add, where one operand is the output of a linear whose GEMM lowers to a Triton
   template (mid-size static M): Inductor fuses the add into that GEMM's store, which saves more
   than fusing it here would. The norm is still fused, reading h.
@@ -39,6 +40,7 @@ import operator
 import torch
 from torch import fx
 
+from .kernels.config import NORM_QUANT_MAX_K
 from .patterns import RMS_NORM_PATTERNS
 
 aten = torch.ops.aten
@@ -131,6 +133,8 @@ def _match_norm(rewriter, n: fx.Node) -> dict | None:
             continue
         if tuple(n_val.shape) != tuple(h_val.shape):
             continue
+        if not isinstance(h_val.shape[-1], int) or h_val.shape[-1] > NORM_QUANT_MAX_K:
+            continue  # the kernel holds a row in registers
         return kw
     return None
 

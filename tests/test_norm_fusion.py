@@ -130,6 +130,23 @@ def test_norms_read_by_others_or_of_other_forms_stay():
     assert counters["fp8inductor"]["linears_converted"] == 3
 
 
+def test_norm_wider_than_the_kernel_row_stays():
+    """K above ``NORM_QUANT_MAX_K`` (the kernel holds a row in registers and refuses wider ones):
+    the pass leaves the norm to Inductor instead of compiling a graph whose kernel would raise."""
+    from fp8inductor.kernels.config import NORM_QUANT_MAX_K
+
+    torch.manual_seed(0)
+    k = NORM_QUANT_MAX_K + 128
+    model = NormLinear(k=k, n=128, residual=False)
+    x = torch.randn(2, k, dtype=torch.bfloat16)
+    out, code = _run(model, x, None)
+    assert counters["fp8inductor"]["norms_fused"] == 0 and NORM_CALL not in code
+    assert counters["fp8inductor"]["linears_converted"] == 1
+    with torch.inference_mode():
+        want = model.expected(x, None)
+    assert ((out.float() - want.float()).norm() / want.float().norm()).item() < 0.05
+
+
 def test_option_off_and_unconverted_linears():
     torch.manual_seed(0)
     model = NormLinear()

@@ -7,6 +7,7 @@ import dataclasses
 from ..reference import ceil_div
 
 QBLOCK = 128  # scale block: activation group along K, weight block along N and K; also BLOCK_K
+NORM_QUANT_MAX_K = 32768  # rms_norm_quant holds a row in registers: [next_pow2(K / 128), 128] fp32, <= 16 warps
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,8 +29,9 @@ import triton.language as tl
 
 from ..reference import FP8_DTYPE, _check_scale_fmt, ceil_div, check_rms_norm_args
 from .act_quant import GROUP_K, _amax_to_scale, _fp32_to_e4m3, _upcast_fp32, native_fp8_cast
+from .config import NORM_QUANT_MAX_K
 
-MAX_K = 32768  # a row lives in registers: [next_pow2(K / 128), 128] fp32 over at most 16 warps
+MAX_K = NORM_QUANT_MAX_K  # a row lives in registers (the pass checks it too, without importing Triton)
 
 
 @triton.jit
