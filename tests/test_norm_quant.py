@@ -22,7 +22,8 @@ import fp8inductor  # noqa: F401  (registers torch.ops.fp8inductor)
 import triton
 import triton.language as tl
 
-from fp8inductor.kernels.norm_quant import MAX_K, _div_by_scale, rms_norm_quant
+from fp8inductor.kernels.config import NORM_QUANT_MAX_K
+from fp8inductor.kernels.norm_quant import _div_by_scale, rms_norm_quant
 from fp8inductor.reference import SCALE_FMTS, ceil_div, rms_norm_quant_ref
 from fp8inductor.testing import default_device
 
@@ -124,7 +125,7 @@ def test_empty_and_errors():
         rms_norm_quant(x.to(torch.float8_e4m3fn), None, w, 1e-6)
     with pytest.raises(ValueError, match="scale_fmt"):
         rms_norm_quant(x, None, w, 1e-6, "e5m2")
-    big = MAX_K + 128
+    big = NORM_QUANT_MAX_K + 128
     with pytest.raises(ValueError, match="registers"):
         rms_norm_quant(torch.zeros(1, big, device=DEVICE).bfloat16(), None, torch.ones(big, device=DEVICE).bfloat16(), 1e-6)
 

@@ -31,8 +31,6 @@ from ..reference import FP8_DTYPE, _check_scale_fmt, ceil_div, check_rms_norm_ar
 from .act_quant import GROUP_K, _amax_to_scale, _fp32_to_e4m3, _upcast_fp32, native_fp8_cast
 from .config import NORM_QUANT_MAX_K
 
-MAX_K = NORM_QUANT_MAX_K  # a row lives in registers (the pass checks it too, without importing Triton)
-
 
 @triton.jit
 def _round_to(v, dtype: tl.constexpr, NATIVE: tl.constexpr):
@@ -147,8 +145,8 @@ def rms_norm_quant(
     _check_scale_fmt(scale_fmt)
     check_rms_norm_args(x, residual, weight)
     *lead, k = x.shape
-    if k > MAX_K:
-        raise ValueError(f"rms_norm_quant: K = {k} > {MAX_K} does not fit one program's registers")
+    if k > NORM_QUANT_MAX_K:  # a row lives in registers (the pass checks it too, without importing Triton)
+        raise ValueError(f"rms_norm_quant: K = {k} > {NORM_QUANT_MAX_K} does not fit one program's registers")
     x2 = _rows(x, k)
     r2 = _rows(residual, k) if residual is not None else None
     m = x2.shape[0]
