@@ -205,8 +205,16 @@ def _gemm(quantized, wq, ws, lead: list[int], n: int, k: int, picked: GemmConfig
     xq, xs = quantized()
     # xs keeps a fixed layout it has (rms_norm_quant writes it column-major): the template reads it
     # through its strides; the codes and weights must be row-major (TMA rows, _tile_ptrs' K loop).
-    xs = xs if _fixed_layout(xs) else ir.ExternKernel.require_contiguous(xs)
-    inputs = [ir.ExternKernel.require_contiguous(xq), xs, *(ir.ExternKernel.require_contiguous(t) for t in (wq, ws))]
+    # The template steps over the M = prod(lead) rows by the stride of dim -2 alone, so both
+    # activation operands go in as views where that stride is the flattened row's.
+    xq = ir.ExternKernel.require_contiguous(xq)
+    xq = _template_rows(xq) or xq
+    xs_fixed = _template_rows(xs)
+    if xs_fixed is None:
+        xs = ir.ExternKernel.require_contiguous(xs)
+        xs_fixed = _template_rows(xs)
+    xs = xs_fixed or xs
+    inputs = [xq, xs, *(ir.ExternKernel.require_contiguous(t) for t in (wq, ws))]
     layout = ir.FixedLayout(device, torch.float32, [*lead, n], ir.FlexibleLayout.contiguous_strides([*lead, n]))
     choices: list = []
     for cfg in configs:
@@ -251,6 +259,51 @@ def _dense(t) -> bool:
         return False
     strides = [_static_int(st) for st in layout.stride]
     return strides == [_static_int(st) for st in ir.FlexibleLayout.contiguous_strides(layout.size)]
+
+
+def _row_stride(sizes: list[int | None], strides: list[int | None]) -> int | None:
+    """The stride of the flattened row index of a [*lead, C] layout (sizes and strides of the lead
+    dims): rs where every lead dim of size > 1 steps by rs * (the product of the sizes after it),
+    i.e. row r = flat index over lead sits at r * rs. None where the lead dims do not flatten so
+    (or a size or stride is symbolic)."""
+    if any(v is None for v in (*sizes, *strides)):
+        return None
+    row_stride, inner = None, 1
+    for size, stride in zip(reversed(sizes), reversed(strides)):
+        if size != 1:
+            if stride % inner:
+                return None
+            if row_stride is None:
+                row_stride = stride // inner
+            elif stride != row_stride * inner:
+                return None
+        inner *= size
+    return 1 if row_stride is None else row_stride
+
+
+def _template_rows(t):
+    """t [*lead, C] (fixed layout) as an as_strided view of the same elements whose lead dims step
+    by rs * (sizes after them), rs the flattened row stride: the template reads row r at
+    r * stride(dim -2), which a size-1 dim -2 of any other stride would break (a decode activation
+    [B, 1, K] with column-major scales has strides (1, B*G, B): dim -2's stride is not the row's).
+    None where t's lead dims do not flatten into one row stride, or its layout is not fixed."""
+    if not _fixed_layout(t):
+        return None
+    layout = t.get_layout()
+    sizes = [_static_int(d) for d in layout.size]
+    strides = [_static_int(st) for st in layout.stride]
+    offset = _static_int(layout.offset)
+    row_stride = _row_stride(sizes[:-1], strides[:-1])
+    if row_stride is None or strides[-1] is None or offset is None:
+        return None
+    canonical, inner = [], row_stride
+    for size in reversed(sizes[:-1]):
+        canonical.append(inner)
+        inner *= size
+    canonical = [*reversed(canonical), strides[-1]]
+    if canonical == strides:
+        return t
+    return L.lowerings[aten.as_strided.default](t, sizes, canonical, offset)
 
 
 def _fixed_layout(t) -> bool:

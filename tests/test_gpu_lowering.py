@@ -9,6 +9,7 @@ linear's output propagated through the op (rtol 2**-7).
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -160,24 +161,39 @@ class _NormLinear(nn.Module):
         return self.proj(self.norm(h)), h
 
 
-@pytest.mark.parametrize("m,cublas_on", [(2048, True), (96, False), (1, True)], ids=["cublas", "template", "decode"])
-def test_norm_fusion_lowers_to_one_kernel_and_matches_the_ops(m, cublas_on, monkeypatch):
+@pytest.mark.parametrize(
+    "lead,cublas_on,forced",
+    [((1, 2048), True, None), ((1, 96), False, None), ((1, 1), True, None), ((8, 1), True, "tiles_16x64"),
+     ((8, 1), True, "tma_64x128"), ((2, 3), True, "tiles_16x64")],
+    ids=["cublas", "template", "decode", "decode_b8_tiles", "decode_b8_tma", "batch2x3_tiles"],
+)
+def test_norm_fusion_lowers_to_one_kernel_and_matches_the_ops(lead, cublas_on, forced, monkeypatch):
     """RMSNorm + residual add + quantization as one ``rms_norm_quant`` call, the linear on its output
     by the GEMM ``static_choice`` picks (cuBLAS reading the column-major scales in place, or the
-    template), bit-identical to the eager ops on the same inputs; split-K linears keep the norm."""
+    template), bit-identical to the eager ops on the same inputs; split-K linears keep the norm.
+
+    The decode shapes [B, 1, K] (forced onto a template config, which the H100 table picks for the
+    gate/up GEMM at B = 8) give the column-major scales strides (1, B*G, B): a size-1 dim -2 whose
+    stride is not the row's. The template once stepped over rows by it and read far out of the
+    scales (NaN logits at decode b8/b32 in bench_model, H100, 2026-12-05)."""
     from torch._dynamo.utils import counters
 
-    from fp8inductor.kernels.block_gemm import static_choice
+    from fp8inductor.kernels import block_gemm
+    from fp8inductor.kernels.config import CONFIGS
 
     if not cublas_on:
         monkeypatch.setenv("FP8INDUCTOR_CUBLAS", "0")
+    if forced is not None:
+        monkeypatch.setattr(block_gemm, "_default_config", lambda *args: CONFIGS[forced])
+        monkeypatch.setattr(torch._inductor.config, "force_disable_caches", True)  # the config is not in any key
+    m = math.prod(lead)
     k, n = 4096, 6144
     torch.manual_seed(m)
     model = _NormLinear(k, n).to("cuda", torch.bfloat16)
-    x = torch.randn(1, m, k, device="cuda", dtype=torch.bfloat16) * 2
-    r = torch.randn(1, m, k, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(*lead, k, device="cuda", dtype=torch.bfloat16) * 2
+    r = torch.randn(*lead, k, device="cuda", dtype=torch.bfloat16)
     (y, h), code = _compile_and_code(model, x, r)
-    kind = static_choice(x.device, m, n, k, torch.bfloat16, None).kind
+    kind = block_gemm.static_choice(x.device, m, n, k, torch.bfloat16, None).kind
     if kind == "splitk":
         assert counters["fp8inductor"]["norms_fused"] == 0 and "rms_norm_quant" not in code
         return
