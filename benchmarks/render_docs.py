@@ -398,11 +398,23 @@ def model_metric_keys(report: dict) -> list[tuple[str, str]]:
     return keys
 
 
-def model_tokens_per_s(row: dict | None, key: str) -> float | None:
+def _model_entry(row: dict | None, key: str) -> dict:
     if row is None:
-        return None
+        return {}
     phase = "prefill" if key.startswith("prefill") else "decode"
-    return ((row.get(phase) or {}).get(key) or {}).get("tokens_per_s")
+    return (row.get(phase) or {}).get(key) or {}
+
+
+def model_output_wrong(row: dict | None, key: str) -> bool:
+    """The measurement's logits were not finite (NaN/inf): its speed is no result."""
+    err = _model_entry(row, key).get("rel_err")
+    return err is not None and not math.isfinite(err)
+
+
+def model_tokens_per_s(row: dict | None, key: str) -> float | None:
+    """tokens/s of a measurement, None where it is missing or its logits were not finite."""
+    entry = _model_entry(row, key)
+    return None if model_output_wrong(row, key) else entry.get("tokens_per_s")
 
 
 def model_compile_s(row: dict | None) -> float | None:
@@ -496,6 +508,9 @@ def model_tables(report: dict) -> list[tuple[list[str], list[list[str]]]]:
     for name, row in report["rows"].items():
         cells = []
         for key, _ in keys:
+            if model_output_wrong(row, key):
+                cells.append("WRONG (non-finite logits)")
+                continue
             v = model_tokens_per_s(row, key)
             r = ratios[name][key]
             cells.append(_fmt_tok(v) + (f" ({r:.2f}x)" if r is not None and v is not None else ""))

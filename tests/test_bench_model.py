@@ -156,6 +156,39 @@ def test_ratios_and_targets():
     assert "compile time 1.50x (<= 1.5x: met)" in line
 
 
+def test_non_finite_logits_show_as_wrong_not_as_speed():
+    """A measurement whose logits were NaN (the decode b8/b32 of 5bd7ca6 on the H100) has no speed:
+    its cell says so, it has no ratio, and a target on it reads '–', never met."""
+    report = _sample()
+    report["rows"]["fp8block_quantized"]["decode"]["decode_b1"]["rel_err"] = float("nan")
+    report["rows"]["fp8block_quantized"]["decode"]["decode_b8"]["rel_err"] = float("inf")
+    ratios = render_docs.model_ratios(report)
+    assert ratios["fp8block_quantized"]["decode_b1"] is None and ratios["fp8block_quantized"]["decode_b8"] is None
+    assert ratios["fp8block_quantized"]["decode_b32"] is not None
+    line = next(x for x in render_docs.model_target_lines(report) if x.startswith("`fp8block_quantized`"))
+    assert "decode b1 – (>= 1.6x: –)" in line
+    md = render_docs.model_markdown(report, "bench_model.png")
+    fp8_row = next(x for x in md.splitlines() if x.startswith("| fp8block_quantized |"))
+    assert fp8_row.count("WRONG (non-finite logits)") == 2
+
+
+def test_check_err_marks_non_finite_logits_as_wrong_output():
+    import torch
+
+    bench = bench_model.RowRunner.__new__(bench_model.RowRunner)
+    bench.result = {"flags": []}
+    ref = torch.ones(2, 8)
+    entry: dict = {}
+    bench.check_err("decode_b1", entry, ref * 1.01, ref)
+    assert entry["rel_err"] == pytest.approx(0.01, rel=1e-3) and not bench.result["flags"]
+    assert "wrong_output" not in bench.result
+    bad = ref.clone()
+    bad[0, 3] = float("nan")
+    bench.check_err("decode_b8", {}, bad, ref)
+    assert bench.result["wrong_output"] is True
+    assert bench.result["flags"] == ["decode_b8: WRONG OUTPUT: logits not finite (rel. error nan) vs eager bf16"]
+
+
 def test_held_for_linears():
     row = _sample()["rows"]["fp8block_quantized"]
     held, frac = render_docs._held_for_linears(row)

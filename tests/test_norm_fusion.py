@@ -190,3 +190,28 @@ def test_dynamic_true_keeps_the_norm():
     # Inductor's unfused norm keeps fp32 where the reference rounds to bf16: one bf16 step of the
     # normalized value moves a code by at most one e4m3 step in a few elements
     assert ((out[0].float() - want[0].float()).norm() / want[0].float().norm()).item() < 0.05
+
+
+@pytest.mark.parametrize(
+    "sizes,strides,row_stride",
+    [
+        ([8, 1], [1, 256], 1),  # rms_norm_quant's scales of a [8, 1, K] decode activation: dim -2 says 256
+        ([1, 8], [8, 1], 1),  # the same scales of a [1, 8, K] prefill activation
+        ([2, 4], [4, 1], 1),  # column-major over flattened rows, both lead dims > 1
+        ([8, 1], [4096, 4096], 4096),  # a row-major activation
+        ([3, 1, 4], [4, 99, 1], 1),  # size-1 dims may have any stride
+        ([3, 4], [8, 2], 2),
+        ([1, 1], [5, 7], 1),  # one row
+        ([2, 4], [1, 2], None),  # transposed lead dims: no single row stride
+        ([2, 4], [3, 1], None),
+        ([2, None], [4, 1], None),  # symbolic
+    ],
+)
+def test_template_row_stride_of_flattened_lead_dims(sizes, strides, row_stride):
+    """The lowering hands the GEMM template its activation as a view whose dim -2 steps by the
+    flattened row's stride (``lowering._row_stride``); a decode [B, 1, K] activation's column-major
+    scales once went in with dim -2's stride B*G and gave NaN logits (H100, 2026-12-05). The GPU side
+    is ``test_gpu_lowering.py::test_norm_fusion_lowers_to_one_kernel_and_matches_the_ops[decode_b8_*]``."""
+    from fp8inductor.lowering import _row_stride
+
+    assert _row_stride(sizes, strides) == row_stride
