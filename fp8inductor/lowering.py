@@ -357,21 +357,14 @@ def _as_rows(xq, xs, m: int, k: int):
     outputs always do), else copies."""
     g = k // QBLOCK
     xq2 = L.lowerings[aten.view.default](ir.ExternKernel.require_contiguous(xq), [m, k])
-    try:
+    if _fixed_layout(xs):
         layout = xs.get_layout()
         *lead_strides, last = [_static_int(st) for st in layout.stride]
         sizes = [_static_int(d) for d in layout.size[:-1]]
-        # [*lead, G] is [M, G] column-major when the last dim steps by M and the leading dims
-        # flatten with unit stride (row-major among themselves)
-        inner = 1
-        flattens = True
-        for size, stride in zip(reversed(sizes), reversed(lead_strides)):
-            flattens = flattens and (size == 1 or stride == inner)
-            inner *= size
-        if isinstance(layout, ir.FixedLayout) and last == m and flattens:
+        # [*lead, G] is [M, G] column-major when the last dim steps by M and the flattened row
+        # index by 1
+        if last == m and _row_stride(sizes, lead_strides) == 1:
             return xq2, L.lowerings[aten.as_strided.default](xs, [m, g], [1, m], _static_int(layout.offset))
-    except (AttributeError, NotImplementedError):
-        pass
     xs2 = L.lowerings[aten.view.default](xs, [m, g])
     return xq2, ir.ExternKernel.require_stride_order(xs2, [0, 1])
 
