@@ -265,8 +265,8 @@ def _row_stride(sizes: list[int | None], strides: list[int | None]) -> int | Non
     """The stride of the flattened row index of a [*lead, C] layout (sizes and strides of the lead
     dims): rs where every lead dim of size > 1 steps by rs * (the product of the sizes after it),
     i.e. row r = flat index over lead sits at r * rs. None where the lead dims do not flatten so
-    (or a size or stride is symbolic)."""
-    if any(v is None for v in (*sizes, *strides)):
+    (or a size or stride is symbolic, or there are no rows: any stride would do, none is implied)."""
+    if any(v is None for v in (*sizes, *strides)) or 0 in sizes:
         return None
     row_stride, inner = None, 1
     for size, stride in zip(reversed(sizes), reversed(strides)):

@@ -205,6 +205,8 @@ def test_dynamic_true_keeps_the_norm():
         ([2, 4], [1, 2], None),  # transposed lead dims: no single row stride
         ([2, 4], [3, 1], None),
         ([2, None], [4, 1], None),  # symbolic
+        ([0, 4], [4, 1], None),  # no rows (M = 0): the callers copy, which costs nothing
+        ([4, 0], [0, 1], None),
     ],
 )
 def test_template_row_stride_of_flattened_lead_dims(sizes, strides, row_stride):
