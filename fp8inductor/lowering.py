@@ -452,18 +452,19 @@ def _epilogue(acc, bias, out_dtype: torch.dtype):
 
 
 @L.register_lowering(ops.quantized_block_linear, type_promotion_kind=None)
-def lower_quantized_block_linear(xq, xs, wq, ws, bias, out_dtype: torch.dtype):
+def lower_quantized_block_linear(xq, xs, wq, ws, bias, out_dtype: torch.dtype, tickets=None):
     """xq [..., K] fp8, xs [..., K/128] fp32 (``rms_norm_quant``'s), wq [N, K] fp8, ws, bias [N] or
     None -> [..., N] ``out_dtype``: ``lower_block_linear`` without the quantization. cuBLAS (the
-    column-major scales read in place), a template with the fused epilogue, else the op."""
-    args = (xq, xs, wq, ws, bias, out_dtype)
+    column-major scales read in place), a template with the fused epilogue, else the op. With
+    tickets (the norm fusion's split-K linears) always the op: its split-K kernel uses them."""
+    args = (xq, xs, wq, ws, bias, out_dtype, tickets)
     config = _active_config()
     device = xq.get_device()
 
     def fallback():
         return L.fallback_handler(ops.quantized_block_linear, add_to_fallback_set=False)(*args)
 
-    if config is None or config.gemm_lowering != "template" or not _fp8_gpu(device):
+    if config is None or config.gemm_lowering != "template" or not _fp8_gpu(device) or tickets is not None:
         return fallback()
     *lead, k_expr = xq.get_size()
     n, k = _static_int(wq.get_size()[0]), _static_int(k_expr)

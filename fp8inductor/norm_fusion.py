@@ -16,6 +16,14 @@ becomes
 and h's other readers (the next residual add) read h'. Without a residual add in front (the first
 layer's norm reads the embedding) it is ``rms_norm_quant(h, None, w, eps)``.
 
+Where a linear runs split-K at its static M (decode batch sizes: the q/k/v GEMM), its GEMM needs
+zeroed tile tickets, which the op's activation quantization used to clear. Here the norm kernel
+clears them: ``h', xq, xs, t = rms_norm_quant(a, b, w, eps, fmt, T)`` with T the tickets the
+launch needs (``block_gemm.splitk_tickets``), and ``quantized_block_linear(..., tickets=t)``. The
+norm kernel is then launched with PDL at small M, as the quantization was (kernels/pdl.py), so the
+GEMM still launches early and prefetches its weights. At a symbolic M the op clears its own
+tickets (a memset) when its run-time choice is split-K.
+
 Inductor otherwise runs the norm in two kernels (it cannot put the row's statistics and the
 128-groups' amax in one): at Llama-3-8B prefill 1 x 2048 on the H100, ~30 us per norm against
 bf16's ~24 (docs/benchmarks.md, 2026-11-25).
@@ -23,9 +31,6 @@ bf16's ~24 (docs/benchmarks.md, 2026-11-25).
 Left alone:
 
 * a norm whose output has another reader (returned, a bf16 matmul, a slice for the last token);
-* a norm whose linears run split-K at a static M (decode batch sizes): the split-K GEMM then needs
-  its tile tickets zeroed by a launch of its own, which the op's activation quantization does for
-  free today, so nothing is saved;
 * a norm whose eps is not a constant: ``torch.compile(dynamic=True)`` makes it a graph input;
 * a norm over more than ``NORM_QUANT_MAX_K`` (32768) features: the kernel holds a row in registers;
 * the residual add, where one operand is the output of a linear whose GEMM lowers to a Triton
@@ -81,25 +86,43 @@ def _static_rows(t: torch.Tensor) -> int | None:
     return rows
 
 
-def _gemm_kind(rewriter, linear: fx.Node) -> str | None:
-    """The kind of GEMM config a ``block_linear`` node runs with at its static M (``static_choice``:
-    "cublas", "tma", "tiles", "splitk"), or None for a symbolic M or a CPU graph."""
+def _static_gemm(linear: fx.Node) -> tuple | None:
+    """(device, M, N, K, out_dtype, bias_dtype) of a ``block_linear`` / ``quantized_block_linear``
+    node at its static M, or None for a symbolic M, an empty one or a CPU graph."""
     if linear.target is fp8_ops.block_linear.default:
         x_node, wq_node, _, bias_node, _, _ = _linear_args(linear)
         out_dtype = None
     else:
-        x_node, _, wq_node, _, bias_node, out_dtype = linear.args
+        x_node, _, wq_node, _, bias_node, out_dtype = linear.args[:6]
     x, wq, bias = _val(x_node), _val(wq_node), _val(bias_node)
     if x is None or wq is None or x.device.type != "cuda":
         return None
     m = _static_rows(x)
     if m is None or m == 0:
         return None
+    return x.device, m, int(wq.shape[0]), int(wq.shape[1]), out_dtype or x.dtype, None if bias is None else bias.dtype
+
+
+def _gemm_kind(rewriter, linear: fx.Node) -> str | None:
+    """The kind of GEMM config a linear node runs with at its static M (``static_choice``:
+    "cublas", "tma", "tiles", "splitk"), or None for a symbolic M or a CPU graph."""
+    gemm = _static_gemm(linear)
+    if gemm is None:
+        return None
     from .kernels.block_gemm import static_choice
 
-    out_dtype = out_dtype or x.dtype
-    n, k = int(wq.shape[0]), int(wq.shape[1])
-    return static_choice(x.device, m, n, k, out_dtype, None if bias is None else bias.dtype).kind
+    return static_choice(*gemm).kind
+
+
+def _splitk_tickets(linear: fx.Node) -> int:
+    """The tile tickets a linear node's split-K launch needs at its static M (0: not split-K, or M
+    not static: the op then clears its own)."""
+    gemm = _static_gemm(linear)
+    if gemm is None:
+        return 0
+    from .kernels.block_gemm import splitk_tickets
+
+    return splitk_tickets(*gemm)
 
 
 def _producer_linear(node: fx.Node) -> fx.Node | None:
@@ -188,13 +211,19 @@ def fuse_norms(rewriter) -> int:
         if any(args[0] is not n or args[4] != GROUP or args[5] != scale_fmt for args in reader_args):
             continue
         kw = _match_norm(rewriter, n)
-        if kw is None or any(_gemm_kind(rewriter, u) == "splitk" for u in readers):
+        if kw is None:
             continue
+        # Split-K readers run one after another on the stream and each leaves its tickets zero, so
+        # one zeroed buffer of the largest count (cleared by the norm kernel) serves them all.
+        tickets = {u: _splitk_tickets(u) for u in readers}
+        n_tickets = max(tickets.values())
         h, w, eps = kw["h"], kw["weight"], kw["eps"]
         residual = _residual_operands(rewriter, h, n)
         x, r = residual if residual is not None else (h, None)
         with graph.inserting_after(n):
-            nq = rewriter._call(fp8_ops.rms_norm_quant.default, (x, r, w, eps, scale_fmt))
+            nq = rewriter._call(fp8_ops.rms_norm_quant.default, (x, r, w, eps, scale_fmt, n_tickets))
+        with graph.inserting_after(nq):
+            t = rewriter._call(operator.getitem, (nq, 3), nq.meta["val"][3]) if n_tickets else None
         with graph.inserting_after(nq):
             xs = rewriter._call(operator.getitem, (nq, 2), nq.meta["val"][2])
         with graph.inserting_after(nq):
@@ -203,8 +232,9 @@ def fuse_norms(rewriter) -> int:
             h_new = rewriter._call(operator.getitem, (nq, 0), nq.meta["val"][0]) if r is not None else None
         for linear in readers:
             _, wq, ws, bias, _, _ = _linear_args(linear)
+            args = (xq, xs, wq, ws, bias, _val(n).dtype, t if tickets[linear] else None)
             with graph.inserting_before(linear):
-                y = rewriter._call(fp8_ops.quantized_block_linear.default, (xq, xs, wq, ws, bias, _val(n).dtype))
+                y = rewriter._call(fp8_ops.quantized_block_linear.default, args)
             y.meta.update({k: v for k, v in linear.meta.items() if k not in ("val", "tensor_meta")})
             linear.replace_all_uses_with(y)
             graph.erase_node(linear)

@@ -6,8 +6,8 @@
 | ``quantize_weight(w, block_n, block_k, scale_fmt)`` | w [N, K] -> (q [N, K] fp8, s [ceil(N/bn), ceil(K/bk)] fp32) |
 | ``block_linear(x, wq, ws, bias, group_size, scale_fmt)`` | x [..., K] -> y [..., N] in x.dtype |
 | ``block_gemm(xq, xs, wq, ws, out_dtype)`` | quantized xq [..., K], xs -> y [..., N] (Triton) |
-| ``rms_norm_quant(x, residual, weight, eps, scale_fmt)`` | x [..., K] -> (x + residual, q [..., K] fp8, s [..., K/128]) |
-| ``quantized_block_linear(xq, xs, wq, ws, bias, out_dtype)`` | quantized xq [..., K], xs -> y [..., N] + bias |
+| ``rms_norm_quant(x, residual, weight, eps, scale_fmt, tickets)`` | x [..., K] -> (x + residual, q [..., K] fp8, s [..., K/128], t [tickets] int32 zeros) |
+| ``quantized_block_linear(xq, xs, wq, ws, bias, out_dtype, tickets)`` | quantized xq [..., K], xs -> y [..., N] + bias |
 
 Each op has a fake (meta) implementation, a CPU implementation (``fp8inductor.reference``) and a
 CUDA implementation (the Triton kernels in ``fp8inductor.kernels``; on GPUs without FP8 support,
@@ -301,39 +301,71 @@ def _(xq: torch.Tensor, xs: torch.Tensor, wq: torch.Tensor, ws: torch.Tensor, ou
 # ---------------------------------------------------------------------------------------------
 
 
+def _check_tickets_count(tickets: int) -> None:
+    if not isinstance(tickets, int) or tickets < 0:
+        raise ValueError(f"fp8inductor.rms_norm_quant: tickets must be an int >= 0, got {tickets!r}")
+
+
 @torch.library.custom_op(f"{_NS}::rms_norm_quant", mutates_args=())
 def rms_norm_quant_op(
-    x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float, scale_fmt: str = "float"
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor,
+    eps: float,
+    scale_fmt: str = "float",
+    tickets: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """x [..., K], residual [..., K] or None, weight [K] (all one float dtype) -> (h [..., K] = x +
     residual, contiguous ([0] without residual), q [..., K] fp8 contiguous, s [..., ceil(K/128)] fp32
-    column-major over the flattened rows). See ``reference.rms_norm_quant_ref``."""
-    return ref.rms_norm_quant_ref(x, residual, weight, eps, scale_fmt)
+    column-major over the flattened rows, t [tickets] int32 zeros). See ``reference.rms_norm_quant_ref``.
+
+    t: the zeroed tile tickets of the split-K GEMM that reads q and s (``quantized_block_linear``'s
+    ``tickets``), cleared by the norm kernel itself, so that the GEMM needs no launch to clear them.
+    """
+    _check_tickets_count(tickets)
+    return (*ref.rms_norm_quant_ref(x, residual, weight, eps, scale_fmt), _zero_tickets(x, tickets))
+
+
+def _zero_tickets(x: torch.Tensor, tickets: int) -> torch.Tensor:
+    return torch.zeros((tickets,), dtype=torch.int32, device=x.device)
 
 
 @_cuda_kernel("rms_norm_quant")
 def _(
-    x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float, scale_fmt: str = "float"
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor,
+    eps: float,
+    scale_fmt: str = "float",
+    tickets: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     ref.check_rms_norm_args(x, residual, weight)
+    _check_tickets_count(tickets)
     if not _use_triton(x):
-        return ref.rms_norm_quant_ref(x, residual, weight, eps, scale_fmt)
+        return (*ref.rms_norm_quant_ref(x, residual, weight, eps, scale_fmt), _zero_tickets(x, tickets))
     from .kernels.norm_quant import rms_norm_quant
 
-    return rms_norm_quant(x, residual, weight, eps, scale_fmt)
+    t = torch.empty((tickets,), dtype=torch.int32, device=x.device)
+    return (*rms_norm_quant(x, residual, weight, eps, scale_fmt, zero=t if tickets else None), t)
 
 
 @rms_norm_quant_op.register_fake
 def _(
-    x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float, scale_fmt: str = "float"
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor,
+    eps: float,
+    scale_fmt: str = "float",
+    tickets: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     ref.check_rms_norm_args(x, residual, weight)
     ref._check_scale_fmt(scale_fmt)
+    _check_tickets_count(tickets)
     *lead, k = x.shape
     h = torch.empty_like(x, memory_format=torch.contiguous_format) if residual is not None else x.new_empty(0)
     q = x.new_empty(x.shape, dtype=ref.FP8_DTYPE)
     s = ref.scales_column_major(x.new_empty((*lead, ref.ceil_div(k, 128)), dtype=torch.float32))
-    return h, q, s
+    return h, q, s, x.new_empty((tickets,), dtype=torch.int32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,7 +373,7 @@ def _(
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_quantized_linear_args(xq, xs, wq, ws, bias, out_dtype) -> None:
+def _check_quantized_linear_args(xq, xs, wq, ws, bias, out_dtype, tickets) -> None:
     _check_block_gemm_args(xq, xs, wq, ws, out_dtype)
     if bias is not None:
         _check_float(bias, "bias")
@@ -349,6 +381,13 @@ def _check_quantized_linear_args(xq, xs, wq, ws, bias, out_dtype) -> None:
             raise ValueError(
                 f"fp8inductor.quantized_block_linear: bias must be [N] = [{wq.shape[0]}], got {tuple(bias.shape)}"
             )
+    if tickets is not None and (
+        tickets.dtype != torch.int32 or tickets.dim() != 1 or not tickets.is_contiguous() or tickets.device != xq.device
+    ):
+        raise ValueError(
+            "fp8inductor.quantized_block_linear: tickets must be a contiguous 1-D int32 tensor on xq's device, got "
+            f"{tickets.dtype} {tuple(tickets.shape)} on {tickets.device}"
+        )
 
 
 @torch.library.custom_op(f"{_NS}::quantized_block_linear", mutates_args=())
@@ -359,11 +398,19 @@ def quantized_block_linear_op(
     ws: torch.Tensor,
     bias: torch.Tensor | None,
     out_dtype: torch.dtype,
+    tickets: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """xq [..., K] fp8, xs [..., ceil(K/128)] fp32 (any strides), wq [N, K] fp8, ws [ceil(N/128),
     ceil(K/128)] fp32, bias [N] or None -> y [..., N] ``out_dtype``, contiguous: ``block_linear``
-    after its quantization."""
-    _check_quantized_linear_args(xq, xs, wq, ws, bias, out_dtype)
+    after its quantization.
+
+    tickets: [T] int32, all zero (``rms_norm_quant``'s t), or None. A split-K launch uses it as its
+    tile tickets when T covers its tiles, and leaves it all zero again (the last split of each tile
+    puts its ticket back); else, and for other kernels, it is not touched. The value is the same
+    before and after, hence not declared mutated; it must not be read or written elsewhere while
+    this op runs.
+    """
+    _check_quantized_linear_args(xq, xs, wq, ws, bias, out_dtype, tickets)
     return _on_2d(ref.block_gemm_ref, xq, xs, wq, ws, bias, out_dtype)
 
 
@@ -375,13 +422,14 @@ def _(
     ws: torch.Tensor,
     bias: torch.Tensor | None,
     out_dtype: torch.dtype,
+    tickets: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    _check_quantized_linear_args(xq, xs, wq, ws, bias, out_dtype)
+    _check_quantized_linear_args(xq, xs, wq, ws, bias, out_dtype, tickets)
     if not _use_triton(xq):
         return _on_2d(ref.block_gemm_ref, xq, xs, wq, ws, bias, out_dtype)
     from .kernels.block_gemm import fp8_block_gemm
 
-    return _on_2d(fp8_block_gemm, xq, xs, wq, ws, bias, out_dtype)
+    return _on_2d(functools.partial(fp8_block_gemm, tickets=tickets), xq, xs, wq, ws, bias, out_dtype)
 
 
 @quantized_block_linear_op.register_fake
@@ -392,8 +440,9 @@ def _(
     ws: torch.Tensor,
     bias: torch.Tensor | None,
     out_dtype: torch.dtype,
+    tickets: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    _check_quantized_linear_args(xq, xs, wq, ws, bias, out_dtype)
+    _check_quantized_linear_args(xq, xs, wq, ws, bias, out_dtype, tickets)
     return xq.new_empty((*xq.shape[:-1], wq.shape[0]), dtype=out_dtype)
 
 

@@ -67,6 +67,21 @@ def _norm_quant(g: torch.Generator) -> float:
             err = ((deq - want).norm() / want.norm()).item()
             worst = max(worst, err)
             print(f"rms_norm_quant M={m} K={k} residual={res is not None}: rel err {err:.2e}")
+    # the norm kernel clears a split-K GEMM's tile tickets (the fused decode q/k/v linear), then two
+    # split-K GEMMs run on that buffer one after another (each leaves it zero)
+    splitk = GemmConfig("splitk", 16, 64, 4, 4, split_k=4)
+    for m, n, k in [(1, 384, 4096), (5, 200, 1000)]:
+        x = torch.randn(m, k, generator=g).bfloat16().cuda()
+        w = (torch.rand(k, generator=g) + 0.5).bfloat16().cuda()
+        q, s = weight_quant_128x128((torch.randn(n, k, generator=g) / k**0.5).bfloat16().cuda())
+        tickets = torch.full((1000,), 3, dtype=torch.int32, device="cuda")
+        _, xq, xs = rms_norm_quant(x, x, w, 1e-5, zero=tickets)
+        ys = [fp8_block_gemm(xq, xs, q, s, None, torch.bfloat16, config=splitk, tickets=tickets) for _ in range(2)]
+        want = fp8_block_gemm(xq, xs, q, s, None, torch.bfloat16, config=splitk)
+        torch.cuda.synchronize()
+        ok = bool(not tickets.any()) and all(torch.equal(y, want) for y in ys)
+        worst = max(worst, 0.0 if ok else 1.0)
+        print(f"rms_norm_quant tickets + split-K M={m} N={n} K={k}: {'ok' if ok else 'MISMATCH'}")
     return worst
 
 

@@ -163,14 +163,15 @@ class _NormLinear(nn.Module):
 
 @pytest.mark.parametrize(
     "lead,cublas_on,forced",
-    [((1, 2048), True, None), ((1, 96), False, None), ((1, 1), True, None), ((8, 1), True, "tiles_16x64"),
-     ((8, 1), True, "tma_64x128"), ((2, 3), True, "tiles_16x64")],
-    ids=["cublas", "template", "decode", "decode_b8_tiles", "decode_b8_tma", "batch2x3_tiles"],
+    [((1, 2048), True, None), ((1, 96), False, None), ((1, 1), True, None), ((8, 1), True, None),
+     ((8, 1), True, "tiles_16x64"), ((8, 1), True, "tma_64x128"), ((2, 3), True, "tiles_16x64")],
+    ids=["cublas", "template", "decode", "decode_b8", "decode_b8_tiles", "decode_b8_tma", "batch2x3_tiles"],
 )
 def test_norm_fusion_lowers_to_one_kernel_and_matches_the_ops(lead, cublas_on, forced, monkeypatch):
     """RMSNorm + residual add + quantization as one ``rms_norm_quant`` call, the linear on its output
     by the GEMM ``static_choice`` picks (cuBLAS reading the column-major scales in place, or the
-    template), bit-identical to the eager ops on the same inputs; split-K linears keep the norm.
+    template, or the op's split-K kernel on tile tickets the norm kernel clears), bit-identical to
+    the eager ops on the same inputs.
 
     The decode shapes [B, 1, K] (forced onto a template config, which the H100 table picks for the
     gate/up GEMM at B = 8) give the column-major scales strides (1, B*G, B): a size-1 dim -2 whose
@@ -194,18 +195,21 @@ def test_norm_fusion_lowers_to_one_kernel_and_matches_the_ops(lead, cublas_on, f
     r = torch.randn(*lead, k, device="cuda", dtype=torch.bfloat16)
     (y, h), code = _compile_and_code(model, x, r)
     kind = block_gemm.static_choice(x.device, m, n, k, torch.bfloat16, None).kind
-    if kind == "splitk":
-        assert counters["fp8inductor"]["norms_fused"] == 0 and "rms_norm_quant" not in code
-        return
+    tickets = block_gemm.splitk_tickets(x.device, m, n, k, torch.bfloat16, None)
     assert counters["fp8inductor"]["norms_fused"] == 1 and code.count("fp8inductor.rms_norm_quant.default(") == 1
-    if kind == "cublas":
+    assert (tickets > 0) == (kind == "splitk")
+    assert re.search(rf"rms_norm_quant\.default\(.*'float', {tickets}\)", code), code
+    if kind == "splitk":  # the op on the norm kernel's tickets: no quantization, no memset of its own
+        assert _template_kernels(code) == 0 and "quantize_activation" not in code, code
+        assert re.search(r"quantized_block_linear\.default\(.*, buf\d+\)", code), code
+    elif kind == "cublas":
         # the scales go to cuBLAS as a view of the op's column-major output, not a copy
         assert re.search(rf"_scaled_mm\.default\(.*reinterpret_tensor\(buf\d+, \({m}, 32\), \(1, {m}\)", code), code
     else:
         assert _template_kernels(code) == 1, code
     with torch.inference_mode():
         wq, ws = fp8inductor.quantize_weight(model.proj.weight)
-        h_want, xq, xs = torch.ops.fp8inductor.rms_norm_quant(x, r, model.norm.weight, 1e-5, "float")
+        h_want, xq, xs, _ = torch.ops.fp8inductor.rms_norm_quant(x, r, model.norm.weight, 1e-5, "float")
         y_want = torch.ops.fp8inductor.quantized_block_linear(xq, xs, wq, ws, None, torch.bfloat16)
     torch.testing.assert_close(h, h_want, rtol=0, atol=0)
     torch.testing.assert_close(y, y_want, rtol=0, atol=0)

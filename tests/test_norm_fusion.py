@@ -99,6 +99,63 @@ def test_llama_layers_fuse_every_norm_and_stay_accurate():
     assert err < 1.25 * err_unfused + 1e-3, (err, err_unfused)
 
 
+class QKV(nn.Module):
+    """A norm read by three linears (q, k, v), as a Llama layer's input_layernorm."""
+
+    def __init__(self, k=256):
+        super().__init__()
+        self.norm = LlamaRMSNorm(k, eps=1e-5).to(torch.bfloat16)
+        self.q = nn.Linear(k, 256, bias=False).to(torch.bfloat16)
+        self.k = nn.Linear(k, 128, bias=False).to(torch.bfloat16)
+        self.v = nn.Linear(k, 128, bias=False).to(torch.bfloat16)
+        with torch.no_grad():
+            self.norm.weight.copy_(torch.rand(k) + 0.5)
+
+    def forward(self, x, r):
+        h = x + r
+        n = self.norm(h)  # the outputs in fp32 (exact): a linear's own output may not leave the graph if fused
+        return self.q(n).float(), self.k(n).float(), self.v(n).float(), h
+
+
+@pytest.mark.parametrize("fuse_siblings", [True, False], ids=["siblings", "separate"])
+def test_split_k_readers_get_the_norm_kernels_tickets(monkeypatch, fuse_siblings):
+    """Where the readers run split-K at their static M (``block_gemm.splitk_tickets``: the GPU
+    decode case; faked here, on the CPU, by patching the plan), the norm is still fused: the norm
+    op clears one tickets buffer of the largest count, and every split-K linear takes it (they
+    run one after another, each leaves it zero). Results stay the reference's, bit for bit."""
+    from fp8inductor import norm_fusion
+
+    plan = {256: 12, 128: 5, 384: 9, 512: 0}  # by N: the fused q/k/v is N = 512, not split-K
+    seen = []
+
+    def fake_tickets(linear):
+        n = int(norm_fusion._val(norm_fusion._linear_args(linear)[1]).shape[0])
+        seen.append(n)
+        return plan[n]
+
+    monkeypatch.setattr(norm_fusion, "_splitk_tickets", fake_tickets)
+    torch.manual_seed(0)
+    model = QKV()
+    x, r = torch.randn(1, 1, 256, dtype=torch.bfloat16), torch.randn(1, 1, 256, dtype=torch.bfloat16)
+    out, code = _run(model, x, r, fuse_siblings=fuse_siblings)
+    assert counters["fp8inductor"]["norms_fused"] == 1
+    calls = [line for line in code.splitlines() if NORM_CALL in line]
+    linears = [line for line in code.splitlines() if "fp8inductor.quantized_block_linear.default(" in line]
+    if fuse_siblings:
+        assert seen == [512] and calls[0].rstrip().endswith("'float', 0)"), calls
+        assert len(linears) == 1 and linears[0].rstrip().endswith("None)"), linears
+    else:
+        assert sorted(seen) == [128, 128, 256] and calls[0].rstrip().endswith("'float', 12)"), calls
+        assert len(linears) == 3 and not any(line.rstrip().endswith("None)") for line in linears), linears
+    with torch.inference_mode():
+        wq = [quantize_weight_ref(lin.weight.detach()) for lin in (model.q, model.k, model.v)]
+        h, xq, xs = rms_norm_quant_ref(x, r, model.norm.weight.detach(), 1e-5)
+        for y, (q, s) in zip(out[:3], wq, strict=True):
+            want = block_gemm_ref(xq.reshape(1, 256), xs.reshape(1, 2), q, s, None, torch.bfloat16)
+            torch.testing.assert_close(y.reshape(1, -1), want.float(), rtol=0, atol=0)
+        torch.testing.assert_close(out[3], h, rtol=0, atol=0)
+
+
 class NotFusable(nn.Module):
     """Norms whose output something other than FP8 linears reads, or of another form."""
 

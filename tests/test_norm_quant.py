@@ -149,15 +149,19 @@ def test_reference_is_the_llama_norm_then_the_activation_quantization():
     assert torch.equal(q.view(torch.uint8), q_want.view(torch.uint8)) and torch.equal(s, s_want)
 
 
+@pytest.mark.parametrize("tickets", [0, 1, 1500], ids=["no_tickets", "1_ticket", "1500_tickets"])
 @pytest.mark.parametrize("residual", [True, False], ids=["residual", "plain"])
-def test_op_matches_kernel_and_fake(residual):
-    """``torch.ops.fp8inductor.rms_norm_quant``: the kernel on the device, its fake's layouts."""
+def test_op_matches_kernel_and_fake(residual, tickets):
+    """``torch.ops.fp8inductor.rms_norm_quant``: the kernel on the device, its fake's layouts, and
+    the zeroed tickets (more than the kernel's 1024-wide clearing loop does in one step)."""
     x, r, w = _inputs(6, 1024, torch.bfloat16, residual, seed=5)
     x3 = x.view(2, 3, 1024)
     r3 = r.view(2, 3, 1024) if r is not None else None
-    out = torch.ops.fp8inductor.rms_norm_quant(x3, r3, w, 1e-5, "float")
+    out = torch.ops.fp8inductor.rms_norm_quant(x3, r3, w, 1e-5, "float", tickets)
+    assert len(out) == 4
+    assert out[3].dtype == torch.int32 and out[3].shape == (tickets,) and not out[3].any()
     want = rms_norm_quant(x3, r3, w, 1e-5, "float") if DEVICE == "cuda" else rms_norm_quant_ref(x3, r3, w, 1e-5)
-    for a, b in zip(out, want):
+    for a, b in zip(out[:3], want, strict=True):
         assert a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype
         bits = lambda t: t.view(torch.uint8) if t.dtype.itemsize == 1 else t
         assert torch.equal(bits(a), bits(b))
@@ -166,9 +170,28 @@ def test_op_matches_kernel_and_fake(residual):
     with FakeTensorMode() as mode:
         fx3, fw = mode.from_tensor(x3), mode.from_tensor(w)
         fr3 = mode.from_tensor(r3) if r3 is not None else None
-        fake = torch.ops.fp8inductor.rms_norm_quant(fx3, fr3, fw, 1e-5, "float")
-    for a, b in zip(fake, out):
+        fake = torch.ops.fp8inductor.rms_norm_quant(fx3, fr3, fw, 1e-5, "float", tickets)
+    for a, b in zip(fake, out, strict=True):
         assert a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype
+    with pytest.raises(ValueError, match="tickets must be an int >= 0"):
+        torch.ops.fp8inductor.rms_norm_quant(x3, r3, w, 1e-5, "float", -1)
+
+
+@pytest.mark.parametrize("m", [0, 3])
+def test_kernel_clears_the_given_tickets(m):
+    """``zero``: the kernel sets every element to 0 (program 0 does, in 1024-wide steps), also with
+    no rows to normalize, and leaves the norm's outputs as they are without it."""
+    x, r, w = _inputs(max(m, 1), 256, torch.bfloat16, True, seed=9)
+    x, r = x[:m], r[:m]
+    dirty = torch.arange(1, 2500, dtype=torch.int32, device=DEVICE)
+    h, q, s = rms_norm_quant(x, r, w, 1e-5, zero=dirty)
+    assert not dirty.any()
+    h0, q0, s0 = rms_norm_quant(x, r, w, 1e-5)
+    assert torch.equal(h, h0) and torch.equal(q.view(torch.uint8), q0.view(torch.uint8)) and torch.equal(s, s0)
+    with pytest.raises(ValueError, match="zero must be a contiguous int32"):
+        rms_norm_quant(x, r, w, 1e-5, zero=dirty.long())
+    with pytest.raises(ValueError, match="zero must be a contiguous int32"):
+        rms_norm_quant(x, r, w, 1e-5, zero=dirty[::2])
 
 
 def test_quantized_block_linear_op_is_the_gemm_on_the_given_quantization():
@@ -179,14 +202,42 @@ def test_quantized_block_linear_op_is_the_gemm_on_the_given_quantization():
     weight = (torch.randn(384, 512, generator=g) / 512**0.5).bfloat16()
     bias = torch.randn(384, generator=g).bfloat16()
     wq, ws = quantize_weight_ref(weight)
-    _, xq, xs = torch.ops.fp8inductor.rms_norm_quant(x.view(2, 5, 512), r.view(2, 5, 512), w, 1e-5, "float")
-    y = torch.ops.fp8inductor.quantized_block_linear(xq, xs, wq.to(DEVICE), ws.to(DEVICE), bias.to(DEVICE), torch.bfloat16)
-    assert y.shape == (2, 5, 384) and y.dtype == torch.bfloat16
-    want = block_gemm_ref(xq.reshape(10, 512).cpu(), xs.reshape(10, 4).cpu(), wq, ws, bias, torch.bfloat16)
-    torch.testing.assert_close(y.reshape(10, 384).cpu().float(), want.float(), rtol=2**-7, atol=1e-3)
+    _, xq, xs, t = torch.ops.fp8inductor.rms_norm_quant(x.view(2, 5, 512), r.view(2, 5, 512), w, 1e-5, "float", 64)
+    wq, ws = wq.to(DEVICE), ws.to(DEVICE)
+    want = block_gemm_ref(xq.reshape(10, 512).cpu(), xs.reshape(10, 4).cpu(), wq.cpu(), ws.cpu(), bias, torch.bfloat16)
+    for tickets in (None, t, t[:1]):  # t[:1]: too few for a split-K launch's tiles, which then clears its own
+        y = torch.ops.fp8inductor.quantized_block_linear(xq, xs, wq, ws, bias.to(DEVICE), torch.bfloat16, tickets)
+        assert y.shape == (2, 5, 384) and y.dtype == torch.bfloat16
+        torch.testing.assert_close(y.reshape(10, 384).cpu().float(), want.float(), rtol=2**-7, atol=1e-3)
+        assert not t.any()  # left zero
     with pytest.raises(ValueError, match="bias must be"):
-        torch.ops.fp8inductor.quantized_block_linear(xq, xs, wq.to(DEVICE), ws.to(DEVICE), bias[:5].to(DEVICE), torch.bfloat16)
+        torch.ops.fp8inductor.quantized_block_linear(xq, xs, wq, ws, bias[:5].to(DEVICE), torch.bfloat16)
+    with pytest.raises(ValueError, match="tickets must be a contiguous 1-D int32"):
+        torch.ops.fp8inductor.quantized_block_linear(xq, xs, wq, ws, None, torch.bfloat16, t.long())
     assert ceil_div(512, 128) == xs.shape[-1]
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 384, 512), (5, 200, 1000), (17, 130, 384)])
+def test_split_k_gemm_on_the_norm_kernels_tickets(m, n, k):
+    """The norm kernel's cleared tickets serve a split-K GEMM, which leaves them zero for the next
+    one: two launches on one buffer give the result of launches on fresh zeros, bit for bit."""
+    from fp8inductor.kernels.block_gemm import CONFIGS, _split_plan, fp8_block_gemm
+    from fp8inductor.reference import quantize_weight_ref
+
+    g = torch.Generator().manual_seed(m * n)
+    x, r, w = _inputs(m, k, torch.bfloat16, True, seed=m + k)
+    cfg = CONFIGS["splitk_16x64"]
+    tiles = _split_plan(cfg, m, n, k)[2]
+    t = torch.full((tiles + 3,), 7, dtype=torch.int32, device=DEVICE)
+    _, xq, xs = rms_norm_quant(x, r, w, 1e-5, zero=t)
+    assert not t.any()
+    weights = [quantize_weight_ref((torch.randn(n, k, generator=g) / k**0.5).bfloat16()) for _ in range(2)]
+    for wq, ws in weights:
+        wq, ws = wq.to(DEVICE), ws.to(DEVICE)
+        y = fp8_block_gemm(xq, xs, wq, ws, None, torch.bfloat16, config=cfg, tickets=t)
+        assert not t.any()
+        y_fresh = fp8_block_gemm(xq, xs, wq, ws, None, torch.bfloat16, config=cfg)
+        assert torch.equal(y, y_fresh)
 
 
 def test_division_by_group_scale_is_ieee_division():

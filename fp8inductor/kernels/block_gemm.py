@@ -455,13 +455,14 @@ def _split_plan(cfg: GemmConfig, m: int, n: int, k: int) -> tuple[int, int, int]
 
 
 def _launch_splitk(xq, xs, wq, ws, bias, y, cfg: GemmConfig, tickets: torch.Tensor | None) -> None:
-    """``_fp8_gemm_splitk_kernel``; tickets: [tiles] int32 already zero (cleared by the activation
-    quant kernel), or None to allocate zeros here."""
+    """``_fp8_gemm_splitk_kernel``; tickets: [>= tiles] int32 already zero (cleared by the activation
+    quant or norm kernel), or None: zeros allocated here (one more launch). Tickets too few for
+    this launch's tiles (a caller's plan that did not foresee this config) are not used."""
     m, k = xq.shape
     n = wq.shape[0]
     kb_per_split, num_splits, tiles = _split_plan(cfg, m, n, k)
     part = torch.empty((num_splits, m, n), dtype=torch.float32, device=xq.device)
-    if tickets is None:
+    if tickets is None or tickets.numel() < tiles:
         tickets = torch.zeros((tiles,), dtype=torch.int32, device=xq.device)
     _fp8_gemm_splitk_kernel[(tiles, num_splits)](
         xq, xs, wq, ws, bias, part, tickets, y, m, n, k, kb_per_split,
@@ -481,6 +482,7 @@ def fp8_block_gemm(
     bias: torch.Tensor | None = None,
     out_dtype: torch.dtype = torch.bfloat16,
     config: GemmConfig | None = None,
+    tickets: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Block-scaled FP8 GEMM ``y = (xq * xs) @ (wq * ws).T + bias`` with fp32 promotion per K block.
 
@@ -493,10 +495,13 @@ def fp8_block_gemm(
         out_dtype: bfloat16, float16 or float32.
         config: force a configuration (tests, tuning); default ``pick_config``. A "tma" config on a
             layout TMA cannot take is an error.
+        tickets: [T] int32, contiguous, all zero, or None: the tile tickets a split-K launch uses
+            when T covers its tiles (``splitk_tickets``), left all zero again; none are allocated
+            then. Other kernels do not touch it.
     Returns:
         y: [M, N] ``out_dtype``, contiguous.
     """
-    return _gemm(xq, xs, wq, ws, bias, out_dtype, config, tickets=None)
+    return _gemm(xq, xs, wq, ws, bias, out_dtype, config, tickets=tickets)
 
 
 def _gemm(
@@ -552,6 +557,16 @@ def static_choice(
     fusion) know of the run-time choice. TMA needs K % 16 == 0 (fresh, aligned operands); cuBLAS
     what ``cublas.admits``."""
     return _default_config(device, m, n, k, k % 16 == 0, cublas.admits(device, m, n, k, out_dtype, bias_dtype))
+
+
+def splitk_tickets(
+    device: torch.device, m: int, n: int, k: int, out_dtype: torch.dtype, bias_dtype: torch.dtype | None
+) -> int:
+    """How many tile tickets the launch ``static_choice`` foresees needs: its output tiles when it is
+    split-K, else 0. (A split-K GEMM leaves its tickets zero, so one buffer of the largest count
+    serves several such GEMMs that run one after another on a stream.)"""
+    cfg = static_choice(device, m, n, k, out_dtype, bias_dtype)
+    return _split_plan(cfg, m, n, k)[2] if cfg.kind == "splitk" else 0
 
 
 def _default_config(device: torch.device, m: int, n: int, k: int, tma_ok: bool, cublas_ok: bool) -> GemmConfig:

@@ -16,6 +16,11 @@ Numerics, per row (``reference.rms_norm_quant_ref``; transformers' ``LlamaRMSNor
     y = weight * n                         fp32 product rounded to x's dtype (a bf16 * bf16 multiply)
     q, s = 1x128 quantization of y         exactly as ``act_quant`` (IEEE division, RNE cast)
 
+Two extras for the decode linears that read q and s, both as ``act_quant_1x128`` has them: at most
+``pdl.PDL_MAX_M`` rows the kernel is launched with programmatic dependent launch (it waits for its
+producer, then lets the GEMM launch, which prefetches its weights meanwhile), and ``zero`` clears
+the tile tickets of a split-K GEMM that follows (no launch of its own for them).
+
 The one difference from the reference: the order of the K-long sum (a tree here, torch's own order
 there) and the hardware ``rsqrt`` can move ``rstd`` by an ulp, which in rare elements moves the
 bf16 rounding of ``n`` or ``y`` by one bf16 ulp and so a code by one step (tests state the rate).
@@ -30,6 +35,7 @@ import triton.language as tl
 from ..reference import FP8_DTYPE, _check_scale_fmt, ceil_div, check_rms_norm_args
 from .act_quant import GROUP_K, _amax_to_scale, _fp32_to_e4m3, _upcast_fp32, native_fp8_cast
 from .config import NORM_QUANT_MAX_K
+from .pdl import launch_options, pdl_enabled
 
 
 @triton.jit
@@ -77,20 +83,32 @@ def _rms_norm_quant_kernel(
     h_ptr,  # [M, K] out: x + residual, x's dtype, contiguous; unused unless HAS_RESIDUAL
     q_ptr,  # [M, K] float8e4nv codes (out), contiguous
     s_ptr,  # [M, ceil(K/128)] fp32 scales (out), strides (1, M): column-major, as cuBLAS reads them
+    zero_ptr,  # [n_zero] int32 (out: all zero), contiguous; unused unless ZERO
     M,
     K,
     stride_xm,
     stride_rm,
     k_float,  # K as fp32 (exact below 2**24)
     eps,
+    n_zero,
     HAS_RESIDUAL: tl.constexpr,
+    ZERO: tl.constexpr,  # also clear zero_ptr (the next split-K GEMM's tile tickets: no extra launch)
     UE8M0: tl.constexpr,  # scale_fmt == "ue8m0"
     GROUPS: tl.constexpr,  # next power of two >= ceil(K / 128)
     GROUP: tl.constexpr,  # 128
     NATIVE_CAST: tl.constexpr,  # hardware casts (GPU) or exact emulations (interpreter)
+    PDL: tl.constexpr = False,  # launched with launch_pdl: wait for the producer, then let the GEMM launch (kernels/pdl.py)
 ):
     # One program per row: the row as a [GROUPS, GROUP] tile (lanes past K are 0 and never stored).
+    if PDL:
+        tl.extra.cuda.gdc_wait()  # before any load or store: the previous kernel is done and visible
+        tl.extra.cuda.gdc_launch_dependents()  # the GEMM may launch now (it waits for us before reading)
     row = tl.program_id(0).to(tl.int64)
+    if ZERO:  # noqa: SIM102 -- a constexpr branch: compiled out unless ZERO
+        if row == 0:
+            for i in range(0, n_zero, 1024):
+                offs_z = i + tl.arange(0, 1024)
+                tl.store(zero_ptr + offs_z, tl.zeros((1024,), dtype=tl.int32), mask=offs_z < n_zero)
     offs_g = tl.arange(0, GROUPS)
     offs_k = offs_g[:, None] * GROUP + tl.arange(0, GROUP)[None, :]  # [GROUPS, GROUP]
     mask = offs_k < K
@@ -128,6 +146,7 @@ def rms_norm_quant(
     eps: float,
     scale_fmt: str = "float",
     num_warps: int | None = None,
+    zero: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``reference.rms_norm_quant_ref`` in one Triton kernel (one program per row).
 
@@ -137,6 +156,9 @@ def rms_norm_quant(
         weight: [K] in x's dtype.
         eps: the norm's epsilon.
         num_warps: warps per program (the lab's sweep); default ``_num_warps``.
+        zero: a contiguous int32 tensor on x's device that the kernel also sets to all zeros: the
+            tile tickets of the split-K GEMM that reads q and s (``ops.quantized_block_linear``), so
+            clearing them costs no launch of its own (as ``act_quant_1x128``'s ``zero``).
     Returns:
         h: [..., K] x.dtype, contiguous: ``x + residual``; a [0]-shaped tensor without residual.
         q: [..., K] float8_e4m3fn, contiguous.
@@ -154,9 +176,14 @@ def rms_norm_quant(
     q = torch.empty((*lead, k), dtype=FP8_DTYPE, device=x.device)
     s = torch.empty((groups, m), dtype=torch.float32, device=x.device).t().view(*lead, groups)
     h = torch.empty((*lead, k), dtype=x.dtype, device=x.device) if r2 is not None else x.new_empty(0)
+    if zero is not None and (zero.dtype != torch.int32 or not zero.is_contiguous() or zero.device != x.device):
+        raise ValueError("rms_norm_quant: zero must be a contiguous int32 tensor on x's device")
     if m == 0 or k == 0:
+        if zero is not None:
+            zero.zero_()
         return h, q, s
     pow2_groups = triton.next_power_of_2(groups)
+    pdl = pdl_enabled(x.device, m)
     _rms_norm_quant_kernel[(m,)](
         x2,
         x2 if r2 is None else r2,
@@ -164,18 +191,23 @@ def rms_norm_quant(
         x2 if r2 is None else h,  # (unused without a residual)
         q,
         s,
+        s if zero is None else zero,  # (unused without zero)
         m,
         k,
         x2.stride(0),
         0 if r2 is None else r2.stride(0),
         float(k),
         float(eps),
+        0 if zero is None else zero.numel(),
         HAS_RESIDUAL=r2 is not None,
+        ZERO=zero is not None,
         UE8M0=scale_fmt == "ue8m0",
         GROUPS=pow2_groups,
         GROUP=GROUP_K,
         NATIVE_CAST=native_fp8_cast(x.device),
+        PDL=pdl,
         num_warps=num_warps or _num_warps(pow2_groups),
+        **launch_options(pdl),
     )
     return h, q, s
 

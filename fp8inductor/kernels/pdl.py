@@ -12,7 +12,9 @@ Our use, in ``fp8_block_linear`` at small M (decode):
 * the GEMM, launched early, prefetches the first K blocks of its weight tile into L2 (weights are
   never written by a kernel of the graph) and then waits for the quant kernel before it reads xq.
 
-So the GEMM's launch and the start of its weight stream overlap the quant kernel.
+So the GEMM's launch and the start of its weight stream overlap the quant kernel. The fused
+RMSNorm + quantization kernel (``kernels/norm_quant.py``), which replaces the quant kernel where the
+fp8block pass fuses a norm, does the same.
 
 Measured (H100, torch 2.11, triton 3.6, 2026-11-25, ``benchmarks/lab/pdl_lab.py``: 8 Llama-3-8B
 decoder layers of FP8 linears with pointwise kernels between them, one CUDA graph, us per step):
