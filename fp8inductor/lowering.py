@@ -441,6 +441,22 @@ def lower_block_linear(x, wq, ws, bias=None, group_size: int = 128, scale_fmt: s
     return _epilogue(acc, bias, x.get_dtype())
 
 
+def _op_overlaps_producer(device: torch.device, m: int, picked: GemmConfig) -> bool:
+    """Whether the op beats a template for a quantized linear of ``m`` rows: at decode sizes the op
+    launches its tiles kernel with PDL (``kernels/pdl.py``), so the GEMM's launch and first weight
+    loads overlap the norm kernel in front of it; Inductor launches a template without PDL. (Same
+    kernel config either way; at these M no epilogue of a decoder layer fuses into the store.)
+
+    Measured (H100, torch 2.11, triton 3.6, 2026-12-05, ``bench_model.py`` decode, 8 Llama-3-8B
+    layers + FP8 lm_head, CUDA graphs): batch 1, 1396 us/step with the 9 tiles GEMMs as templates
+    (642.7 us of template kernels) vs 1282 us through the op (the same 9 GEMMs 578.5 us), batch 8
+    2112 vs 2096 us, batch 32 (above PDL_MAX_M: no PDL) unchanged. Not applied to ``block_linear``,
+    whose template path fuses the activation quant into its producer instead (not measured)."""
+    from .kernels import pdl
+
+    return picked.kind == "tiles" and pdl.pdl_enabled(device, m)
+
+
 def _epilogue(acc, bias, out_dtype: torch.dtype):
     """(acc + bias) in ``out_dtype``. acc is [..., N] fp32 in the caller's shape, so this epilogue and
     the caller's own pointwise ops (residual add, activation) index it as the template stores it and
@@ -456,7 +472,8 @@ def lower_quantized_block_linear(xq, xs, wq, ws, bias, out_dtype: torch.dtype, t
     """xq [..., K] fp8, xs [..., K/128] fp32 (``rms_norm_quant``'s), wq [N, K] fp8, ws, bias [N] or
     None -> [..., N] ``out_dtype``: ``lower_block_linear`` without the quantization. cuBLAS (the
     column-major scales read in place), a template with the fused epilogue, else the op. With
-    tickets (the norm fusion's split-K linears) always the op: its split-K kernel uses them."""
+    tickets (the norm fusion's split-K linears) always the op: its split-K kernel uses them; at
+    PDL sizes (M <= 8) a tiles config is the op too (``_op_overlaps_producer``)."""
     args = (xq, xs, wq, ws, bias, out_dtype, tickets)
     config = _active_config()
     device = xq.get_device()
@@ -478,6 +495,8 @@ def lower_quantized_block_linear(xq, xs, wq, ws, bias, out_dtype: torch.dtype, t
         from .kernels.block_gemm import static_choice
 
         picked = static_choice(device, m, n, k, out_dtype, None if bias is None else bias.get_dtype())
+        if _op_overlaps_producer(device, m, picked):
+            return fallback()
         if picked.kind == "cublas" and all(_dense(t) for t in (wq, ws, bias) if t is not None):
             return _scaled_mm(*_as_rows(xq, xs, m, k), wq, ws, bias, out_dtype, lead_ints, n)
         acc = _gemm(lambda: (xq, xs), wq, ws, lead_ints, n, k, picked)

@@ -142,12 +142,15 @@ class FP8BlockPass(CustomGraphPass):
         _Rewriter(graph, self.config, scope).run()
 
     def uuid(self) -> bytes:
-        # FP8INDUCTOR_CUBLAS and FP8INDUCTOR_QUANT_IR change the lowering's choices: part of the key too.
+        # FP8INDUCTOR_CUBLAS, FP8INDUCTOR_QUANT_IR and FP8INDUCTOR_PDL change the lowering's choices:
+        # part of the key too.
         from . import quant_ir
-        from .kernels import cublas
+        from .kernels import cublas, pdl
 
-        switches = (b"|cublas" if cublas.enabled() else b"|no-cublas") + (
-            b"|quant-ir" if quant_ir.enabled() else b"|no-quant-ir"
+        switches = (
+            (b"|cublas" if cublas.enabled() else b"|no-cublas")
+            + (b"|quant-ir" if quant_ir.enabled() else b"|no-quant-ir")
+            + (b"|pdl" if pdl.env_enabled() else b"|no-pdl")
         )
         return _source_hash() + repr(self.config).encode() + switches
 

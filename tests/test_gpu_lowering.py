@@ -162,16 +162,19 @@ class _NormLinear(nn.Module):
 
 
 @pytest.mark.parametrize(
-    "lead,cublas_on,forced",
-    [((1, 2048), True, None), ((1, 96), False, None), ((1, 1), True, None), ((8, 1), True, None),
-     ((8, 1), True, "tiles_16x64"), ((8, 1), True, "tma_64x128"), ((2, 3), True, "tiles_16x64")],
-    ids=["cublas", "template", "decode", "decode_b8", "decode_b8_tiles", "decode_b8_tma", "batch2x3_tiles"],
+    "lead,cublas_on,forced,pdl_on",
+    [((1, 2048), True, None, True), ((1, 96), False, None, True), ((1, 1), True, None, True),
+     ((8, 1), True, None, True), ((8, 1), True, "tiles_16x64", True), ((8, 1), True, "tiles_16x64", False),
+     ((8, 1), True, "tma_64x128", True), ((2, 3), True, "tiles_16x64", False)],
+    ids=["cublas", "template", "decode", "decode_b8", "decode_b8_tiles_pdl", "decode_b8_tiles", "decode_b8_tma",
+         "batch2x3_tiles"],
 )
-def test_norm_fusion_lowers_to_one_kernel_and_matches_the_ops(lead, cublas_on, forced, monkeypatch):
+def test_norm_fusion_lowers_to_one_kernel_and_matches_the_ops(lead, cublas_on, forced, pdl_on, monkeypatch):
     """RMSNorm + residual add + quantization as one ``rms_norm_quant`` call, the linear on its output
     by the GEMM ``static_choice`` picks (cuBLAS reading the column-major scales in place, or the
-    template, or the op's split-K kernel on tile tickets the norm kernel clears), bit-identical to
-    the eager ops on the same inputs.
+    template, or the op's split-K kernel on tile tickets the norm kernel clears, or the op's tiles
+    kernel PDL-launched behind the norm kernel at M <= 8), bit-identical to the eager ops on the
+    same inputs. ``FP8INDUCTOR_PDL=0`` keeps a decode-size tiles config on the template.
 
     The decode shapes [B, 1, K] (forced onto a template config, which the H100 table picks for the
     gate/up GEMM at B = 8) give the column-major scales strides (1, B*G, B): a size-1 dim -2 whose
@@ -184,6 +187,8 @@ def test_norm_fusion_lowers_to_one_kernel_and_matches_the_ops(lead, cublas_on, f
 
     if not cublas_on:
         monkeypatch.setenv("FP8INDUCTOR_CUBLAS", "0")
+    if not pdl_on:
+        monkeypatch.setenv("FP8INDUCTOR_PDL", "0")
     if forced is not None:
         monkeypatch.setattr(block_gemm, "_default_config", lambda *args: CONFIGS[forced])
         monkeypatch.setattr(torch._inductor.config, "force_disable_caches", True)  # the config is not in any key
@@ -196,12 +201,16 @@ def test_norm_fusion_lowers_to_one_kernel_and_matches_the_ops(lead, cublas_on, f
     (y, h), code = _compile_and_code(model, x, r)
     kind = block_gemm.static_choice(x.device, m, n, k, torch.bfloat16, None).kind
     tickets = block_gemm.splitk_tickets(x.device, m, n, k, torch.bfloat16, None)
+    op_tiles = kind == "tiles" and pdl_on and m <= 8
     assert counters["fp8inductor"]["norms_fused"] == 1 and code.count("fp8inductor.rms_norm_quant.default(") == 1
     assert (tickets > 0) == (kind == "splitk")
     assert re.search(rf"rms_norm_quant\.default\(.*'float', {tickets}\)", code), code
     if kind == "splitk":  # the op on the norm kernel's tickets: no quantization, no memset of its own
         assert _template_kernels(code) == 0 and "quantize_activation" not in code, code
         assert re.search(r"quantized_block_linear\.default\(.*, buf\d+\)", code), code
+    elif op_tiles:  # the op, whose tiles kernel is PDL-launched behind the norm kernel
+        assert _template_kernels(code) == 0 and "quantize_activation" not in code, code
+        assert "fp8inductor.quantized_block_linear.default(" in code, code
     elif kind == "cublas":
         # the scales go to cuBLAS as a view of the op's column-major output, not a copy
         assert re.search(rf"_scaled_mm\.default\(.*reinterpret_tensor\(buf\d+, \({m}, 32\), \(1, {m}\)", code), code

@@ -63,11 +63,15 @@ def triton_interpreting() -> bool:
 def pdl_enabled(device: torch.device, m: int) -> bool:
     """PDL for a linear of ``m`` rows on ``device``: m <= PDL_MAX_M, a CUDA GPU of compute capability
     >= 9.0, not the Triton interpreter, and ``FP8INDUCTOR_PDL`` not "0" (read at every launch)."""
-    if m > PDL_MAX_M or device.type != "cuda" or triton_interpreting():
-        return False
-    if os.environ.get("FP8INDUCTOR_PDL", "1") == "0":
+    if m > PDL_MAX_M or device.type != "cuda" or triton_interpreting() or not env_enabled():
         return False
     return _capable(device)
+
+
+def env_enabled() -> bool:
+    """PDL is allowed unless ``FP8INDUCTOR_PDL=0`` (read on every call). It also steers the Inductor
+    lowering (``lowering._op_overlaps_producer``), so the fp8block pass's cache key includes it."""
+    return os.environ.get("FP8INDUCTOR_PDL", "1") != "0"
 
 
 def launch_options(enabled: bool) -> dict:
