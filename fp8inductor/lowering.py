@@ -22,7 +22,9 @@ M, ``block_linear(x, wq, ws, bias)`` lowers by the GEMM the op would pick (``sta
 
   (cuBLAS writes x's dtype itself: no fp32 accumulator round trip; no custom-op dispatch per linear);
 * split-K (small M, few output tiles: the last split of each tile stores it, no single store to fuse
-  into), or cuBLAS where the IR or the layouts do not allow the above: the op, a FallbackKernel.
+  into), a norm-fused (``quantized_block_linear``) tiles pick at M <= 8 (the op launches it with PDL
+  behind the norm kernel: ``_op_overlaps_producer``), or cuBLAS where the IR or the layouts do not
+  allow the above: the op, a FallbackKernel.
 
 Outside max-autotune that is one choice, no benchmarking: the shipped tuned config for this device
 and shape (``fp8inductor.tuned``) or the heuristic (``pick_config``). Under ``max_autotune`` /
