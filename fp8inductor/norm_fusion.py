@@ -14,7 +14,9 @@ becomes
     y_i = quantized_block_linear(xq, xs, wq_i, ws_i, bias_i, n.dtype)
 
 and h's other readers (the next residual add) read h'. Without a residual add in front (the first
-layer's norm reads the embedding) it is ``rms_norm_quant(h, None, w, eps)``.
+layer's norm reads the embedding) it is ``rms_norm_quant(h, None, w, eps)``. A linear may read n
+through an ``aten.alias`` of it: the final norm in front of an FP8 ``lm_head``, whose
+``hidden_states[:, slice(-0, None), :]`` (``logits_to_keep=0``) traces to one.
 
 Where a linear runs split-K at its static M (decode batch sizes: the q/k/v GEMM), its GEMM needs
 zeroed tile tickets, which the op's activation quantization used to clear. Here the norm kernel
@@ -63,6 +65,23 @@ def _val(node) -> torch.Tensor | None:
 def _live_users(node: fx.Node) -> list[fx.Node]:
     """node's users, less the dead views the joint graph keeps (a view nobody reads)."""
     return [u for u in node.users if not (u.op == "call_function" and u.target in _VIEWS and not u.users)]
+
+
+def _linear_readers(n: fx.Node) -> tuple[list[fx.Node], list[fx.Node]] | None:
+    """(the ``block_linear`` nodes reading n, the ``aten.alias`` nodes between), or None when anything
+    else reads n. An alias is n itself under another name: transformers' ``hidden_states[:,
+    slice(-0, None), :]`` in front of ``lm_head`` (``logits_to_keep=0``) traces to one, so the final
+    norm reaches an FP8 ``lm_head`` through it."""
+    readers, aliases = [], []
+    for u in _live_users(n):
+        if u.op == "call_function" and u.target is aten.alias.default:
+            aliases.append(u)
+            readers.extend(_live_users(u))
+        else:
+            readers.append(u)
+    if not readers or any(u.op != "call_function" or u.target is not fp8_ops.block_linear.default for u in readers):
+        return None
+    return readers, aliases
 
 
 def _linear_args(linear: fx.Node) -> tuple:
@@ -203,12 +222,13 @@ def fuse_norms(rewriter) -> int:
     for n in list(graph.nodes):
         if n.op != "call_function" or n.target is not aten.mul.Tensor:
             continue
-        readers = _live_users(n)
-        if not readers or any(u.op != "call_function" or u.target is not fp8_ops.block_linear.default for u in readers):
+        found = _linear_readers(n)
+        if found is None:
             continue
+        readers, aliases = found
         reader_args = [_linear_args(u) for u in readers]
         scale_fmt = reader_args[0][5]  # the linears' own (a quantize_ module's may differ from the config's)
-        if any(args[0] is not n or args[4] != GROUP or args[5] != scale_fmt for args in reader_args):
+        if any(args[0] not in (n, *aliases) or args[4] != GROUP or args[5] != scale_fmt for args in reader_args):
             continue
         kw = _match_norm(rewriter, n)
         if kw is None:
@@ -238,6 +258,8 @@ def fuse_norms(rewriter) -> int:
             y.meta.update({k: v for k, v in linear.meta.items() if k not in ("val", "tensor_meta")})
             linear.replace_all_uses_with(y)
             graph.erase_node(linear)
+        for alias in aliases:
+            _erase_dead(graph, alias, stop=n)
         _erase_dead(graph, n, stop=h)
         if h_new is not None:
             h.replace_all_uses_with(h_new)

@@ -99,6 +99,33 @@ def test_llama_layers_fuse_every_norm_and_stay_accurate():
     assert err < 1.25 * err_unfused + 1e-3, (err, err_unfused)
 
 
+def test_final_norm_fuses_into_an_fp8_lm_head_through_the_alias():
+    """With ``lm_head`` converted too, the final norm reaches it through the ``aten.alias`` that
+    transformers' ``hidden_states[:, slice(-0, None), :]`` traces to, and fuses: 2 norms per layer + 1.
+    The alias goes with it (no norm left to Inductor), and the logits stay as accurate as unfused."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(1)
+    cfg = LlamaConfig(
+        hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, vocab_size=384,
+    )  # fmt: skip
+    model = LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
+    ids = torch.randint(0, 384, (2, 5))
+    with torch.inference_mode():
+        want = model(ids).logits.float()
+    out, code = _run(model, ids, modules_to_not_convert=[])
+    assert counters["fp8inductor"]["norms_fused"] == 5
+    assert code.count(NORM_CALL) == 5 and "aten.alias" not in code
+    # per layer q/k/v and gate/up, each one GEMM (siblings fused at this M), and lm_head
+    assert code.count("fp8inductor.quantized_block_linear.default(") == 2 * 2 + 1
+    torch._dynamo.reset()
+    unfused, _ = _run(model, ids, modules_to_not_convert=[], fuse_norms=False)
+    err = ((out.logits.float() - want).norm() / want.norm()).item()
+    err_unfused = ((unfused.logits.float() - want).norm() / want.norm()).item()
+    assert err < 1.25 * err_unfused + 1e-3, (err, err_unfused)
+
+
 class QKV(nn.Module):
     """A norm read by three linears (q, k, v), as a Llama layer's input_layernorm."""
 
