@@ -72,58 +72,61 @@ def test_fused_graph_is_the_reference_op_sequence(dtype, residual, bias):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def _tiny_llama(layers: int, vocab: int, seed: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        hidden_size=256, intermediate_size=512, num_hidden_layers=layers, num_attention_heads=2,
+        num_key_value_heads=1, vocab_size=vocab,
+    )  # fmt: skip
+    return LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
+
+
+def _eager_logits(model, ids) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(ids).logits.float()
+
+
+def _assert_as_accurate_as_unfused(model, ids, want, fused_logits: torch.Tensor, **options) -> None:
+    """The fused graph's logits are within 1.25x (+1e-3) of the unfused graph's error against the
+    eager bf16 logits ``want``: the fused norm keeps eager's bf16 roundings, so only FP8 noise should
+    differ."""
+    torch._dynamo.reset()
+    unfused, _ = _run(model, ids, fuse_norms=False, **options)
+    err = ((fused_logits.float() - want).norm() / want.norm()).item()
+    err_unfused = ((unfused.logits.float() - want).norm() / want.norm()).item()
+    assert err < 1.25 * err_unfused + 1e-3, (err, err_unfused)
+
+
 def test_llama_layers_fuse_every_norm_and_stay_accurate():
     """Both norms of every layer (the first reads the embedding, the others a residual sum); the
     final norm feeds the unconverted lm_head and stays. Logits as accurate as without the fusion."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        hidden_size=256, intermediate_size=512, num_hidden_layers=3, num_attention_heads=2,
-        num_key_value_heads=1, vocab_size=500,
-    )  # fmt: skip
-    model = LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
+    model = _tiny_llama(3, 500, seed=0)
     ids = torch.randint(0, 500, (2, 24))
-    with torch.inference_mode():
-        want = model(ids).logits.float()
+    want = _eager_logits(model, ids)
     out, code = _run(model, ids)
     assert counters["fp8inductor"]["norms_fused"] == 6
     assert code.count(NORM_CALL) == 6
     # all but the first (which reads the embedding) take the residual add in
     calls = [line for line in code.splitlines() if NORM_CALL in line]
     assert sum(", None, " in line for line in calls) == 1, calls
-    torch._dynamo.reset()
-    unfused, _ = _run(model, ids, fuse_norms=False)
-    err = ((out.logits.float() - want).norm() / want.norm()).item()
-    err_unfused = ((unfused.logits.float() - want).norm() / want.norm()).item()
-    assert err < 1.25 * err_unfused + 1e-3, (err, err_unfused)
+    _assert_as_accurate_as_unfused(model, ids, want, out.logits)
 
 
 def test_final_norm_fuses_into_an_fp8_lm_head_through_the_alias():
     """With ``lm_head`` converted too, the final norm reaches it through the ``aten.alias`` that
     transformers' ``hidden_states[:, slice(-0, None), :]`` traces to, and fuses: 2 norms per layer + 1.
     The alias goes with it (no norm left to Inductor), and the logits stay as accurate as unfused."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(1)
-    cfg = LlamaConfig(
-        hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, vocab_size=384,
-    )  # fmt: skip
-    model = LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
+    model = _tiny_llama(2, 384, seed=1)
     ids = torch.randint(0, 384, (2, 5))
-    with torch.inference_mode():
-        want = model(ids).logits.float()
+    want = _eager_logits(model, ids)
     out, code = _run(model, ids, modules_to_not_convert=[])
     assert counters["fp8inductor"]["norms_fused"] == 5
     assert code.count(NORM_CALL) == 5 and "aten.alias" not in code
     # per layer q/k/v and gate/up, each one GEMM (siblings fused at this M), and lm_head
     assert code.count("fp8inductor.quantized_block_linear.default(") == 2 * 2 + 1
-    torch._dynamo.reset()
-    unfused, _ = _run(model, ids, modules_to_not_convert=[], fuse_norms=False)
-    err = ((out.logits.float() - want).norm() / want.norm()).item()
-    err_unfused = ((unfused.logits.float() - want).norm() / want.norm()).item()
-    assert err < 1.25 * err_unfused + 1e-3, (err, err_unfused)
+    _assert_as_accurate_as_unfused(model, ids, want, out.logits, modules_to_not_convert=[])
 
 
 class QKV(nn.Module):
