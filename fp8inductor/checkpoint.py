@@ -46,16 +46,21 @@ class CheckpointDtypeError(CheckpointError, TypeError):
 def quantization_config(model: nn.Module, config: FP8BlockConfig | None = None) -> dict:
     """The ``quantization_config`` of ``model`` as converted by ``quantize_`` (SPEC section 3)."""
     config = config or FP8BlockConfig()
-    kept = [
+    modules = list(model.named_modules(remove_duplicate=False))
+    kept = {
         path
-        for path, mod in model.named_modules()
+        for path, mod in modules
         if path and _linear_weight_nk(mod) is not None and not is_transformers_fp8_linear(mod)
-    ]
+    }
+    fp8 = {path for path, mod in modules if isinstance(mod, FP8BlockLinear) or is_transformers_fp8_linear(mod)}
+    # transformers' own default skip: listed unless the file holds an FP8 lm_head (a loader that
+    # skips it would then run the e4m3 codes as bf16 weights, without their scales)
+    default_skip = set() if "lm_head" in fp8 else {"lm_head"}
     qc = {
         "quant_method": "fp8",
         "activation_scheme": "dynamic",
         "weight_block_size": list(config.weight_block_size),
-        "modules_to_not_convert": sorted(set(kept) | {"lm_head"}),
+        "modules_to_not_convert": sorted(kept | default_skip),
     }
     if config.scale_fmt == "ue8m0":
         qc["scale_fmt"] = "ue8m0"

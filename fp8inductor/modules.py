@@ -191,6 +191,7 @@ def convert_transformers_fp8_(model: nn.Module, scale_fmt: str | None = None) ->
     ValueError/TypeError naming the module path, and the model is left unchanged.
     ``FP8GroupedLinear``, ``FP8Experts`` and ``FP8Embedding`` are not converted.
     """
+    _check_not_a_root_linear(model, "convert_transformers_fp8_")
     swaps, _ = _plan_transformers_fp8(model, None, scale_fmt)
     for path, new in swaps:
         _swap_module(model, path, new)
@@ -217,22 +218,63 @@ def quantize_(model: nn.Module, config: FP8BlockConfig | None = None) -> dict[st
     to them (there is nothing to quantize).
     """
     config = config or FP8BlockConfig()
+    _check_not_a_root_linear(model, "quantize_")
     fp8_swaps, skipped = _plan_transformers_fp8(model, config, None)
-    for path, module in list(model.named_modules()):
-        if is_transformers_fp8_linear(module):
-            continue
+    # A module reachable by several paths (shared) is one linear: converted at every path, or skipped
+    # at every path (any path that modules_to_not_convert matches skips it).
+    paths_of: dict[int, list[str]] = {}
+    module_of: dict[int, nn.Module] = {}
+    for path, module in model.named_modules(remove_duplicate=False):
+        if path and not is_transformers_fp8_linear(module) and _linear_weight_nk(module) is not None:
+            paths_of.setdefault(id(module), []).append(path)
+            module_of[id(module)] = module
+    read_directly = _weights_read_directly(model)
+    for key, paths in paths_of.items():
+        w = _linear_weight_nk(module_of[key])
+        if w.is_meta:
+            raise ValueError(f"quantize_: {paths[0]}: the weight is on the meta device; load the weights first")
+    for key, paths in paths_of.items():  # swapped one by one: a bf16 weight is freed as its FP8 copy lands
+        module = module_of.pop(key)
         w = _linear_weight_nk(module)
-        if w is None:
-            continue
         n, k = w.shape
-        reason = skip_reason(config, [path], n, k, w.dtype, w)
+        reason = read_directly.get(key) or skip_reason(config, paths, n, k, w.dtype, w)
         if reason is not None:
-            skipped[path] = reason
+            skipped.update(dict.fromkeys(paths, reason))
             continue
-        _swap_module(model, path, FP8BlockLinear.from_weight(w, module.bias, config))
+        new = FP8BlockLinear.from_weight(w, module.bias, config)
+        del module, w
+        for path in paths:
+            _swap_module(model, path, new)
     for path, new in fp8_swaps:
         _swap_module(model, path, new)
     return skipped
+
+
+def _weights_read_directly(model: nn.Module) -> dict[int, str]:
+    """{id(linear): why} for linears whose owner reads ``.weight`` / ``.bias`` itself instead of calling
+    their forward, and would get the FP8 codes: ``nn.MultiheadAttention``'s ``out_proj``, and
+    ``nn.TransformerEncoderLayer``'s ``linear1``/``linear2`` (its inference fast path). The backend
+    converts these matmuls in the traced graph; only the eager module swap must leave them."""
+    found: dict[int, str] = {}
+    for owner in model.modules():
+        if isinstance(owner, nn.MultiheadAttention):
+            found[id(owner.out_proj)] = "out_proj of nn.MultiheadAttention, which reads its weight directly"
+        elif isinstance(owner, nn.TransformerEncoderLayer):
+            for name in ("linear1", "linear2"):
+                found[id(getattr(owner, name))] = (
+                    f"{name} of nn.TransformerEncoderLayer, whose fast path reads its weight directly"
+                )
+    return found
+
+
+def _check_not_a_root_linear(model: nn.Module, who: str) -> None:
+    """The in-place converters replace submodules; a model that is itself a linear has no parent to
+    put the replacement in."""
+    if _linear_weight_nk(model) is not None or is_transformers_fp8_linear(model):
+        raise ValueError(
+            f"{who}: the model itself is a linear ({type(model).__name__}); it cannot be replaced in place. "
+            "Wrap it (e.g. nn.Sequential(linear)) or build the module with FP8BlockLinear.from_weight"
+        )
 
 
 def release_bf16_weights(

@@ -431,3 +431,72 @@ def test_in_place_weight_update_after_compile_is_stale_until_released():
         eager = zoo.main_output(model(**inputs))
     assert fp8inductor.testing.rel_err(y_new, eager) < 0.08
     assert fp8inductor.testing.rel_err(y_new, y) > 4 * fp8inductor.testing.rel_err(y_new, eager)
+
+
+def test_an_fp8_lm_head_is_not_listed_as_kept(tmp_path):
+    """transformers skips what ``modules_to_not_convert`` lists: a listed FP8 ``lm_head`` would be
+    loaded as a bf16 Linear holding the e4m3 codes without their scales (wrong logits, no error)."""
+    torch.manual_seed(0)
+    model, _, _ = zoo.MODELS["llama"](torch.bfloat16)
+    quantize_(model, fp8inductor.FP8BlockConfig(modules_to_not_convert=()))
+    assert isinstance(model.lm_head, FP8BlockLinear)
+    save_pretrained(model, tmp_path)
+    qc = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
+    assert "lm_head" not in qc["modules_to_not_convert"]
+    assert "lm_head.weight_scale_inv" in load_file(tmp_path / "model.safetensors")
+
+
+def test_quantize_converts_a_shared_module_at_every_path():
+    lin = torch.nn.Linear(256, 256)
+    model = torch.nn.Sequential(lin, torch.nn.ReLU(), lin)
+    x = torch.randn(3, 256)
+    first = fp8inductor.block_fp8_linear(x, *_q(lin), lin.bias)
+    want = fp8inductor.block_fp8_linear(torch.relu(first), *_q(lin), lin.bias)
+    assert quantize_(model) == {}
+    assert isinstance(model[0], FP8BlockLinear) and model[2] is model[0]
+    torch.testing.assert_close(model(x), want, rtol=0, atol=0)
+    # skipped at one path: skipped at both (one module, one decision), and reported at each
+    lin2 = torch.nn.Linear(256, 256)
+    model2 = torch.nn.Sequential(torch.nn.Sequential(lin2), lin2)
+    skipped = quantize_(model2, fp8inductor.FP8BlockConfig(modules_to_not_convert=("0",)))
+    assert set(skipped) == {"0.0", "1"} and model2[1] is lin2 and model2[0][0] is lin2
+
+
+def _q(lin):
+    return fp8inductor.quantize_weight(lin.weight.detach())
+
+
+def test_quantize_refuses_a_root_linear_and_leaves_it_alone():
+    lin = torch.nn.Linear(256, 256)
+    keys = set(lin.state_dict())
+    with pytest.raises(ValueError, match="the model itself is a linear"):
+        quantize_(lin)
+    with pytest.raises(ValueError, match="the model itself is a linear"):
+        fp8inductor.convert_transformers_fp8_(lin)
+    assert set(lin.state_dict()) == keys and type(lin) is torch.nn.Linear
+
+
+def test_quantize_skips_linears_whose_weights_torch_reads_directly():
+    """nn.MultiheadAttention reads out_proj.weight itself, nn.TransformerEncoderLayer's fast path
+    linear1/linear2's: FP8 modules there would hand them e4m3 codes (a dtype error or worse)."""
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(256, 4, 512, batch_first=True).eval()
+    mlp = torch.nn.Sequential(layer, torch.nn.Linear(256, 256))
+    x = torch.randn(2, 5, 256)
+    with torch.no_grad():
+        want = mlp(x)
+    skipped = quantize_(mlp)
+    assert set(skipped) == {"0.self_attn.out_proj", "0.linear1", "0.linear2"}, skipped
+    assert "MultiheadAttention" in skipped["0.self_attn.out_proj"] and "fast path" in skipped["0.linear1"]
+    assert isinstance(mlp[1], FP8BlockLinear)
+    with torch.no_grad():
+        got = mlp(x)  # the fast path of the encoder layer runs (eval, no grad, batch_first)
+    assert (got - want).norm() / want.norm() < 0.05  # only mlp[1] is FP8: one FP8 linear's error
+
+
+def test_quantize_on_the_meta_device_is_a_clear_error():
+    with torch.device("meta"):
+        model = torch.nn.Sequential(torch.nn.Linear(256, 256))
+    with pytest.raises(ValueError, match="0: the weight is on the meta device"):
+        quantize_(model)
+    assert type(model[0]) is torch.nn.Linear
