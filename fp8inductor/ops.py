@@ -21,6 +21,8 @@ Triton driver for Inductor's own Triton codegen.
 
 from __future__ import annotations
 
+import math
+
 import functools
 import logging
 
@@ -136,7 +138,7 @@ def _(x: torch.Tensor, group_size: int = 128, scale_fmt: str = "float") -> tuple
     from .kernels.act_quant import act_quant_1x128
 
     *lead, k = x.shape
-    q, s = act_quant_1x128(x.reshape(-1, k), scale_fmt)
+    q, s = act_quant_1x128(x.reshape(math.prod(lead), k), scale_fmt)
     return q.reshape(*lead, k), s.reshape(*lead, s.shape[-1])
 
 
@@ -225,12 +227,12 @@ def _(
     scale_fmt: str = "float",
 ) -> torch.Tensor:
     _check_block_linear_args(x, wq, ws, bias, group_size)
-    if not _use_triton(x):
+    if group_size != 128 or not _use_triton(x):  # the kernels quantize x in groups of 128 only
         return ref.block_fp8_linear_ref(x, wq, ws, bias, group_size, scale_fmt)
     from .kernels.block_gemm import fp8_block_linear
 
     *lead, k = x.shape
-    y = fp8_block_linear(x.reshape(-1, k), wq, ws, bias, scale_fmt)
+    y = fp8_block_linear(x.reshape(math.prod(lead), k), wq, ws, bias, scale_fmt)
     return y.reshape(*lead, wq.shape[0])
 
 
@@ -449,7 +451,8 @@ def _(
 def _on_2d(gemm, xq, xs, wq, ws, bias, out_dtype):
     """Run a 2-D ``gemm(xq [M, K], xs [M, kb], wq, ws, bias, out_dtype)`` on xq [..., K]: y [..., N]."""
     *lead, k = xq.shape
-    y = gemm(xq.reshape(-1, k), xs.reshape(-1, xs.shape[-1]), wq, ws, bias, out_dtype)
+    m = math.prod(lead)  # not -1: ambiguous when K = 0
+    y = gemm(xq.reshape(m, k), xs.reshape(m, xs.shape[-1]), wq, ws, bias, out_dtype)
     return y.reshape(*lead, wq.shape[0])
 
 

@@ -27,6 +27,8 @@ Arithmetic details that the kernels must reproduce exactly:
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 FP8_DTYPE = torch.float8_e4m3fn
@@ -78,8 +80,16 @@ def _cast_e4m3(v: torch.Tensor) -> torch.Tensor:
 
 
 def _check_float(t: torch.Tensor, what: str) -> None:
-    if not t.is_floating_point() or t.dtype == FP8_DTYPE or t.element_size() < 2:
+    if t.dtype not in FLOAT_DTYPES:  # float64 too: the GPU path and the fake impls reject it
         raise TypeError(f"{what} must be float32, float16 or bfloat16, got {t.dtype}")
+
+
+def check_block_size(size, what: str) -> int:
+    """A block or group size: a positive int (a bool, 0 or a negative would divide by zero or
+    reshape to nonsense further in)."""
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise ValueError(f"{what} must be a positive int, got {size!r}")
+    return size
 
 
 def quantize_weight_ref(
@@ -97,7 +107,7 @@ def quantize_weight_ref(
     _check_float(w, "weight")
     if w.dim() != 2:
         raise ValueError(f"weight must be 2-D [N, K], got shape {tuple(w.shape)}")
-    bn, bk = block
+    bn, bk = (check_block_size(b, f"weight block[{i}]") for i, b in enumerate(block))
     n, k = w.shape
     nb, kb = ceil_div(n, bn), ceil_div(k, bk)
     wf = w.float()
@@ -123,6 +133,7 @@ def quantize_activation_ref(
         scale: [..., ceil(K / group)] float32, contiguous (a multiplier: x ~= q * scale).
     """
     _check_float(x, "activation")
+    check_block_size(group, "activation group")
     if x.dim() == 0:
         raise ValueError("activation must have at least one dimension")
     *lead, k = x.shape
@@ -153,7 +164,7 @@ def dequantize_weight_ref(
     Returns:
         [N, K] ``dtype``.
     """
-    bn, bk = block
+    bn, bk = (check_block_size(b, f"weight block[{i}]") for i, b in enumerate(block))
     check_weight_scale(q, scale_inv, block, name="weight")
     n, k = q.shape
     s = scale_inv.float().repeat_interleave(bn, dim=0)[:n].repeat_interleave(bk, dim=1)[:, :k]
@@ -244,7 +255,7 @@ def block_fp8_linear_ref(
     *lead, k = x.shape
     if wq.shape[1] != k:
         raise ValueError(f"x has K={k} but the weight is {tuple(wq.shape)} ([N, K])")
-    xq, xs = quantize_activation_ref(x.reshape(-1, k), group, scale_fmt)
+    xq, xs = quantize_activation_ref(x.reshape(math.prod(lead), k), group, scale_fmt)  # not -1: K may be 0
     y = block_gemm_ref(xq, xs, wq, ws, bias, out_dtype=x.dtype, block=(128, group))
     return y.reshape(*lead, wq.shape[0])
 

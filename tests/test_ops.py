@@ -101,6 +101,35 @@ def test_empty_and_noncontiguous_inputs(device):
     )
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_k_zero_gives_the_bias(device):
+    """An empty reduction: y = bias (zeros without), at every leading shape; M = 0 too."""
+    _, w, b = _inputs(device)
+    q, s = fp8inductor.quantize_weight(w[:, :0])
+    assert q.shape == (200, 0) and s.shape == (2, 0)
+    x = torch.randn(2, 3, 0, device=device, dtype=b.dtype)
+    torch.testing.assert_close(fp8inductor.block_fp8_linear(x, q, s, b), b.expand(2, 3, 200), rtol=0, atol=0)
+    assert fp8inductor.block_fp8_linear(x, q, s).abs().max() == 0
+    assert fp8inductor.block_fp8_linear(x[:0], q, s, b).shape == (0, 3, 200)
+
+
+def test_bad_block_sizes_and_float64_are_clear_errors():
+    x, w, _ = _inputs("cpu")
+    q, s = fp8inductor.quantize_weight(w)
+    for block in ((0, 128), (128, -1), (128.0, 128)):
+        with pytest.raises(ValueError, match=r"weight block\[\d\] must be a positive int"):
+            fp8inductor.quantize_weight(w, block=block)
+        with pytest.raises(ValueError, match=r"weight block\[\d\] must be a positive int"):
+            fp8inductor.dequantize_weight(q, s, block=block)
+    for group in (0, -5, True):
+        with pytest.raises(ValueError, match="activation group must be a positive int"):
+            fp8inductor.quantize_activation(x, group=group)
+    with pytest.raises(TypeError, match="must be float32, float16 or bfloat16, got torch.float64"):
+        fp8inductor.quantize_weight(w.double())
+    with pytest.raises(TypeError, match="must be float32, float16 or bfloat16, got torch.float64"):
+        fp8inductor.quantize_activation(x.double())
+
+
 def test_bad_inputs_are_clear_errors():
     x, w, b = _inputs("cpu")
     q, s = fp8inductor.quantize_weight(w)

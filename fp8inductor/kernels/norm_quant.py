@@ -28,6 +28,8 @@ bf16 rounding of ``n`` or ``y`` by one bf16 ulp and so a code by one step (tests
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -214,5 +216,5 @@ def rms_norm_quant(
 
 def _rows(t: torch.Tensor, k: int) -> torch.Tensor:
     """t [..., K] as [M, K] with unit stride along K (a view where the layout allows, else a copy)."""
-    t2 = t.reshape(-1, k)
+    t2 = t.reshape(math.prod(t.shape[:-1]), k)  # not -1: ambiguous when K = 0
     return t2 if k <= 1 or t2.stride(1) == 1 else t2.contiguous()
