@@ -289,8 +289,14 @@ def _check_high_precision(model: nn.Module, ckpt: _Checkpoint, fp8_prefixes: set
         same_kind = tensor.dtype in _HIGH_PRECISION if want.is_floating_point() else not tensor.is_floating_point()
         if not same_kind:
             raise CheckpointDtypeError(f"{ckpt.where(key)} has dtype {tensor.dtype}, the model holds {want.dtype}")
-    tied = _tied_names(model)
-    missing = [k for k in expected if k not in rest and k not in covered and k not in tied]
+    partners = _tied_partners(model)
+    # a tied name absent from the file is loaded through a partner the file holds in high precision;
+    # a partner that becomes FP8 does not count (the swap unties it: the name would keep its init)
+    missing = [
+        k
+        for k in expected
+        if k not in rest and k not in covered and not any(p in rest for p in partners.get(k, ()))
+    ]
     if missing:
         raise CheckpointError(f"{ckpt.path}: missing tensor {missing[0]}")
     return rest
@@ -314,12 +320,9 @@ def load_quantized_(model: nn.Module, path: str | Path) -> list[str]:
     return prefixes
 
 
-def _tied_names(model: nn.Module) -> set[str]:
-    """Names of parameters that share storage with another (tied embeddings are saved once)."""
-    seen: dict[int, str] = {}
-    tied: set[str] = set()
+def _tied_partners(model: nn.Module) -> dict[str, list[str]]:
+    """{name: the other names of the same parameter} for tied parameters (saved once in a file)."""
+    names: dict[int, list[str]] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
-        if id(p) in seen:
-            tied.add(name)
-        seen.setdefault(id(p), name)
-    return tied
+        names.setdefault(id(p), []).append(name)
+    return {n: [o for o in group if o != n] for group in names.values() if len(group) > 1 for n in group}

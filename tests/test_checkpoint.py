@@ -500,3 +500,30 @@ def test_quantize_on_the_meta_device_is_a_clear_error():
     with pytest.raises(ValueError, match="0: the weight is on the meta device"):
         quantize_(model)
     assert type(model[0]) is torch.nn.Linear
+
+
+class _TiedLinearFirst(torch.nn.Module):
+    """A linear whose weight an embedding shares, the linear first in parameter order."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(256, 512, bias=False)
+        self.emb = torch.nn.Embedding(512, 256)
+        self.emb.weight = self.proj.weight
+
+
+def test_a_tied_weight_saved_only_as_fp8_is_a_missing_tensor(tmp_path):
+    """The swap to FP8BlockLinear unties the pair: the embedding's half would keep its random init."""
+    torch.manual_seed(0)
+    q, s = fp8inductor.quantize_weight(torch.randn(512, 256))
+    save_file({"proj.weight": q, "proj.weight_scale_inv": s}, tmp_path / "model.safetensors")
+    model = _TiedLinearFirst()
+    before = model.emb.weight.detach().clone()
+    with pytest.raises(fp8inductor.checkpoint.CheckpointError, match="missing tensor emb.weight"):
+        load_quantized_(model, tmp_path)
+    assert type(model.proj) is torch.nn.Linear and torch.equal(model.emb.weight, before)
+    # with the embedding stored in high precision it loads, and the linear is FP8
+    emb = torch.randn(512, 256)
+    save_file({"proj.weight": q, "proj.weight_scale_inv": s, "emb.weight": emb}, tmp_path / "model.safetensors")
+    assert load_quantized_(model, tmp_path) == ["proj"]
+    assert torch.equal(model.emb.weight, emb) and isinstance(model.proj, FP8BlockLinear)
