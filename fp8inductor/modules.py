@@ -216,6 +216,11 @@ def quantize_(model: nn.Module, config: FP8BlockConfig | None = None) -> dict[st
     does, sharing their tensors and keeping their checkpoint's scale format, unless
     ``modules_to_not_convert`` matches them; ``min_in_features``/``min_out_features`` do not apply
     to them (there is nothing to quantize).
+
+    A module reachable by several paths is converted once and swapped at each (or skipped at each).
+    Linears whose owner reads their weight directly instead of calling them (``nn.MultiheadAttention``'s
+    ``out_proj``, ``nn.TransformerEncoderLayer``'s ``linear1``/``linear2``) are skipped with that
+    reason. A model that is itself a linear, or holds meta-device weights, is a ValueError.
     """
     config = config or FP8BlockConfig()
     _check_not_a_root_linear(model, "quantize_")

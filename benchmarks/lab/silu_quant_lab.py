@@ -124,18 +124,11 @@ def scales_differing(s: torch.Tensor, want: torch.Tensor) -> int:
     return int((bits_differ & ~(s.isnan() & want.isnan())).sum())
 
 
-def kernel_us(fn, calls: int = 20) -> float:
-    """GPU kernel time per call (µs), torch.profiler."""
-    from torch.profiler import ProfilerActivity, profile
+def kernel_us(fn) -> float:
+    """GPU kernel time per call (µs), torch.profiler: quant_fusion_lab's measurement."""
+    from quant_fusion_lab import kernel_us as kernel_us_and_names  # this directory: sys.path[0]
 
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(calls):
-            fn()
-        torch.cuda.synchronize()
-    events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    return sum(e.device_time for e in events) / calls
+    return kernel_us_and_names(fn)[0]
 
 
 def cpu_check() -> None:
