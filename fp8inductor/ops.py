@@ -21,10 +21,9 @@ Triton driver for Inductor's own Triton codegen.
 
 from __future__ import annotations
 
-import math
-
 import functools
 import logging
+import math
 
 import torch
 
