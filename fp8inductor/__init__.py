@@ -26,7 +26,7 @@ import torch
 from . import ops as _ops
 from .config import FP8BlockConfig
 from .modules import FP8BlockLinear, convert_transformers_fp8_, quantize_, release_bf16_weights
-from .reference import FP8_DTYPE, FP8_E4M3_MAX, check_block_size, dequantize_weight_ref
+from .reference import FP8_DTYPE, FP8_E4M3_MAX, check_block_size, check_weight_block, dequantize_weight_ref
 
 __version__ = "0.1.0"
 
@@ -52,7 +52,7 @@ def quantize_weight(
     w: torch.Tensor, block: tuple[int, int] = (128, 128), scale_fmt: str = "float"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """w [N, K] -> (q [N, K] float8_e4m3fn, scale_inv [ceil(N/bn), ceil(K/bk)] float32); w ~= q * scale_inv."""
-    bn, bk = _weight_block(block)
+    bn, bk = check_weight_block(block)
     return _ops.quantize_weight(w, bn, bk, scale_fmt)
 
 
@@ -70,14 +70,8 @@ def dequantize_weight(
     dtype: torch.dtype = torch.bfloat16,
 ) -> torch.Tensor:
     """q [N, K] fp8, scale_inv [ceil(N/bn), ceil(K/bk)] fp32 -> [N, K] ``dtype``."""
-    return dequantize_weight_ref(q, scale_inv, _weight_block(block), dtype)
+    return dequantize_weight_ref(q, scale_inv, block, dtype)  # checks the block itself
 
-
-def _weight_block(block) -> tuple[int, int]:
-    """(block_n, block_k), each a positive int; else a ValueError (not a ZeroDivisionError further in)."""
-    if not isinstance(block, (tuple, list)) or len(block) != 2:
-        raise ValueError(f"weight block must be a pair (block_n, block_k), got {block!r}")
-    return tuple(check_block_size(b, f"weight block[{i}]") for i, b in enumerate(block))
 
 
 def block_fp8_linear(

@@ -226,20 +226,19 @@ def quantize_(model: nn.Module, config: FP8BlockConfig | None = None) -> dict[st
     _check_not_a_root_linear(model, "quantize_")
     fp8_swaps, skipped = _plan_transformers_fp8(model, config, None)
     # A module reachable by several paths (shared) is one linear: converted at every path, or skipped
-    # at every path (any path that modules_to_not_convert matches skips it).
-    paths_of: dict[int, list[str]] = {}
-    module_of: dict[int, nn.Module] = {}
+    # at every path (any path that modules_to_not_convert matches skips it). All are collected before
+    # any swap, so a meta weight raises with the model unchanged.
+    linears: dict[int, tuple[nn.Module, list[str]]] = {}  # id -> (module, its paths)
     for path, module in model.named_modules(remove_duplicate=False):
-        if path and not is_transformers_fp8_linear(module) and _linear_weight_nk(module) is not None:
-            paths_of.setdefault(id(module), []).append(path)
-            module_of[id(module)] = module
-    read_directly = _weights_read_directly(model)
-    for key, paths in paths_of.items():
-        w = _linear_weight_nk(module_of[key])
+        w = None if not path or is_transformers_fp8_linear(module) else _linear_weight_nk(module)
+        if w is None:
+            continue
         if w.is_meta:
-            raise ValueError(f"quantize_: {paths[0]}: the weight is on the meta device; load the weights first")
-    for key, paths in paths_of.items():  # swapped one by one: a bf16 weight is freed as its FP8 copy lands
-        module = module_of.pop(key)
+            raise ValueError(f"quantize_: {path}: the weight is on the meta device; load the weights first")
+        linears.setdefault(id(module), (module, []))[1].append(path)
+    read_directly = _weights_read_directly(model)
+    for key in list(linears):  # swapped one by one: a bf16 weight is freed as its FP8 copy lands
+        module, paths = linears.pop(key)
         w = _linear_weight_nk(module)
         n, k = w.shape
         reason = read_directly.get(key) or skip_reason(config, paths, n, k, w.dtype, w)

@@ -92,6 +92,13 @@ def check_block_size(size, what: str) -> int:
     return size
 
 
+def check_weight_block(block) -> tuple[int, int]:
+    """(block_n, block_k), each a positive int; else a ValueError (not a ZeroDivisionError further in)."""
+    if not isinstance(block, (tuple, list)) or len(block) != 2:
+        raise ValueError(f"weight block must be a pair (block_n, block_k), got {block!r}")
+    return tuple(check_block_size(b, f"weight block[{i}]") for i, b in enumerate(block))
+
+
 def quantize_weight_ref(
     w: torch.Tensor, block: tuple[int, int] = (128, 128), scale_fmt: str = "float"
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,7 +114,7 @@ def quantize_weight_ref(
     _check_float(w, "weight")
     if w.dim() != 2:
         raise ValueError(f"weight must be 2-D [N, K], got shape {tuple(w.shape)}")
-    bn, bk = (check_block_size(b, f"weight block[{i}]") for i, b in enumerate(block))
+    bn, bk = check_weight_block(block)
     n, k = w.shape
     nb, kb = ceil_div(n, bn), ceil_div(k, bk)
     wf = w.float()
@@ -164,7 +171,7 @@ def dequantize_weight_ref(
     Returns:
         [N, K] ``dtype``.
     """
-    bn, bk = (check_block_size(b, f"weight block[{i}]") for i, b in enumerate(block))
+    bn, bk = check_weight_block(block)
     check_weight_scale(q, scale_inv, block, name="weight")
     n, k = q.shape
     s = scale_inv.float().repeat_interleave(bn, dim=0)[:n].repeat_interleave(bk, dim=1)[:, :k]

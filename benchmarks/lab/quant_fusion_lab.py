@@ -145,10 +145,15 @@ def main() -> None:
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
+    write_results(args.out, rows)
+
+
+def write_results(out: str | None, rows: list[dict]) -> None:
+    """{"meta": device and versions, "rows": rows} as JSON to ``out`` (nothing when None)."""
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}
     meta["git"] = os.environ.get("FP8_BENCH_GIT_SHA")
-    if args.out:
-        with open(args.out, "w") as f:
+    if out:
+        with open(out, "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=1)
 
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 
 import torch
 import torch.nn.functional as F
@@ -194,11 +193,9 @@ def main() -> None:
                 row["compile_error"] = f"{type(exc).__name__}: {exc}"[:300]
             rows.append(row)
             print(json.dumps(row), flush=True)
-    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}
-    meta["git"] = os.environ.get("FP8_BENCH_GIT_SHA")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    from quant_fusion_lab import write_results  # this directory: sys.path[0]
+
+    write_results(args.out, rows)
 
 
 if __name__ == "__main__":
