@@ -377,7 +377,9 @@ def _(
 
 
 @torch.library.custom_op(f"{_NS}::silu_mul_quant", mutates_args=())
-def silu_mul_quant_op(gate: torch.Tensor, up: torch.Tensor, scale_fmt: str = "float") -> tuple[torch.Tensor, torch.Tensor]:
+def silu_mul_quant_op(
+    gate: torch.Tensor, up: torch.Tensor, scale_fmt: str = "float"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """gate, up [..., N] (one float dtype) -> (q [..., N] fp8 contiguous, s [..., ceil(N/128)] fp32
     column-major over the flattened rows). See ``reference.silu_mul_quant_ref``."""
     return ref.silu_mul_quant_ref(gate, up, scale_fmt)

@@ -125,8 +125,9 @@ def fuse_silu_mul(rewriter) -> int:
             xq = rewriter._call(operator.getitem, (sq, 0), sq.meta["val"][0])
         for linear in readers:
             _, wq, ws, bias, _, _ = _linear_args(linear)
+            args = (xq, xs, wq, ws, bias, _val(y).dtype, None)
             with graph.inserting_before(linear):
-                out = rewriter._call(fp8_ops.quantized_block_linear.default, (xq, xs, wq, ws, bias, _val(y).dtype, None))
+                out = rewriter._call(fp8_ops.quantized_block_linear.default, args)
             out.meta.update({k: v for k, v in linear.meta.items() if k not in ("val", "tensor_meta")})
             linear.replace_all_uses_with(out)
             graph.erase_node(linear)
