@@ -124,11 +124,11 @@ def _read_file(file: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{file}: not a valid safetensors file ({type(e).__name__}: {e})") from e
 
 
-def _read_scale_fmt(path: Path) -> str:
-    """The ``scale_fmt`` declared by ``config.json`` next to the weights (``"float"`` without one)."""
+def _read_scale_fmt(path: Path) -> str | None:
+    """The ``scale_fmt`` declared by ``config.json`` next to the weights (None without one)."""
     cfg_file = path / "config.json" if path.is_dir() else None
     if cfg_file is None or not cfg_file.exists():
-        return "float"
+        return None
     try:
         cfg = json.loads(cfg_file.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -163,9 +163,20 @@ def _read_checkpoint(path: Path) -> _Checkpoint:
             if key in tensors:
                 raise CheckpointError(f"{file}: tensor {key!r} also appears in {files[key]}")
             tensors[key], files[key] = tensor, file
-    ckpt = _Checkpoint(path, tensors, files, _read_scale_fmt(path))
+    declared = _read_scale_fmt(path)
+    ckpt = _Checkpoint(path, tensors, files, declared or "float")
     _normalize_names(ckpt)
+    if declared is None:
+        ckpt.scale_fmt = _scale_fmt_from_dtypes(ckpt)
     return ckpt
+
+
+def _scale_fmt_from_dtypes(ckpt: _Checkpoint) -> str:
+    """Without a ``config.json`` (a single ``.safetensors`` file): "ue8m0" when every block scale is
+    stored as float8_e8m0fnu (only power-of-two scales fit it: DeepSeek-V3.1's format), else "float"."""
+    e8m0 = getattr(torch, "float8_e8m0fnu", None)
+    dtypes = {t.dtype for k, t in ckpt.tensors.items() if k.endswith(SCALE_SUFFIX)}
+    return "ue8m0" if dtypes and dtypes == {e8m0} else "float"
 
 
 def _normalize_names(ckpt: _Checkpoint) -> None:

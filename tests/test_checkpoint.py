@@ -170,6 +170,22 @@ def test_deepseek_style_checkpoint_partial_grid_scale_name_and_ue8m0(tmp_path):
     torch.testing.assert_close(model.wkv_a(x), fp8inductor.block_fp8_linear(x, q, s, scale_fmt="ue8m0"), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("stored", ["e8m0", "float32"])
+def test_single_file_scale_fmt_follows_the_scale_dtype(tmp_path, stored):
+    """A lone .safetensors file has no config.json: float8_e8m0fnu scales (only powers of two fit)
+    mean ue8m0, float32 scales mean float (the activation scales follow)."""
+    w = torch.randn(576, 256) / 16
+    q, s = fp8inductor.quantize_weight(w, scale_fmt="ue8m0")
+    ref = _Attn()
+    stored_s = s.to(torch.float8_e8m0fnu) if stored == "e8m0" else s
+    save_file({"wkv_a.weight": q, "wkv_a.weight_scale_inv": stored_s, "norm.weight": ref.norm.weight.detach(),
+               "norm.bias": ref.norm.bias.detach()}, str(tmp_path / "one.safetensors"))
+    model = _Attn()
+    assert load_quantized_(model, tmp_path / "one.safetensors") == ["wkv_a"]
+    assert torch.equal(model.wkv_a.weight_scale_inv, s)
+    assert model.wkv_a.scale_fmt == ("ue8m0" if stored == "e8m0" else "float")
+
+
 @pytest.mark.gpu
 def test_round_trip_on_cuda(tmp_path):
     model, inputs, _ = _saved(tmp_path)
