@@ -15,6 +15,10 @@ activation dtype in between (as Inductor's fused chain, ``config.emulate_precisi
     y = gate / (exp(-gate) + 1) * up        SiLU as Inductor writes it; libdevice ``exp`` on the GPU
     q, s = 1x128 quantization of y          exactly as ``act_quant`` (IEEE division, RNE cast)
 
+Up to ``pdl.PDL_MAX_M`` rows (decode sizes in a dynamic-M graph: a static decode graph keeps the IR
+quantization in front of its split-K down_proj) the kernel is launched with programmatic dependent
+launch, as ``rms_norm_quant``: it waits for its producer, then lets the GEMM launch.
+
 The GPU's ``exp`` and the division differ from the CPU's in the last fp32 bit now and then, which
 can move a code by one step (tests state the rate); the quantization of a given y is bit-exact.
 """
@@ -28,6 +32,7 @@ import triton.language as tl
 from ..reference import FP8_DTYPE, _check_scale_fmt, ceil_div, check_silu_mul_args
 from .act_quant import GROUP_K, _amax_to_scale, _fp32_to_e4m3, _upcast_fp32, native_fp8_cast
 from .norm_quant import _div_by_scale, _rows
+from .pdl import launch_options, pdl_enabled
 
 
 @triton.jit
@@ -44,7 +49,11 @@ def _silu_mul_quant_kernel(
     GROUP: tl.constexpr,  # 128
     UE8M0: tl.constexpr,  # scale_fmt == "ue8m0"
     NATIVE_CAST: tl.constexpr,  # the GPU (hardware e4m3 cast, libdevice exp), else the interpreter
+    PDL: tl.constexpr = False,  # launched with PDL (kernels/pdl.py)
 ):
+    if PDL:
+        tl.extra.cuda.gdc_wait()  # before any load or store: the previous kernel is done and visible
+        tl.extra.cuda.gdc_launch_dependents()  # the GEMM may launch now (it waits for us before reading)
     g = tl.program_id(0)  # the 128-column group: fastest, so neighbours read neighbouring chunks
     rows = tl.program_id(1).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = g * GROUP + tl.arange(0, GROUP)
@@ -96,10 +105,11 @@ def silu_mul_quant(
     s = torch.empty((groups, m), dtype=torch.float32, device=gate.device).t().view(*lead, groups)
     if m == 0 or n == 0:
         return q, s
+    pdl = pdl_enabled(gate.device, m)
     _silu_mul_quant_kernel[(groups, triton.cdiv(m, block_m))](
         g2, u2, q, s, m, n, g2.stride(0), u2.stride(0),
         BLOCK_M=block_m, GROUP=GROUP_K, UE8M0=scale_fmt == "ue8m0",
-        NATIVE_CAST=native_fp8_cast(gate.device), num_warps=num_warps,
+        NATIVE_CAST=native_fp8_cast(gate.device), PDL=pdl, num_warps=num_warps, **launch_options(pdl),
     )  # fmt: skip
     return q, s
 
