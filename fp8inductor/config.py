@@ -43,10 +43,6 @@ class FP8BlockConfig:
             read, and the residual add in front of it, run as one kernel that also quantizes the
             normalized activation (``fp8inductor.norm_fusion``); the linears take the quantized
             activation. Numerics: the norm's own bf16 roundings, as eager (docs/numerics.md).
-        fuse_silu_mul: SiLU(gate) * up whose product only FP8 linears read (down_proj) runs as one
-            kernel that also quantizes the product (``fp8inductor.silu_fusion``), except where the
-            linear runs split-K at its static M. Numerics: the product in fp32, as Inductor's own
-            fusion keeps it (docs/numerics.md).
     """
 
     weight_block_size: tuple[int, int] = (128, 128)
@@ -58,7 +54,6 @@ class FP8BlockConfig:
     gemm_lowering: str = "template"
     fuse_siblings: bool = True
     fuse_norms: bool = True
-    fuse_silu_mul: bool = True
 
     def __post_init__(self) -> None:
         bs = tuple(self.weight_block_size)
@@ -77,7 +72,7 @@ class FP8BlockConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
-        for name in ("fuse_siblings", "fuse_norms", "fuse_silu_mul"):
+        for name in ("fuse_siblings", "fuse_norms"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.gemm_lowering not in GEMM_LOWERINGS:

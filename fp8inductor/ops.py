@@ -7,7 +7,6 @@
 | ``block_linear(x, wq, ws, bias, group_size, scale_fmt)`` | x [..., K] -> y [..., N] in x.dtype |
 | ``block_gemm(xq, xs, wq, ws, out_dtype)`` | quantized xq [..., K], xs -> y [..., N] (Triton) |
 | ``rms_norm_quant(x, residual, weight, eps, scale_fmt, tickets)`` | x [..., K] -> (x + residual, q [..., K] fp8, s [..., K/128], t [tickets] int32 zeros) |
-| ``silu_mul_quant(gate, up, scale_fmt)`` | gate, up [..., N] -> (q [..., N] fp8, s [..., N/128] column-major) |
 | ``quantized_block_linear(xq, xs, wq, ws, bias, out_dtype, tickets)`` | quantized xq [..., K], xs -> y [..., N] + bias |
 
 Each op has a fake (meta) implementation, a CPU implementation (``fp8inductor.reference``) and a
@@ -371,41 +370,6 @@ def _(
 
 
 # ---------------------------------------------------------------------------------------------
-# silu_mul_quant: SiLU(gate) * up + activation quantization, one kernel. Inserted by the fp8block
-# pass (fp8inductor.silu_fusion) in front of the linear that reads the product (down_proj).
-# ---------------------------------------------------------------------------------------------
-
-
-@torch.library.custom_op(f"{_NS}::silu_mul_quant", mutates_args=())
-def silu_mul_quant_op(
-    gate: torch.Tensor, up: torch.Tensor, scale_fmt: str = "float"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """gate, up [..., N] (one float dtype) -> (q [..., N] fp8 contiguous, s [..., ceil(N/128)] fp32
-    column-major over the flattened rows). See ``reference.silu_mul_quant_ref``."""
-    return ref.silu_mul_quant_ref(gate, up, scale_fmt)
-
-
-@_cuda_kernel("silu_mul_quant")
-def _(gate: torch.Tensor, up: torch.Tensor, scale_fmt: str = "float") -> tuple[torch.Tensor, torch.Tensor]:
-    ref.check_silu_mul_args(gate, up)
-    if not _use_triton(gate):
-        return ref.silu_mul_quant_ref(gate, up, scale_fmt)
-    from .kernels.silu_quant import silu_mul_quant
-
-    return silu_mul_quant(gate, up, scale_fmt)
-
-
-@silu_mul_quant_op.register_fake
-def _(gate: torch.Tensor, up: torch.Tensor, scale_fmt: str = "float") -> tuple[torch.Tensor, torch.Tensor]:
-    ref.check_silu_mul_args(gate, up)
-    ref._check_scale_fmt(scale_fmt)
-    *lead, n = gate.shape
-    q = gate.new_empty(gate.shape, dtype=ref.FP8_DTYPE)
-    s = ref.scales_column_major(gate.new_empty((*lead, ref.ceil_div(n, 128)), dtype=torch.float32))
-    return q, s
-
-
-# ---------------------------------------------------------------------------------------------
 # quantized_block_linear: block_linear on an activation quantized beforehand (rms_norm_quant's q, s).
 # ---------------------------------------------------------------------------------------------
 
@@ -496,5 +460,4 @@ quantize_weight = torch.ops.fp8inductor.quantize_weight.default
 block_linear = torch.ops.fp8inductor.block_linear.default
 block_gemm = torch.ops.fp8inductor.block_gemm.default
 rms_norm_quant = torch.ops.fp8inductor.rms_norm_quant.default
-silu_mul_quant = torch.ops.fp8inductor.silu_mul_quant.default
 quantized_block_linear = torch.ops.fp8inductor.quantized_block_linear.default

@@ -295,10 +295,6 @@ class _Rewriter:
             from .norm_fusion import fuse_norms
 
             fuse_norms(self)
-        if self.config.fuse_silu_mul:
-            from .silu_fusion import fuse_silu_mul
-
-            fuse_silu_mul(self)
         self.graph.lint()
 
     def _match(self, node: fx.Node) -> LinearMatch | None:

@@ -47,14 +47,9 @@ class _StopAfterCodegen(Exception):
 
 
 def plan_triton_kernels(
-    fn: Callable[..., Any],
-    *args: Any,
-    backend: str = "fp8block",
-    force_cublas: bool = True,
-    options: dict[str, Any] | None = None,
+    fn: Callable[..., Any], *args: Any, backend: str = "fp8block", force_cublas: bool = True
 ) -> tuple[list[KernelPlan], str]:
-    """Compile ``fn(*args)`` (CPU tensors, inference mode) with ``backend`` (and ``torch.compile``'s
-    ``options``) and return the plan of
+    """Compile ``fn(*args)`` (CPU tensors, inference mode) with ``backend`` and return the plan of
     every Triton kernel and the generated wrapper code. Caches are off and Dynamo is reset first
     (``torch._dynamo.reset()``: earlier compiled functions recompile), so each call plans afresh."""
     from torch._inductor import config as inductor_config
@@ -117,7 +112,7 @@ def plan_triton_kernels(
         patch(torch.inference_mode())
         torch._dynamo.reset()
         try:
-            torch.compile(fn, backend=backend, options=options)(*args)
+            torch.compile(fn, backend=backend)(*args)
         except Exception as exc:
             if "_StopAfterCodegen" not in f"{type(exc).__name__}: {exc}" and not isinstance(exc, _StopAfterCodegen):
                 raise

@@ -313,43 +313,6 @@ def rms_norm_quant_ref(
     return h_out, q, scales_column_major(s)
 
 
-def silu_mul_quant_ref(
-    gate: torch.Tensor, up: torch.Tensor, scale_fmt: str = "float"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """SiLU(gate) * up in fp32, then the 1x128 activation quantization of the product.
-
-        y = gate.float() / (exp(-gate.float()) + 1) * up.float()     # fp32, never rounded to gate's dtype
-        q, s = quantize_activation_ref(y, 128, scale_fmt)
-
-    The product stays in fp32, as Inductor keeps a fused bf16 chain (the IR quantization of
-    ``quant_ir`` fused into ``silu(gate) * up`` sees the same value); eager rounds SiLU and the
-    product to bf16 on the way (docs/numerics.md).
-
-    Args:
-        gate, up: [..., N] float32/float16/bfloat16 of one dtype and shape, any strides.
-    Returns:
-        q: [..., N] float8_e4m3fn, contiguous.
-        s: [..., ceil(N/128)] float32, column-major over the flattened rows (``scales_column_major``).
-    """
-    check_silu_mul_args(gate, up)
-    g = gate.float()
-    y = g / (torch.exp(-g) + 1.0) * up.float()
-    q, s = quantize_activation_ref(y, 128, scale_fmt)
-    return q, scales_column_major(s)
-
-
-def check_silu_mul_args(gate: torch.Tensor, up: torch.Tensor) -> None:
-    """Clear errors for ``silu_mul_quant``'s inputs (shared by the reference, the op and its fake)."""
-    _check_float(gate, "silu_mul_quant: gate")
-    if gate.dim() < 1 or up.dtype != gate.dtype or up.shape != gate.shape:
-        raise ValueError(
-            f"silu_mul_quant: gate and up must be [..., N] of one dtype and shape, got {tuple(gate.shape)} "
-            f"{gate.dtype} and {tuple(up.shape)} {up.dtype}"
-        )
-    if up.device != gate.device:
-        raise ValueError(f"silu_mul_quant: gate and up must be on one device, got {gate.device} and {up.device}")
-
-
 def check_rms_norm_args(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor) -> None:
     """Clear errors for ``rms_norm_quant``'s inputs (shared by the reference, the op and its fake)."""
     _check_float(x, "rms_norm_quant: x")

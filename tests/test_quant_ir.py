@@ -184,12 +184,12 @@ def test_available_gate(monkeypatch):
     assert not quant_ir.available(torch.device("cuda", 0), 256, "float")
 
 
-def _triton_kernel_plans(fn, *args, **options):
+def _triton_kernel_plans(fn, *args):
     """(plans, wrapper code) of ``fn(*args)`` compiled as a prefill graph on the H100 would be (every
     FP8 linear on cuBLAS), planned on the CPU (``fp8inductor.plan``)."""
     from fp8inductor.plan import plan_triton_kernels
 
-    return plan_triton_kernels(fn, *args, options=options or None)
+    return plan_triton_kernels(fn, *args)
 
 
 def _quant_plans(plans):
@@ -199,12 +199,10 @@ def _quant_plans(plans):
 
 @pytest.mark.usefixtures("fresh_dynamo")
 def test_quantization_kernels_are_persistent_reductions():
-    """Each activation quantization of a prefill MLP (x's; SiLU(gate) * up's, fused, where
-    ``silu_fusion`` does not take it: option off here, split-K decode linears in a model) is one
+    """Each activation quantization of a prefill MLP (x's; SiLU(gate) * up's, fused) is one
     persistent reduction over its 128-wide groups: x read once. Before the INNER hint and the
     recomputed scale (quant_ir.py), Inductor looped these reductions, reading x twice: 116 us per
-    SiLU * up quantization on the H100 (Llama-3-8B, 1 x 2048), against 60 us persistent. With the
-    fusion on, SiLU * up's quantization is the ``silu_mul_quant`` op instead."""
+    SiLU * up quantization on the H100 (Llama-3-8B, 1 x 2048), against 60 us persistent."""
     torch.manual_seed(0)
     gate, up, down = (
         torch.nn.Linear(a, b, bias=False).to(torch.bfloat16) for a, b in ((512, 1024),) * 2 + ((1024, 512),)
@@ -213,16 +211,11 @@ def test_quantization_kernels_are_persistent_reductions():
     def mlp(x):
         return down(F.silu(gate(x)) * up(x))
 
-    x = torch.randn(1, 256, 512, dtype=torch.bfloat16)
-    plans, code = _triton_kernel_plans(mlp, x, fuse_silu_mul=False)
+    plans, code = _triton_kernel_plans(mlp, torch.randn(1, 256, 512, dtype=torch.bfloat16))
     assert code.count("aten._scaled_mm.default(") == 2 and "fp8inductor.block_linear.default(" not in code, code
     quant_plans = _quant_plans(plans)
     assert len(quant_plans) == 2, plans  # x's quantization (shared by gate and up), SiLU * up's
     assert all(plan.persistent for plan in quant_plans), quant_plans
-    plans, code = _triton_kernel_plans(mlp, x)
-    assert code.count("fp8inductor.silu_mul_quant.default(") == 1 and code.count("aten._scaled_mm.default(") == 2
-    quant_plans = _quant_plans(plans)
-    assert len(quant_plans) == 1 and quant_plans[0].persistent, plans  # x's
 
 
 @pytest.mark.usefixtures("fresh_dynamo")
@@ -316,9 +309,9 @@ def test_column_major_scales_have_the_reference_values():
 def test_llama_prefill_plan_has_no_op_call_and_only_persistent_quantizations():
     """A transformers Llama prefill graph, compiled as on the H100: every FP8 linear is an aten
     ``_scaled_mm`` call (q/k/v and gate/up fused: 4 per layer). The two after a norm read the
-    quantization of ``rms_norm_quant`` (fp8inductor.norm_fusion), down_proj that of
-    ``silu_mul_quant`` (fp8inductor.silu_fusion): the only fp8inductor ops called at run time, 3 per
-    layer; o_proj an IR quantization that is one persistent reduction."""
+    quantization of ``rms_norm_quant`` (the only fp8inductor op called at run time, 2 per layer:
+    fp8inductor.norm_fusion); the other two (o_proj, down_proj) an IR quantization that is one
+    persistent reduction."""
     import model_zoo
 
     model, _, _ = model_zoo.llama()
@@ -326,10 +319,8 @@ def test_llama_prefill_plan_has_no_op_call_and_only_persistent_quantizations():
     ids = torch.randint(0, model.config.vocab_size, (1, 256), generator=torch.Generator().manual_seed(0))
     plans, code = _triton_kernel_plans(lambda ids: model(ids, logits_to_keep=1), ids)
     op_calls = [line for line in code.splitlines() if "torch.ops.fp8inductor." in line and ".default(" in line]
-    assert len(op_calls) == 3 * layers, op_calls
-    assert sum("fp8inductor.rms_norm_quant.default(" in c for c in op_calls) == 2 * layers, op_calls
-    assert sum("fp8inductor.silu_mul_quant.default(" in c for c in op_calls) == layers, op_calls
+    assert len(op_calls) == 2 * layers and all("fp8inductor.rms_norm_quant.default(" in c for c in op_calls), op_calls
     assert code.count("aten._scaled_mm.default(") == 4 * layers, code
     quant_plans = _quant_plans(plans)
-    assert len(quant_plans) == layers, plans
+    assert len(quant_plans) == 2 * layers, plans
     assert all(plan.persistent for plan in quant_plans), quant_plans

@@ -9,12 +9,17 @@ measured it at 64.6 µs per layer at Llama-3-8B 1 x 2048 (147 MB moved: 2.3 TB/s
 alone takes 53.5 µs; 1x2048 prefill missed 1.4x by 44 µs per forward (8 layers). This lab decides
 whether a kernel of our own, as ``rms_norm_quant`` is for the norm, is worth wiring into the pass.
 
+Answer (H100 80GB HBM3, 2026-12-06, torch 2.11 / triton 3.6; ``docs/bench_silu_quant_lab.json``): no.
+Ours 60.0 / 114.9 / 15.2 / 114.4 us against the IR's 59.4 / 116.0 / 15.1 / 116.2 us on the four
+shapes below (both about 2.5 TB/s, codes and scales bit-equal); wired into the pass (commit 84f9e03)
+it took 65.5 us per layer in the model against the IR's 63.5, the forward unchanged. Removed again;
+docs/benchmarks.md ("SiLU(gate) * up + quantization as a kernel of our own") has the numbers.
+
 Per shape [M, 2N] (the gate/up GEMM's fused output: gate in columns [0, N), up in [N, 2N)):
 
-* ``ours``: ``fp8inductor.kernels.silu_quant.silu_mul_quant`` on the two halves (views), for each
-  (BLOCK_M, num_warps) of the sweep: one program per (128-column group, BLOCK_M rows) tile, group
-  index fastest (neighbouring programs read neighbouring 256-byte chunks of the same rows); SiLU as
-  Inductor writes it
+* ``ours``: ``silu_mul_quant`` below, for each (BLOCK_M, num_warps) of the sweep: one program per
+  (128-column group, BLOCK_M rows) tile, group index fastest (neighbouring programs read
+  neighbouring 256-byte chunks of the same rows); SiLU as Inductor writes it
   (``g / (exp(-g) + 1)`` in fp32, libdevice ``exp``, Triton's division), times up in fp32 (no bf16
   rounding in between, as Inductor's fused chain), then the package's quantization helpers (IEEE
   scale and quotient, RNE e4m3). Scales are written column-major ([G, M] storage, what cuBLAS reads),
@@ -39,20 +44,67 @@ import json
 import torch
 import torch.nn.functional as F
 import triton
+import triton.language as tl
+from triton.language.extra import libdevice
 
 import fp8inductor  # noqa: F401  (registers the backend and the ops)
-from fp8inductor.kernels.act_quant import act_quant_1x128
-from fp8inductor.kernels.silu_quant import silu_mul_quant as kernel_silu_mul_quant
+from fp8inductor.kernels.act_quant import _amax_to_scale, _fp32_to_e4m3, act_quant_1x128, native_fp8_cast
+from fp8inductor.kernels.norm_quant import _div_by_scale
+from fp8inductor.reference import FP8_DTYPE
 
 GROUP = 128
 SHAPES = [(2048, 14336), (4096, 14336), (512, 14336), (2048, 28672)]  # (M, N): Llama-3-8B / 70B intermediates
 SWEEP = [(8, 4), (16, 4), (16, 8), (32, 4), (32, 8), (64, 8)]  # (BLOCK_M, num_warps)
 
 
-def silu_mul_quant(gate_up: torch.Tensor, block_m: int, num_warps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The package's kernel on the two halves of gate_up [M, 2N] (views, row stride 2N)."""
-    gate, up = gate_up.chunk(2, dim=-1)
-    return kernel_silu_mul_quant(gate, up, "float", block_m, num_warps)
+@triton.jit
+def _silu_mul_quant_kernel(
+    gu_ptr,  # [M, 2N] bf16: gate in columns [0, N), up in [N, 2N); strides (stride_m, 1)
+    q_ptr,  # [M, N] float8e4nv codes (out), contiguous
+    s_ptr,  # [M, N / 128] fp32 scales (out), strides (1, M): column-major
+    M,
+    N,
+    stride_m,
+    BLOCK_M: tl.constexpr,
+    GROUP: tl.constexpr,  # 128
+    NATIVE_CAST: tl.constexpr,  # on the GPU (hardware e4m3 cast, libdevice exp), else the interpreter
+):
+    g = tl.program_id(0)  # the 128-column group: fastest, neighbours read neighbouring chunks
+    rows = tl.program_id(1).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = g * GROUP + tl.arange(0, GROUP)
+    row_ok = rows < M
+    offs = rows[:, None] * stride_m + cols[None, :]  # [BLOCK_M, GROUP]
+    gate = tl.load(gu_ptr + offs, mask=row_ok[:, None], other=0.0).to(tl.float32)
+    up = tl.load(gu_ptr + offs + N, mask=row_ok[:, None], other=0.0).to(tl.float32)
+    if NATIVE_CAST:  # the GPU: libdevice's expf, as Inductor's generated code calls it
+        e = libdevice.exp(-gate)
+    else:  # the interpreter has no libdevice; numpy's exp
+        e = tl.exp(-gate)
+    y = gate / (e + 1.0) * up  # Inductor's SiLU * up, fp32 throughout
+    amax = tl.max(tl.abs(y), axis=1)  # [BLOCK_M]
+    has_nan = tl.max((y != y).to(tl.int32), axis=1) > 0
+    s = _amax_to_scale(amax, has_nan, False)
+    q = _fp32_to_e4m3(_div_by_scale(y, s), NATIVE_CAST)
+    tl.store(q_ptr + rows[:, None] * N + cols[None, :], q, mask=row_ok[:, None])
+    tl.store(s_ptr + g.to(tl.int64) * M + rows, s, mask=row_ok)  # column-major: BLOCK_M floats in a row
+
+
+def silu_mul_quant(gate_up: torch.Tensor, block_m: int = 32, num_warps: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """gate_up: [M, 2N] bf16, N % 128 == 0, unit column stride. Returns q [M, N] e4m3 and s [M, N/128]
+    fp32 column-major (strides (1, M))."""
+    m, two_n = gate_up.shape
+    n = two_n // 2
+    if two_n % 2 or n % GROUP or gate_up.stride(1) != 1:
+        raise ValueError(f"silu_mul_quant: needs [M, 2N] with N % {GROUP} == 0 and unit column stride")
+    q = torch.empty((m, n), dtype=FP8_DTYPE, device=gate_up.device)
+    s = torch.empty((n // GROUP, m), dtype=torch.float32, device=gate_up.device).t()
+    if m:
+        grid = (n // GROUP, triton.cdiv(m, block_m))
+        _silu_mul_quant_kernel[grid](
+            gate_up, q, s, m, n, gate_up.stride(0),
+            BLOCK_M=block_m, GROUP=GROUP, NATIVE_CAST=native_fp8_cast(gate_up.device), num_warps=num_warps,
+        )  # fmt: skip
+    return q, s
 
 
 def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
