@@ -125,10 +125,19 @@ def _read_file(file: Path) -> dict[str, torch.Tensor]:
 
 
 def _read_scale_fmt(path: Path) -> str | None:
-    """The ``scale_fmt`` declared by ``config.json`` next to the weights (None without one)."""
-    cfg_file = path / "config.json" if path.is_dir() else None
-    if cfg_file is None or not cfg_file.exists():
+    """The ``scale_fmt`` declared by the ``quantization_config`` of the ``config.json`` in the
+    directory ``path``, or next to the file ``path`` (where ``save_pretrained`` and transformers put
+    it); None without one (then the scale dtypes decide: ``_scale_fmt_from_dtypes``)."""
+    cfg_file = path / "config.json" if path.is_dir() else path.parent / "config.json"
+    if not cfg_file.exists():
         return None
+    if not path.is_dir():  # beside a lone file: only a FineGrainedFP8 config counts
+        try:
+            cfg = json.loads(cfg_file.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        if not isinstance(cfg, dict) or not isinstance(cfg.get("quantization_config"), dict):
+            return None
     try:
         cfg = json.loads(cfg_file.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -319,16 +328,31 @@ def load_quantized_(model: nn.Module, path: str | Path) -> list[str]:
     ``model`` is built from the checkpoint's config (high-precision modules; ``FP8BlockLinear``
     modules are replaced too). The FP8 bytes and scales are used as stored (never requantized);
     ue8m0 scales stored as float8_e8m0fnu are widened to float32 exactly. Malformed checkpoints
-    raise ``CheckpointError`` (see the module docstring) before the model is changed.
+    raise ``CheckpointError`` (see the module docstring) before the model is changed; so does a
+    model with meta-device tensors outside the modules that become FP8 (ValueError).
     """
     ckpt = _read_checkpoint(Path(path))
     prefixes = sorted(k[: -len(SCALE_SUFFIX)] for k in ckpt.tensors if k.endswith(SCALE_SUFFIX))
     new_modules = {prefix: _plan_fp8_module(model, ckpt, prefix) for prefix in prefixes}
+    _check_no_meta(model, prefixes)
     rest = _check_high_precision(model, ckpt, set(new_modules))
     for prefix, module in new_modules.items():
         _swap_module(model, prefix, module)
     model.load_state_dict(rest, strict=False)
     return prefixes
+
+
+def _check_no_meta(model: nn.Module, fp8_prefixes: list[str]) -> None:
+    """A model built on the meta device cannot be loaded in place: ``load_state_dict`` leaves meta
+    parameters as they are (a warning each, the model unusable), and non-persistent buffers (rotary
+    frequencies) are in no checkpoint. Only the modules that become FP8 may be meta."""
+    replaced = tuple(f"{p}." for p in fp8_prefixes)
+    for name, t in (*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)):
+        if t.is_meta and not name.startswith(replaced):
+            raise ValueError(
+                f"load_quantized_: {name} is on the meta device; build the model with real tensors "
+                "(e.g. on the CPU) before loading, or load with transformers' from_pretrained"
+            )
 
 
 def _tied_partners(model: nn.Module) -> dict[str, list[str]]:

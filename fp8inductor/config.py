@@ -56,10 +56,15 @@ class FP8BlockConfig:
     fuse_norms: bool = True
 
     def __post_init__(self) -> None:
-        bs = tuple(self.weight_block_size)
+        wbs = self.weight_block_size
+        if not isinstance(wbs, (tuple, list)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in wbs):
+            raise TypeError(f"weight_block_size must be a pair of ints (block_n, block_k), got {wbs!r}")
+        bs = tuple(wbs)
         if bs != (128, 128):
             raise ValueError(f"weight_block_size must be (128, 128) (the only layout the kernels implement), got {bs}")
         object.__setattr__(self, "weight_block_size", bs)
+        if not isinstance(self.group_size, int) or isinstance(self.group_size, bool):
+            raise TypeError(f"group_size must be an int, got {self.group_size!r}")
         if self.group_size != bs[1]:
             raise ValueError(f"group_size must equal the weight block's K size {bs[1]}, got {self.group_size}")
         if self.scale_fmt not in SCALE_FMTS:
@@ -80,13 +85,19 @@ class FP8BlockConfig:
 
     def skips_module(self, path: str) -> str | None:
         """The ``modules_to_not_convert`` entry matching module ``path``, or None."""
-        parts = path.split(".") if path else []
-        for entry in self.modules_to_not_convert:
-            want = entry.split(".")
-            for i in range(len(parts) - len(want) + 1):
-                if parts[i : i + len(want)] == want:
-                    return entry
-        return None
+        return matching_entry(path, self.modules_to_not_convert)
+
+
+def matching_entry(path: str, entries) -> str | None:
+    """The first of ``entries`` that matches whole dot-separated components of module ``path``
+    ("mlp.gate" matches "model.layers.0.mlp.gate", not "model.layers.0.mlp.gate_proj"), or None."""
+    parts = path.split(".") if path else []
+    for entry in entries:
+        want = entry.split(".")
+        for i in range(len(parts) - len(want) + 1):
+            if parts[i : i + len(want)] == want:
+                return entry
+    return None
 
 
 _FIELDS = {f.name for f in dataclasses.fields(FP8BlockConfig)}

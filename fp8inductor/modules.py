@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from . import _compat, ops
-from .config import FP8BlockConfig, split_options
+from .config import FP8BlockConfig, matching_entry, split_options
 from .eligibility import skip_reason
 from .reference import SCALE_FMTS, check_weight_scale
 
@@ -92,6 +92,21 @@ class FP8BlockLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.block_linear(x, self.weight, self.weight_scale_inv, self.bias, 128, self.scale_fmt)
+
+    def _apply(self, fn, recurse=True):
+        """``model.to(dtype)``, ``.half()``, ``.bfloat16()``, ``.float()`` convert every floating-point
+        tensor, float8 included: that would round the fp32 scales and turn the FP8 codes into
+        high-precision copies. The weight and scales keep their dtypes (they still move between
+        devices); the bias follows the model's dtype like any parameter."""
+        fixed = (self.weight, self.weight_scale_inv)
+
+        def keep_dtype(t: torch.Tensor) -> torch.Tensor:
+            out = fn(t)
+            if out.dtype != t.dtype and any(t is f for f in fixed):
+                return t.to(device=out.device)  # from the original: nothing was lost
+            return out
+
+        return super()._apply(keep_dtype, recurse)
 
     def extra_repr(self) -> str:
         return (
@@ -207,7 +222,7 @@ def _linear_weight_nk(module: nn.Module) -> torch.Tensor | None:
     return None
 
 
-def quantize_(model: nn.Module, config: FP8BlockConfig | None = None) -> dict[str, str]:
+def quantize_(model: nn.Module, config: FP8BlockConfig | Mapping[str, Any] | None = None) -> dict[str, str]:
     """Swap eligible linears of ``model`` in place for ``FP8BlockLinear``; returns {path: skip reason}.
 
     The high-precision weights of converted modules are dropped from the model (their storage is
@@ -220,9 +235,12 @@ def quantize_(model: nn.Module, config: FP8BlockConfig | None = None) -> dict[st
     A module reachable by several paths is converted once and swapped at each (or skipped at each).
     Linears whose owner reads their weight directly instead of calling them (``nn.MultiheadAttention``'s
     ``out_proj``, ``nn.TransformerEncoderLayer``'s ``linear1``/``linear2``) are skipped with that
-    reason. A model that is itself a linear, or holds meta-device weights, is a ValueError.
+    reason; so are ``nn.Linear`` subclasses with a forward of their own, modules with forward hooks
+    or an instance-level forward (the swap would drop them), and transformers'
+    ``_keep_in_fp32_modules``. A model that is itself a linear, or holds meta-device weights, is a
+    ValueError. ``config``: an ``FP8BlockConfig`` or a ``torch.compile`` ``options`` dict.
     """
-    config = config or FP8BlockConfig()
+    config = _as_config(config)
     _check_not_a_root_linear(model, "quantize_")
     fp8_swaps, skipped = _plan_transformers_fp8(model, config, None)
     # A module reachable by several paths (shared) is one linear: converted at every path, or skipped
@@ -237,11 +255,17 @@ def quantize_(model: nn.Module, config: FP8BlockConfig | None = None) -> dict[st
             raise ValueError(f"quantize_: {path}: the weight is on the meta device; load the weights first")
         linears.setdefault(id(module), (module, []))[1].append(path)
     read_directly = _weights_read_directly(model)
+    keep_fp32 = _keep_in_fp32_entries(model)
     for key in list(linears):  # swapped one by one: a bf16 weight is freed as its FP8 copy lands
         module, paths = linears.pop(key)
         w = _linear_weight_nk(module)
         n, k = w.shape
-        reason = read_directly.get(key) or skip_reason(config, paths, n, k, w.dtype, w)
+        reason = (
+            read_directly.get(key)
+            or _swap_loses_behaviour(module)
+            or _kept_in_fp32(paths, keep_fp32)
+            or skip_reason(config, paths, n, k, w.dtype, w)
+        )
         if reason is not None:
             skipped.update(dict.fromkeys(paths, reason))
             continue
@@ -252,6 +276,42 @@ def quantize_(model: nn.Module, config: FP8BlockConfig | None = None) -> dict[st
     for path, new in fp8_swaps:
         _swap_module(model, path, new)
     return skipped
+
+
+def _swap_loses_behaviour(module: nn.Module) -> str | None:
+    """Why replacing ``module`` by an ``FP8BlockLinear`` would change what it computes, or None: an
+    ``nn.Linear`` subclass with a forward of its own, a forward replaced on the instance (as
+    accelerate's hooks do), or forward hooks / pre-hooks registered on it. The backend's graph pass
+    sees the traced matmul instead, so it still converts these."""
+    if isinstance(module, nn.Linear) and type(module).forward is not nn.Linear.forward:
+        return f"{type(module).__name__} overrides nn.Linear.forward"
+    if "forward" in vars(module):
+        return "its forward is replaced on the instance (e.g. an accelerate hook)"
+    hooks = [name for name in ("_forward_hooks", "_forward_pre_hooks") if getattr(module, name, None)]
+    if hooks:
+        return f"it has {' and '.join(h.strip('_').replace('_', ' ') for h in hooks)}, which the swap would drop"
+    return None
+
+
+def _keep_in_fp32_entries(model: nn.Module) -> tuple[str, ...]:
+    """transformers' ``_keep_in_fp32_modules`` (and ``_strict``) of the model's pretrained modules:
+    modules whose owners cast activations to their weight's dtype (T5's ``wo``), which an FP8 weight
+    would turn into a cast to float8."""
+    entries: list[str] = []
+    for module in model.modules():
+        for attr in ("_keep_in_fp32_modules", "_keep_in_fp32_modules_strict"):
+            names = getattr(type(module), attr, None) or getattr(module, attr, None)
+            if isinstance(names, (list, tuple, set)):
+                entries.extend(n for n in names if isinstance(n, str) and n and n not in entries)
+    return tuple(entries)
+
+
+def _kept_in_fp32(paths: list[str], entries: tuple[str, ...]) -> str | None:
+    for path in paths:
+        entry = matching_entry(path, entries)
+        if entry is not None:
+            return f"transformers' _keep_in_fp32_modules entry {entry!r}"
+    return None
 
 
 def _weights_read_directly(model: nn.Module) -> dict[int, str]:
@@ -308,6 +368,8 @@ def release_bf16_weights(
 def _as_config(config: FP8BlockConfig | Mapping[str, Any] | None) -> FP8BlockConfig:
     if config is None or isinstance(config, FP8BlockConfig):
         return config or FP8BlockConfig()
+    if not isinstance(config, Mapping):
+        raise TypeError(f"config must be an FP8BlockConfig or a dict of its options, got {type(config).__name__}")
     options = {k: v for k, v in config.items() if k != "mode"}
     return split_options(options)[0]
 

@@ -52,6 +52,7 @@ def _check_block_linear_args(
     _check_float(x, "x")
     if x.dim() < 1:
         raise ValueError("fp8inductor.block_linear: x must have at least one dimension [..., K]")
+    ref.check_block_size(group_size, "fp8inductor.block_linear: group_size")
     ref.check_weight_scale(wq, ws, (128, group_size), name="block_linear weight")
     if x.shape[-1] != wq.shape[1]:
         raise ValueError(
@@ -144,6 +145,10 @@ def _(x: torch.Tensor, group_size: int = 128, scale_fmt: str = "float") -> tuple
 @quantize_activation_op.register_fake
 def _(x: torch.Tensor, group_size: int = 128, scale_fmt: str = "float") -> tuple[torch.Tensor, torch.Tensor]:
     _check_float(x, "x")
+    ref.check_block_size(group_size, "fp8inductor.quantize_activation: group_size")
+    ref._check_scale_fmt(scale_fmt)
+    if x.dim() < 1:
+        raise ValueError("fp8inductor.quantize_activation: x must have at least one dimension [..., K]")
     *lead, k = x.shape
     q = x.new_empty(x.shape, dtype=ref.FP8_DTYPE)
     s = x.new_empty((*lead, ref.ceil_div(k, group_size)), dtype=torch.float32)
@@ -188,6 +193,8 @@ def _(
     w: torch.Tensor, block_n: int = 128, block_k: int = 128, scale_fmt: str = "float"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     _check_float(w, "weight")
+    ref.check_weight_block((block_n, block_k))
+    ref._check_scale_fmt(scale_fmt)
     if w.dim() != 2:
         raise ValueError(f"fp8inductor.quantize_weight: weight must be 2-D [N, K], got shape {tuple(w.shape)}")
     n, k = w.shape

@@ -172,6 +172,8 @@ def dequantize_weight_ref(
         [N, K] ``dtype``.
     """
     bn, bk = check_weight_block(block)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype.itemsize < 2:
+        raise TypeError(f"dequantize_weight: dtype must be a float torch.dtype of 16 bits or more, got {dtype!r}")
     check_weight_scale(q, scale_inv, block, name="weight")
     n, k = q.shape
     s = scale_inv.float().repeat_interleave(bn, dim=0)[:n].repeat_interleave(bk, dim=1)[:, :k]

@@ -543,3 +543,100 @@ def test_a_tied_weight_saved_only_as_fp8_is_a_missing_tensor(tmp_path):
     save_file({"proj.weight": q, "proj.weight_scale_inv": s, "emb.weight": emb}, tmp_path / "model.safetensors")
     assert load_quantized_(model, tmp_path) == ["proj"]
     assert torch.equal(model.emb.weight, emb) and isinstance(model.proj, FP8BlockLinear)
+
+
+class _ScaledLinear(torch.nn.Linear):
+    def forward(self, x):
+        return super().forward(x) * 100
+
+
+def test_quantize_skips_modules_whose_swap_would_change_what_they_compute():
+    """An nn.Linear subclass with its own forward, a forward hook, a pre-hook, a forward replaced on
+    the instance: an FP8BlockLinear would silently drop each. They stay, with the reason; a plain
+    linear beside them converts."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*(torch.nn.Linear(256, 256) for _ in range(4)))
+    model[0] = _ScaledLinear(256, 256)
+    model[1].register_forward_hook(lambda mod, inp, out: out * 0)
+    model[2].register_forward_pre_hook(lambda mod, inp: (inp[0] * 2,))
+    plain = torch.nn.Linear(256, 256)
+    model[3].forward = lambda x, lin=model[3]: torch.nn.functional.linear(x, lin.weight, lin.bias) + 1
+    model.append(plain)
+    x = torch.randn(3, 256)
+    with torch.no_grad():
+        want = model[:4](x)
+    skipped = quantize_(model)
+    assert set(skipped) == {"0", "1", "2", "3"}, skipped
+    assert "overrides nn.Linear.forward" in skipped["0"] and "forward hooks" in skipped["1"]
+    assert "forward pre hooks" in skipped["2"] and "replaced on the instance" in skipped["3"]
+    assert isinstance(model[4], FP8BlockLinear)
+    with torch.no_grad():
+        torch.testing.assert_close(model[:4](x), want, rtol=0, atol=0)
+
+
+def test_quantize_honours_transformers_keep_in_fp32_modules():
+    """T5 casts the activation to ``wo.weight.dtype`` before calling ``wo``: an FP8 ``wo`` would
+    turn that into a cast to float8 (a TypeError at forward). transformers lists it in
+    ``_keep_in_fp32_modules``; quantize_ leaves it, and the model runs."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    cfg = T5Config(vocab_size=256, d_model=256, d_kv=64, d_ff=512, num_layers=1, num_decoder_layers=1, num_heads=4)
+    model = T5ForConditionalGeneration(cfg).eval()
+    ids = torch.randint(0, 256, (1, 5))
+    skipped = quantize_(model)
+    wo = {k: v for k, v in skipped.items() if k.endswith(".wo")}
+    assert len(wo) == 2 and all("_keep_in_fp32_modules entry 'wo'" in v for v in wo.values()), skipped
+    assert isinstance(model.encoder.block[0].layer[0].SelfAttention.q, FP8BlockLinear)
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=ids, decoder_input_ids=ids).logits).all()
+
+
+@pytest.mark.parametrize("cast", ["to_bf16", "half", "float", "double"])
+def test_fp8_module_keeps_its_weight_and_scale_dtypes_under_model_casts(cast):
+    """model.to(dtype) and friends convert every floating-point tensor, float8 included: the FP8
+    codes and the fp32 scales would be rounded or widened. FP8BlockLinear keeps them (bit for bit);
+    the bias follows the model."""
+    model = torch.nn.Sequential(torch.nn.Linear(256, 384))
+    quantize_(model)
+    w, s = model[0].weight.clone(), model[0].weight_scale_inv.clone()
+    casts = {"to_bf16": lambda: model.to(torch.bfloat16), "half": model.half, "float": model.float}
+    casts.get(cast, model.double)()
+    assert_fp8_equal(model[0].weight, w)
+    assert model[0].weight_scale_inv.dtype == torch.float32 and torch.equal(model[0].weight_scale_inv, s)
+    dtype = {"to_bf16": torch.bfloat16, "half": torch.float16, "float": torch.float32, "double": torch.float64}[cast]
+    assert model[0].bias.dtype == dtype
+    if dtype != torch.float64:  # (float64 activations are rejected by the ops)
+        assert model(torch.randn(2, 256, dtype=dtype)).dtype == dtype
+
+
+def test_quantize_takes_an_options_dict_and_rejects_other_configs():
+    model = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.Linear(256, 256))
+    with pytest.raises(TypeError, match="FP8BlockConfig or a dict"):
+        fp8inductor.modules.release_bf16_weights(model, ["0"])
+    skipped = quantize_(model, {"modules_to_not_convert": ["1"], "scale_fmt": "ue8m0"})
+    assert set(skipped) == {"1"} and model[0].scale_fmt == "ue8m0"
+
+
+def test_load_into_a_meta_model_is_a_clear_error(tmp_path):
+    """load_state_dict would leave meta parameters as they are (a warning each): the model would
+    report success and fail at its first forward."""
+    model, _, _ = _saved(tmp_path)
+    with torch.device("meta"):
+        target = copy.deepcopy(model).to("meta")
+    with pytest.raises(ValueError, match="is on the meta device"):
+        load_quantized_(target, tmp_path)
+
+
+def test_single_file_reads_the_config_json_beside_it(tmp_path):
+    """save_pretrained writes ue8m0 scales as float32, declaring the format in config.json: loading
+    the .safetensors file by its path reads that config too (before 2026-12-06: "float")."""
+    torch.manual_seed(0)
+    model, _, n = zoo.MODELS["llama"](torch.bfloat16)
+    quantize_(model, fp8inductor.FP8BlockConfig(scale_fmt="ue8m0"))
+    save_pretrained(model, tmp_path)
+    files = sorted(tmp_path.glob("*.safetensors"))
+    assert len(files) == 1 and load_file(files[0])["model.layers.0.mlp.up_proj.weight_scale_inv"].dtype == torch.float32
+    target = _fresh("llama")
+    assert len(load_quantized_(target, files[0])) == n
+    assert {m.scale_fmt for m in target.modules() if isinstance(m, FP8BlockLinear)} == {"ue8m0"}

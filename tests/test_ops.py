@@ -155,3 +155,31 @@ def test_fake_impls_trace_symbolic_m():
         fx_ = mode.from_tensor(x, symbolic_context=None)
         y = torch.ops.fp8inductor.block_linear(fx_, mode.from_tensor(q), mode.from_tensor(s), mode.from_tensor(b))
         assert y.shape == (5, 200) and y.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize(
+    "call,error,match",
+    [
+        (lambda x: torch.ops.fp8inductor.quantize_activation(x, 0), ValueError, "must be a positive int"),
+        (lambda x: torch.ops.fp8inductor.quantize_activation(x, -5), ValueError, "must be a positive int"),
+        (lambda x: torch.ops.fp8inductor.quantize_activation(x, 128, "e5m2"), ValueError, "scale_fmt must be one of"),
+        (lambda x: torch.ops.fp8inductor.quantize_weight(x, 0, 128), ValueError, "must be a positive int"),
+        (lambda x: torch.ops.fp8inductor.quantize_weight(x, 128, 128, "x"), ValueError, "scale_fmt must be one of"),
+    ],
+)
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_bad_sizes_and_formats_are_clear_errors_in_every_impl(call, error, match, device):
+    """The fake (meta) implementations check what the CPU one checks: a traced graph fails with the
+    same clear error, not a ZeroDivisionError or a negative-size tensor."""
+    with pytest.raises(error, match=match):
+        call(torch.randn(4, 256, device=device))
+
+
+def test_block_linear_group_size_and_dequantize_dtype_are_checked():
+    x = torch.randn(2, 256)
+    q, s = fp8inductor.quantize_weight(torch.randn(256, 256))
+    with pytest.raises(ValueError, match="group_size must be a positive int"):
+        torch.ops.fp8inductor.block_linear(x, q, s, None, 0)
+    for dtype in (torch.int8, "bfloat16", torch.float8_e4m3fn):
+        with pytest.raises(TypeError, match="dtype must be a float torch.dtype"):
+            fp8inductor.dequantize_weight(q, s, dtype=dtype)
