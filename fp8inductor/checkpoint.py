@@ -127,22 +127,21 @@ def _read_file(file: Path) -> dict[str, torch.Tensor]:
 def _read_scale_fmt(path: Path) -> str | None:
     """The ``scale_fmt`` declared by the ``quantization_config`` of the ``config.json`` in the
     directory ``path``, or next to the file ``path`` (where ``save_pretrained`` and transformers put
-    it); None without one (then the scale dtypes decide: ``_scale_fmt_from_dtypes``)."""
-    cfg_file = path / "config.json" if path.is_dir() else path.parent / "config.json"
+    it); None without one (then the scale dtypes decide: ``_scale_fmt_from_dtypes``). Beside a lone
+    file a config.json may be anything's: only one with a ``quantization_config`` object counts."""
+    in_dir = path.is_dir()
+    cfg_file = path / "config.json" if in_dir else path.parent / "config.json"
     if not cfg_file.exists():
         return None
-    if not path.is_dir():  # beside a lone file: only a FineGrainedFP8 config counts
-        try:
-            cfg = json.loads(cfg_file.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            return None
-        if not isinstance(cfg, dict) or not isinstance(cfg.get("quantization_config"), dict):
-            return None
     try:
         cfg = json.loads(cfg_file.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        if not in_dir:
+            return None
         raise CheckpointError(f"{cfg_file}: not valid JSON ({e})") from e
     qc = cfg.get("quantization_config") if isinstance(cfg, dict) else None
+    if not in_dir and not isinstance(qc, dict):
+        return None
     if not isinstance(cfg, dict) or not isinstance(qc, (dict, type(None))):
         raise CheckpointError(f"{cfg_file}: expected a JSON object with an object 'quantization_config'")
     return _check_quantization_config(qc or {}, cfg_file)
@@ -172,17 +171,15 @@ def _read_checkpoint(path: Path) -> _Checkpoint:
             if key in tensors:
                 raise CheckpointError(f"{file}: tensor {key!r} also appears in {files[key]}")
             tensors[key], files[key] = tensor, file
-    declared = _read_scale_fmt(path)
-    ckpt = _Checkpoint(path, tensors, files, declared or "float")
+    ckpt = _Checkpoint(path, tensors, files, "float")
     _normalize_names(ckpt)
-    if declared is None:
-        ckpt.scale_fmt = _scale_fmt_from_dtypes(ckpt)
+    ckpt.scale_fmt = _read_scale_fmt(path) or _scale_fmt_from_dtypes(ckpt)
     return ckpt
 
 
 def _scale_fmt_from_dtypes(ckpt: _Checkpoint) -> str:
-    """Without a ``config.json`` (a single ``.safetensors`` file): "ue8m0" when every block scale is
-    stored as float8_e8m0fnu (only power-of-two scales fit it: DeepSeek-V3.1's format), else "float"."""
+    """Where no config.json declares it: "ue8m0" when every block scale is stored as float8_e8m0fnu
+    (only power-of-two scales fit it: DeepSeek-V3.1's format), else "float"."""
     e8m0 = getattr(torch, "float8_e8m0fnu", None)
     dtypes = {t.dtype for k, t in ckpt.tensors.items() if k.endswith(SCALE_SUFFIX)}
     return "ue8m0" if dtypes and dtypes == {e8m0} else "float"

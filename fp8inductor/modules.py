@@ -300,7 +300,7 @@ def _keep_in_fp32_entries(model: nn.Module) -> tuple[str, ...]:
     entries: list[str] = []
     for module in model.modules():
         for attr in ("_keep_in_fp32_modules", "_keep_in_fp32_modules_strict"):
-            names = getattr(type(module), attr, None) or getattr(module, attr, None)
+            names = getattr(module, attr, None)
             if isinstance(names, (list, tuple, set)):
                 entries.extend(n for n in names if isinstance(n, str) and n and n not in entries)
     return tuple(entries)
