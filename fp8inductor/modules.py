@@ -26,7 +26,7 @@ from torch import nn
 from . import _compat, ops
 from .config import FP8BlockConfig, matching_entry, split_options
 from .eligibility import skip_reason
-from .reference import SCALE_FMTS, check_weight_scale
+from .reference import FLOAT_DTYPES, SCALE_FMTS, check_weight_scale
 
 # transformers' FineGrainedFP8 linear is recognised by its class name (``FP8Linear`` in every version
 # since 4.50, and in vendored copies of the integration); ``FP8GroupedLinear`` (block-diagonal),
@@ -54,6 +54,16 @@ class FP8BlockLinear(nn.Module):
         if scale_fmt not in SCALE_FMTS:
             raise ValueError(f"FP8BlockLinear: scale_fmt must be one of {SCALE_FMTS}, got {scale_fmt!r}")
         self.out_features, self.in_features = weight.shape
+        if bias is not None and (bias.dtype not in FLOAT_DTYPES or tuple(bias.shape) != (self.out_features,)):
+            raise ValueError(
+                f"FP8BlockLinear: bias must be a float32/float16/bfloat16 [{self.out_features}] tensor, "
+                f"got {bias.dtype} {tuple(bias.shape)}"
+            )
+        devices = {t.device for t in (weight, weight_scale_inv, bias) if t is not None}
+        if len(devices) > 1:
+            raise ValueError(
+                f"FP8BlockLinear: weight, scales and bias must share a device, got {sorted(map(str, devices))}"
+            )
         self.scale_fmt = scale_fmt
         self.register_buffer("weight", weight)
         self.register_buffer("weight_scale_inv", weight_scale_inv)
@@ -251,6 +261,8 @@ def quantize_(model: nn.Module, config: FP8BlockConfig | Mapping[str, Any] | Non
         w = None if not path or is_transformers_fp8_linear(module) else _linear_weight_nk(module)
         if w is None:
             continue
+        if isinstance(w, nn.parameter.UninitializedParameter):
+            raise ValueError(f"quantize_: {path}: the weight is not initialized (a lazy module); run a forward first")
         if w.is_meta:
             raise ValueError(f"quantize_: {path}: the weight is on the meta device; load the weights first")
         linears.setdefault(id(module), (module, []))[1].append(path)

@@ -640,3 +640,15 @@ def test_single_file_reads_the_config_json_beside_it(tmp_path):
     target = _fresh("llama")
     assert len(load_quantized_(target, files[0])) == n
     assert {m.scale_fmt for m in target.modules() if isinstance(m, FP8BlockLinear)} == {"ue8m0"}
+
+
+def test_fp8_module_and_quantize_reject_bad_bias_devices_and_lazy_weights():
+    q, s = fp8inductor.quantize_weight(torch.randn(256, 256))
+    for bias in (torch.zeros(3), torch.zeros(256, dtype=torch.int32)):
+        with pytest.raises(ValueError, match=r"bias must be a float32/float16/bfloat16 \[256\] tensor"):
+            FP8BlockLinear(q, s, bias)
+    with pytest.raises(ValueError, match="must share a device"):
+        FP8BlockLinear(q, s, torch.zeros(256, device="meta"))
+    lazy = torch.nn.Sequential(torch.nn.LazyLinear(256))
+    with pytest.raises(ValueError, match="not initialized"):
+        quantize_(lazy)

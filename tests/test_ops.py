@@ -183,3 +183,13 @@ def test_block_linear_group_size_and_dequantize_dtype_are_checked():
     for dtype in (torch.int8, "bfloat16", torch.float8_e4m3fn):
         with pytest.raises(TypeError, match="dtype must be a float torch.dtype"):
             fp8inductor.dequantize_weight(q, s, dtype=dtype)
+
+
+def test_gemm_ops_refuse_tensors_on_two_devices():
+    x = torch.randn(2, 256)
+    xq, xs = fp8inductor.quantize_activation(x)
+    q, s = fp8inductor.quantize_weight(torch.randn(256, 256))
+    with pytest.raises(ValueError, match="block_gemm: all tensors must be on one device"):
+        torch.ops.fp8inductor.block_gemm(xq.to("meta"), xs, q, s, torch.bfloat16)
+    with pytest.raises(ValueError, match="quantized_block_linear: all tensors must be on one device"):
+        torch.ops.fp8inductor.quantized_block_linear(xq, xs, q, s, torch.zeros(256, device="meta"), torch.bfloat16)
