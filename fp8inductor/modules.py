@@ -26,7 +26,7 @@ from torch import nn
 from . import _compat, ops
 from .config import FP8BlockConfig, matching_entry, split_options
 from .eligibility import skip_reason
-from .reference import FLOAT_DTYPES, SCALE_FMTS, check_weight_scale
+from .reference import FLOAT_DTYPES, SCALE_FMTS, check_one_device, check_weight_scale
 
 # transformers' FineGrainedFP8 linear is recognised by its class name (``FP8Linear`` in every version
 # since 4.50, and in vendored copies of the integration); ``FP8GroupedLinear`` (block-diagonal),
@@ -59,11 +59,7 @@ class FP8BlockLinear(nn.Module):
                 f"FP8BlockLinear: bias must be a float32/float16/bfloat16 [{self.out_features}] tensor, "
                 f"got {bias.dtype} {tuple(bias.shape)}"
             )
-        devices = {t.device for t in (weight, weight_scale_inv, bias) if t is not None}
-        if len(devices) > 1:
-            raise ValueError(
-                f"FP8BlockLinear: weight, scales and bias must share a device, got {sorted(map(str, devices))}"
-            )
+        check_one_device("FP8BlockLinear", weight, weight_scale_inv, bias)
         self.scale_fmt = scale_fmt
         self.register_buffer("weight", weight)
         self.register_buffer("weight_scale_inv", weight_scale_inv)

@@ -46,12 +46,6 @@ def _check_float(t: torch.Tensor, what: str) -> None:
         raise TypeError(f"fp8inductor: {what} must be float32, float16 or bfloat16, got {t.dtype}")
 
 
-def _check_one_device(op: str, *tensors: torch.Tensor | None) -> None:
-    devices = {t.device for t in tensors if t is not None}
-    if len(devices) > 1:
-        raise ValueError(f"{op}: all tensors must be on one device, got {sorted(map(str, devices))}")
-
-
 def _check_block_linear_args(
     x: torch.Tensor, wq: torch.Tensor, ws: torch.Tensor, bias: torch.Tensor | None, group_size: int
 ) -> None:
@@ -68,7 +62,7 @@ def _check_block_linear_args(
         _check_float(bias, "bias")
         if tuple(bias.shape) != (wq.shape[0],):
             raise ValueError(f"fp8inductor.block_linear: bias must be [N] = [{wq.shape[0]}], got {tuple(bias.shape)}")
-    _check_one_device("fp8inductor.block_linear", x, wq, ws, bias)
+    ref.check_one_device("fp8inductor.block_linear", x, wq, ws, bias)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,7 +271,7 @@ def _check_block_gemm_args(
         raise ValueError(f"fp8inductor.block_gemm: xs must be float32 {want}, got {xs.dtype} {tuple(xs.shape)}")
     if out_dtype not in ref.FLOAT_DTYPES:
         raise TypeError(f"fp8inductor.block_gemm: out_dtype must be float32, float16 or bfloat16, got {out_dtype}")
-    _check_one_device("fp8inductor.block_gemm", xq, xs, wq, ws)
+    ref.check_one_device("fp8inductor.block_gemm", xq, xs, wq, ws)
 
 
 @torch.library.custom_op(f"{_NS}::block_gemm", mutates_args=())
@@ -392,7 +386,7 @@ def _check_quantized_linear_args(xq, xs, wq, ws, bias, out_dtype, tickets) -> No
             raise ValueError(
                 f"fp8inductor.quantized_block_linear: bias must be [N] = [{wq.shape[0]}], got {tuple(bias.shape)}"
             )
-    _check_one_device("fp8inductor.quantized_block_linear", xq, bias)
+    ref.check_one_device("fp8inductor.quantized_block_linear", xq, bias)
     if tickets is not None and (
         tickets.dtype != torch.int32 or tickets.dim() != 1 or not tickets.is_contiguous() or tickets.device != xq.device
     ):

@@ -84,6 +84,13 @@ def _check_float(t: torch.Tensor, what: str) -> None:
         raise TypeError(f"{what} must be float32, float16 or bfloat16, got {t.dtype}")
 
 
+def check_one_device(what: str, *tensors: torch.Tensor | None) -> None:
+    """A clear error when the given tensors (None skipped) are not all on one device."""
+    devices = {t.device for t in tensors if t is not None}
+    if len(devices) > 1:
+        raise ValueError(f"{what}: all tensors must be on one device, got {sorted(map(str, devices))}")
+
+
 def check_block_size(size, what: str) -> int:
     """A block or group size: a positive int (a bool, 0 or a negative would divide by zero or
     reshape to nonsense further in)."""
@@ -330,6 +337,4 @@ def check_rms_norm_args(x: torch.Tensor, residual: torch.Tensor | None, weight: 
             f"rms_norm_quant: residual must be {tuple(x.shape)} {x.dtype}, "
             f"got {tuple(residual.shape)} {residual.dtype}"
         )
-    devices = {t.device for t in (x, residual, weight) if t is not None}
-    if len(devices) > 1:
-        raise ValueError(f"rms_norm_quant: all tensors must be on one device, got {sorted(map(str, devices))}")
+    check_one_device("rms_norm_quant", x, residual, weight)

@@ -647,7 +647,7 @@ def test_fp8_module_and_quantize_reject_bad_bias_devices_and_lazy_weights():
     for bias in (torch.zeros(3), torch.zeros(256, dtype=torch.int32)):
         with pytest.raises(ValueError, match=r"bias must be a float32/float16/bfloat16 \[256\] tensor"):
             FP8BlockLinear(q, s, bias)
-    with pytest.raises(ValueError, match="must share a device"):
+    with pytest.raises(ValueError, match="FP8BlockLinear: all tensors must be on one device"):
         FP8BlockLinear(q, s, torch.zeros(256, device="meta"))
     lazy = torch.nn.Sequential(torch.nn.LazyLinear(256))
     with pytest.raises(ValueError, match="not initialized"):
