@@ -15,6 +15,9 @@ Variants (each a kernel + launcher below):
 * ``v2_unroll2``   two K blocks per iteration: two independent dots, each promoted with its own scales
 * ``v3_lag``       the promotion of block kb is issued after the dot of block kb + 1 (software pipelined)
 * ``v4_tma``       persistent grid (cps programs per SM) + TMA tensor descriptors, naive or lag promotion
+* ``v7_ws``        v4 (naive promotion) with Triton's automatic warp specialization (``tl.range(...,
+                   warp_specialize=True)``) on the tile loop (ws=outer) or the K loop (ws=inner): a producer
+                   warp issues the TMA loads, consumer warpgroups run the dots and promotions
 * ``v5_splitk``    small M: K split over programs, fp32 partials [SPLIT_K, M, N], the last split of a tile sums them and adds the bias
 * ``v6_rescale``   one accumulator fed to each dot: ``acc = dot(a, b, acc * (s_prev / s))``, ``y = acc * s_last``
 * ``x_chain``      ceiling, NOT a correct GEMM: ``acc = dot(a, b, acc)`` ignoring block scales (no error check)
@@ -325,6 +328,8 @@ def _v4_tma_kernel(
     GROUP_M: tl.constexpr,
     LAG: tl.constexpr,  # True: v3-style promotion (block kb promoted after the dot of kb + 1); False: naive
     FLATTEN: tl.constexpr,  # tl.range(flatten=...) over the tile loop (tutorial 09 uses True)
+    WS_OUTER: tl.constexpr = False,  # v7: warp_specialize the persistent tile loop (tutorial 09's place)
+    WS_INNER: tl.constexpr = False,  # v7: warp_specialize the K loop instead
 ):
     # Out-of-bounds TMA reads give zeros (partial M, N, K tiles); out-of-bounds stores are dropped.
     x_desc = tl.make_tensor_descriptor(xq_ptr, shape=[M, K], strides=[K, 1], block_shape=[BLOCK_M, BLOCK_K])
@@ -336,7 +341,7 @@ def _v4_tma_kernel(
     num_tiles = num_pid_m * num_pid_n
     nkb = tl.cdiv(K, BLOCK_K)
     tile_id_c = start_pid - num_progs  # separate epilogue counter, as tutorial 09 (pipeliner workaround)
-    for tile_id in tl.range(start_pid, num_tiles, num_progs, flatten=FLATTEN):
+    for tile_id in tl.range(start_pid, num_tiles, num_progs, flatten=FLATTEN, warp_specialize=WS_OUTER):
         pid_m, pid_n = _grouped_tile(tile_id, num_pid_m, num_pid_n, GROUP_M)
         off_m = pid_m * BLOCK_M
         off_n = pid_n * BLOCK_N
@@ -358,7 +363,7 @@ def _v4_tma_kernel(
                 s_prev = _kblock_scale(xs_ptrs, ws_ptrs, kb, stride_xsk, stride_wsk, BLOCK_N, QBLOCK)
             acc += d_prev * s_prev
         else:
-            for kb in range(nkb):
+            for kb in tl.range(0, nkb, warp_specialize=WS_INNER):
                 a = x_desc.load([off_m, kb * BLOCK_K])
                 b = w_desc.load([off_n, kb * BLOCK_K])
                 acc += tl.dot(a, b.T) * _kblock_scale(xs_ptrs, ws_ptrs, kb, stride_xsk, stride_wsk, BLOCK_N, QBLOCK)
@@ -489,6 +494,8 @@ def _v4_tma(xq, xs, wq, ws, bias, cfg: Cfg) -> torch.Tensor:
         GROUP_M=cfg.group_m,
         LAG=bool(cfg.get("lag", True)),
         FLATTEN=bool(cfg.get("flatten", True)),
+        WS_OUTER=cfg.get("ws") == "outer",
+        WS_INNER=cfg.get("ws") == "inner",
         num_warps=cfg.warps,
         num_stages=cfg.stages,
     )
@@ -556,6 +563,18 @@ V4_CFGS = [
     _cfg(128, 64, 4, 4, lag=0, flatten=1, cps=2),
     _cfg(64, 128, 4, 4, lag=1, flatten=0, cps=2),
 ]
+# v7 (first tried 2026-12-06): Hopper warp specialization in triton 3.6 (triton PR #7136 / #7642: descriptor
+# loops only). 4 warps = one consumer warpgroup; 8 = two, which may split the tile along M.
+V7_CFGS = [
+    _cfg(128, 128, 4, 4, lag=0, flatten=0, ws="outer"),
+    _cfg(128, 128, 8, 4, lag=0, flatten=0, ws="outer"),
+    _cfg(128, 128, 8, 3, lag=0, flatten=1, ws="outer"),
+    _cfg(128, 256, 8, 3, lag=0, flatten=0, ws="outer"),
+    _cfg(256, 128, 8, 3, lag=0, flatten=0, ws="outer"),
+    _cfg(64, 128, 4, 4, lag=0, flatten=0, ws="outer", cps=2),
+    _cfg(128, 128, 8, 4, lag=0, flatten=0, ws="inner"),
+    _cfg(128, 128, 4, 4, lag=0, flatten=0, ws="inner"),
+]
 V6_CFGS = [_cfg(128, 128, 8, 3), _cfg(128, 128, 8, 4), _cfg(128, 128, 4, 4), _cfg(64, 128, 4, 4), _cfg(256, 128, 8, 3)]
 CHAIN_CFGS = [_cfg(128, 128, 4, 4), _cfg(128, 128, 8, 4), _cfg(256, 128, 8, 3)]  # probe: 1338 / 1202 TF
 SMALL_V1_CFGS = [_cfg(16, 64, 4, 4), _cfg(16, 128, 4, 4), _cfg(32, 128, 4, 4), _cfg(64, 64, 4, 4), _cfg(64, 128, 4, 4)]
@@ -584,6 +603,7 @@ VARIANTS = [
     Variant("bf16", "bf16", _bf16_mm, (AUTO,), (AUTO,), checked=False),
     # Last in each shape: a device-side fault here (TMA) would end the run (see Lab.run_case).
     Variant("v4_tma", "fp8", _v4_tma, tuple(V4_CFGS), ()),
+    Variant("v7_ws", "fp8", _v4_tma, tuple(V7_CFGS), ()),
 ]
 
 # (M, N, K). Check shapes first (cheap), then the calibration-probe shapes, then the rest.

@@ -44,7 +44,13 @@ def candidates(m: int) -> list[GemmConfig]:
         return [GemmConfig("tiles", 16, 64, 4, 4), GemmConfig("tiles", 16, 128, 4, 4),
                 GemmConfig("splitk", 16, 64, 4, 4, split_k=4), GemmConfig("splitk", 16, 64, 4, 4, split_k=8),
                 GemmConfig("splitk", 16, 128, 4, 4, split_k=2), GemmConfig("splitk", 16, 128, 4, 4, split_k=4),
-                GemmConfig("splitk", 16, 128, 4, 4, split_k=8), GemmConfig("splitk", 16, 64, 4, 6, split_k=16)]  # fmt: skip
+                GemmConfig("splitk", 16, 128, 4, 4, split_k=8), GemmConfig("splitk", 16, 64, 4, 6, split_k=16),
+                # 2026-12-06: narrower tiles (more programs, so every SM streams without a split-K
+                # fix-up) and deeper pipelines (more weight bytes in flight per SM)
+                GemmConfig("tiles", 16, 32, 4, 6), GemmConfig("tiles", 16, 32, 4, 8), GemmConfig("tiles", 16, 64, 4, 6),
+                GemmConfig("splitk", 16, 32, 4, 6, split_k=2), GemmConfig("splitk", 16, 32, 4, 6, split_k=4),
+                GemmConfig("splitk", 16, 64, 4, 6, split_k=2), GemmConfig("splitk", 16, 64, 4, 6, split_k=4),
+                GemmConfig("splitk", 16, 128, 4, 6, split_k=2)]  # fmt: skip
     if m <= 64:
         return [GemmConfig("tiles", 64, 64, 4, 4), GemmConfig("tiles", 16, 64, 4, 4),
                 GemmConfig("splitk", 16, 64, 4, 4, split_k=2), GemmConfig("splitk", 16, 64, 4, 4, split_k=4),
