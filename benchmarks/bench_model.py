@@ -275,7 +275,7 @@ def merge_reports(old: dict | None, new: dict) -> dict:
     if old is None:
         return new
     defaults = {"fp8_options": {}}  # files from before the option have none
-    for key in ("layers", "quick", "shapes", "fp8_options", "fp8inductor_pdl"):
+    for key in ("layers", "quick", "shapes", "fp8_options", "fp8inductor_pdl", "torchinductor_enable_pdl"):
         if old["meta"].get(key, defaults.get(key)) != new["meta"].get(key, defaults.get(key)):
             raise SystemExit(
                 f"--merge: the existing file has {key}={old['meta'].get(key)!r}, this run {new['meta'].get(key)!r}; "
@@ -886,6 +886,7 @@ def run_meta(args: argparse.Namespace, rows: Sequence[str], shape: ModelShape) -
         "rel_err_flag": REL_ERR_FLAG,
         "fp8_options": args.fp8_options,
         "fp8inductor_pdl": os.environ.get("FP8INDUCTOR_PDL"),  # "0": programmatic dependent launch off
+        "torchinductor_enable_pdl": os.environ.get("TORCHINDUCTOR_ENABLE_PDL"),  # "1": Inductor's own kernels too
         **git,
         "runs": [{"date": date, "rows": list(rows), "command": command, **git}],
     }
