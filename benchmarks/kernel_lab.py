@@ -990,6 +990,9 @@ def _env_info(device: torch.device) -> dict:
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
         info.update(name=p.name, cc=f"{p.major}.{p.minor}", cuda=torch.version.cuda)
+    if os.environ.get("FP8_BENCH_GIT_SHA"):  # a copy without (or with stale) git metadata names it
+        info["git"] = os.environ["FP8_BENCH_GIT_SHA"]
+        return info
     try:
         info["git"] = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
