@@ -215,3 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         out.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     print(f"wrote {out}")
     return 0
+
+
+if __name__ == "__main__":  # ``python -m fp8inductor.tune`` as well as ``python -m fp8inductor tune``
+    sys.exit(main())

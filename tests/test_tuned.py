@@ -7,6 +7,7 @@ import json
 import logging
 
 import pytest
+import torch
 
 from fp8inductor import tuned
 from fp8inductor.kernels.config import CONFIGS, GemmConfig, pick_config
@@ -100,3 +101,16 @@ def test_update_retunes_only_what_this_commit_has_not_tuned():
     redo = shapes_to_tune(entries, nks, ms, update=True, sha="new")
     assert redo == [(4096, 4096, 64), (1024, 4096, 64), (1024, 4096, 128)]
     assert shapes_to_tune(entries, nks, ms, update=False, sha="new") == [(1024, 4096, 64), (1024, 4096, 128)]
+
+
+@pytest.mark.parametrize("argv", [["-m", "fp8inductor.tune"], ["-m", "fp8inductor", "tune"]])
+def test_tune_entry_points(argv):
+    """Both spellings reach the tuner: --help prints its usage; without a GPU it says so (exit 2)."""
+    import subprocess
+    import sys
+
+    helped = subprocess.run([sys.executable, *argv, "--help"], capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0 and "--update" in helped.stdout
+    if not torch.cuda.is_available():
+        ran = subprocess.run([sys.executable, *argv, "--m", "1"], capture_output=True, text=True, timeout=120)
+        assert ran.returncode == 2 and "needs a CUDA GPU" in ran.stderr
