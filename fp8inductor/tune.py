@@ -5,11 +5,14 @@ For every shape it checks each candidate against a float32 reference of the same
 kernels, host overhead is the same for all), and records the fastest, the heuristic's time and
 every candidate's time. cuBLAS blockwise is a candidate from M = 64 where ``kernels/cublas.py``
 admits the shape (timed on column-major activation scales, as the op's quant kernel writes them).
-The JSON is rewritten after each shape, and ``--resume`` skips the shapes it already has, so an
-interrupted run continues where it stopped; ``--update`` re-tunes the given shapes and M buckets
-and keeps every other entry of the table.
+The JSON is rewritten after each shape (atomically: an interrupted run leaves the last complete
+file), and ``--resume`` skips the shapes it already has, so an interrupted run continues where it
+stopped; ``--update`` re-tunes the given shapes and M buckets and keeps every other entry of the
+table. An existing table is replaced only with ``--overwrite``: without one of the three a run stops
+before timing anything.
 
-    python -m fp8inductor tune [--shapes suite|models|all] [--m 64,128] [--out <table>.json] [--resume | --update [--why TEXT]]
+    python -m fp8inductor tune [--shapes suite|models|all] [--m 64,128] [--out <table>.json]
+        [--resume | --update [--why TEXT] | --overwrite]
 """
 
 from __future__ import annotations
@@ -162,15 +165,66 @@ def shapes_to_tune(entries: dict, nks: list[tuple[int, int]], ms: list[int], upd
     return [(n, k, m) for n, k in nks for m in ms if needed(n, k, m)]
 
 
+class TuneError(Exception):
+    """A run that would lose or misread a table: reported as one line, exit status 2."""
+
+
+def load_for_run(out: Path, device: str, resume: bool, update: bool, overwrite: bool) -> dict:
+    """The table a run starts from: {} for a new file (or with ``overwrite``), else the existing one.
+
+    An existing table is never replaced by accident: without --resume, --update or --overwrite the
+    run stops before timing anything. An unreadable file, or one tuned on another device, is an
+    error too (the caller names another --out, or --overwrite)."""
+    if not out.exists() or overwrite:
+        return {}
+    if not (resume or update):
+        raise TuneError(
+            f"{out} exists: --update re-tunes the given shapes and buckets and keeps the rest, --resume fills "
+            "in missing entries, --overwrite replaces the file, --out writes elsewhere"
+        )
+    try:
+        data = json.loads(out.read_text())
+    except (OSError, ValueError) as e:  # json.JSONDecodeError is a ValueError
+        raise TuneError(f"{out} is not a readable tuning table ({e}); --overwrite replaces it") from e
+    if not isinstance(data, dict) or not isinstance(data.get("entries", {}), dict):
+        raise TuneError(f"{out} is not an fp8inductor tuning table; --overwrite replaces it")
+    if data.get("device") != device:
+        raise TuneError(f"{out} was tuned on {data.get('device')!r}, not {device!r}: not resuming it")
+    return data
+
+
+def write_table(out: Path, data: dict) -> None:
+    """Writes the table atomically (a temporary file beside it, then a rename): an interrupted run
+    leaves the previous complete file, never a truncated one."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _m_buckets(text: str) -> list[int]:
+    try:
+        ms = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--m takes a comma list of row counts, got {text!r}") from None
+    if not ms or min(ms) < 1:
+        raise argparse.ArgumentTypeError(f"--m row counts must be >= 1, got {text!r}")
+    return ms
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fp8inductor tune", description=__doc__.splitlines()[0])
     p.add_argument("--shapes", choices=["suite", "models", "all"], default="all")
-    p.add_argument("--m", default=",".join(map(str, M_BUCKETS)), help="M buckets to tune")
+    p.add_argument("--m", type=_m_buckets, default=list(M_BUCKETS), help="M buckets to tune (comma list)")
     p.add_argument("--out", type=Path, help="JSON to write (default: the shipped table of this device)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="keep the shapes already in --out")
     mode.add_argument("--update", action="store_true",
                       help="re-tune these shapes and buckets unless tuned at this commit; keep the rest of --out")  # fmt: skip
+    mode.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--budget-s", type=float, default=float("inf"), help="stop starting new shapes after this")
     p.add_argument("--why", default="", help="with --update: the reason, kept in the table's retunes record")
     args = p.parse_args(argv)
@@ -180,10 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.cuda.get_device_name(0)
     out = args.out or CONFIG_DIR / f"{device_slug(device)}.json"
     nks = {"suite": SUITE_NK, "models": MODEL_NK, "all": SUITE_NK + MODEL_NK}[args.shapes]
-    ms = [int(v) for v in args.m.split(",")]
-    data = json.loads(out.read_text()) if (args.resume or args.update) and out.exists() else {}
-    if data and data.get("device") != device:
-        print(f"{out} was tuned on {data.get('device')!r}, not {device!r}: not resuming it", file=sys.stderr)
+    ms = args.m
+    try:
+        data = load_for_run(out, device, args.resume, args.update, args.overwrite)
+    except TuneError as e:
+        print(f"tune: {e}", file=sys.stderr)
         return 2
     import triton
 
@@ -211,8 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{i}/{len(todo)} {time.perf_counter() - t0:6.0f}s] M={m:<5} N={n:<6} K={k:<6} best {rec['us']:9.2f} us "
               f"(heuristic {rec['heuristic_us']:9.2f}) {rec['config']['kind']} {rec['config']['block_m']}x"
               f"{rec['config']['block_n']}", flush=True)  # fmt: skip
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+        write_table(out, data)
     print(f"wrote {out}")
     return 0
 

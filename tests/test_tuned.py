@@ -114,3 +114,46 @@ def test_tune_entry_points(argv):
     if not torch.cuda.is_available():
         ran = subprocess.run([sys.executable, *argv, "--m", "1"], capture_output=True, text=True, timeout=120)
         assert ran.returncode == 2 and "needs a CUDA GPU" in ran.stderr
+
+
+def test_tune_never_replaces_a_table_by_accident(tmp_path):
+    from fp8inductor.tune import TuneError, load_for_run
+
+    out = tmp_path / "t.json"
+    assert load_for_run(out, DEV, resume=False, update=False, overwrite=False) == {}  # a new file
+    out.write_text(json.dumps(_table({"N=4096,K=4096": {"1": _rec(CONFIGS["tiles_16x64"])}})))
+    with pytest.raises(TuneError, match="exists: --update"):
+        load_for_run(out, DEV, resume=False, update=False, overwrite=False)
+    assert "N=4096,K=4096" in load_for_run(out, DEV, resume=False, update=True, overwrite=False)["entries"]
+    assert load_for_run(out, DEV, resume=False, update=False, overwrite=True) == {}
+    with pytest.raises(TuneError, match="tuned on 'Test GPU 80GB'"):
+        load_for_run(out, "Other GPU", resume=True, update=False, overwrite=False)
+    out.write_text('{"entries": {"N=1')  # truncated: a clear error, not a JSON traceback
+    with pytest.raises(TuneError, match="not a readable tuning table"):
+        load_for_run(out, DEV, resume=True, update=False, overwrite=False)
+
+
+def test_tune_writes_the_table_atomically(tmp_path, monkeypatch):
+    from fp8inductor import tune
+
+    out = tmp_path / "sub" / "t.json"
+    tune.write_table(out, {"a": 1})
+    assert json.loads(out.read_text()) == {"a": 1}
+
+    def fail(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tune.os, "replace", fail)  # interrupted between writing and renaming
+    with pytest.raises(KeyboardInterrupt):
+        tune.write_table(out, {"a": 2})
+    assert json.loads(out.read_text()) == {"a": 1}  # the previous complete file
+    assert [f.name for f in out.parent.iterdir()] == ["t.json"]  # no temporary file left
+
+
+@pytest.mark.parametrize("bad", ["1,x", "0", "-16", ""])
+def test_tune_rejects_bad_m_buckets(bad):
+    from fp8inductor.tune import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--m", bad])
+    assert e.value.code == 2
