@@ -404,29 +404,28 @@ def test_every_config_matches_reference(name):
         _check_gemm(xq, xs, wq, ws, bias, torch.bfloat16, config=cfg)
 
 
-def _shipped_triton_configs() -> dict[str, GemmConfig]:
+def _shipped_triton_configs() -> list[GemmConfig]:
     """The distinct Triton configs of every shipped tuning table (cuBLAS entries have their own tests)."""
     import json
 
     from fp8inductor.tuned import CONFIG_DIR, parse_table
 
-    found: dict[str, GemmConfig] = {}
-    for path in sorted(CONFIG_DIR.glob("*.json")):
-        for per_m in parse_table(json.loads(path.read_text()), str(path)).values():
-            for cfg in per_m.values():
-                if cfg.kind != "cublas":
-                    label = f"{cfg.kind}_{cfg.block_m}x{cfg.block_n}_w{cfg.num_warps}_s{cfg.num_stages}"
-                    found[label + (f"_k{cfg.split_k}" if cfg.kind == "splitk" else "")] = cfg
-    return found
+    found = {
+        cfg
+        for path in sorted(CONFIG_DIR.glob("*.json"))
+        for per_m in parse_table(json.loads(path.read_text()), str(path)).values()
+        for cfg in per_m.values()
+        if cfg.kind != "cublas"
+    }
+    return sorted(found, key=repr)
 
 
 SHIPPED_CONFIGS = _shipped_triton_configs()
 
 
-@pytest.mark.parametrize("name", sorted(SHIPPED_CONFIGS))
-def test_every_shipped_tuned_config_matches_reference(name):
+@pytest.mark.parametrize("cfg", SHIPPED_CONFIGS, ids=repr)
+def test_every_shipped_tuned_config_matches_reference(cfg):
     """Each Triton config that a shipped table (fp8inductor/configs/*.json) can pick, on awkward shapes."""
-    cfg = SHIPPED_CONFIGS[name]
     for m, n, k in CONFIG_SHAPES[cfg.kind]:
         xq, xs, wq, ws = _gemm_operands(m, n, k, seed=m * n + k + 1)
         bias = torch.randn(n, generator=_gen(21)).to(DEVICE)
