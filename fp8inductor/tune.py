@@ -188,6 +188,10 @@ def load_for_run(out: Path, device: str, resume: bool, update: bool, overwrite: 
         raise TuneError(f"{out} is not a readable tuning table ({e}); --overwrite replaces it") from e
     if not isinstance(data, dict) or not isinstance(data.get("entries", {}), dict):
         raise TuneError(f"{out} is not an fp8inductor tuning table; --overwrite replaces it")
+    if data.get("schema") != SCHEMA:
+        raise TuneError(
+            f"{out} has table schema {data.get('schema')!r}, this tuner writes {SCHEMA}; --overwrite replaces it"
+        )
     if data.get("device") != device:
         raise TuneError(f"{out} was tuned on {data.get('device')!r}, not {device!r}: not resuming it")
     return data

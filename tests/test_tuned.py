@@ -128,6 +128,9 @@ def test_tune_never_replaces_a_table_by_accident(tmp_path):
     assert load_for_run(out, DEV, resume=False, update=False, overwrite=True) == {}
     with pytest.raises(TuneError, match="tuned on 'Test GPU 80GB'"):
         load_for_run(out, "Other GPU", resume=True, update=False, overwrite=False)
+    out.write_text(json.dumps(_table({}, schema=tuned.SCHEMA + 1)))
+    with pytest.raises(TuneError, match="schema"):
+        load_for_run(out, DEV, resume=True, update=False, overwrite=False)
     out.write_text('{"entries": {"N=1')  # truncated: a clear error, not a JSON traceback
     with pytest.raises(TuneError, match="not a readable tuning table"):
         load_for_run(out, DEV, resume=True, update=False, overwrite=False)
