@@ -57,19 +57,33 @@ def _greedy(fn, ids: torch.Tensor, steps: int, device: str) -> tuple[torch.Tenso
     return ids, sorted(times)[len(times) // 2]
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fp8inductor demo", description=__doc__.splitlines()[0])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--hidden", type=int, default=512)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--vocab", type=int, default=4096)
-    p.add_argument("--prompt-len", type=int, default=16)
-    p.add_argument("--tokens", type=int, default=8, help="tokens to generate")
+    p.add_argument("--hidden", type=_positive_int, default=512, help="hidden size (>= 64; heads of 64)")
+    p.add_argument("--layers", type=_positive_int, default=2)
+    p.add_argument("--vocab", type=_positive_int, default=4096)
+    p.add_argument("--prompt-len", type=_positive_int, default=16)
+    p.add_argument("--tokens", type=_positive_int, default=8, help="tokens to generate")
     args = p.parse_args(argv)
+    if args.hidden < 64:
+        p.error(f"--hidden must be >= 64 (one attention head of 64), got {args.hidden}")
 
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA GPU is visible to this torch (use --device cpu or auto)")
     model = build_llama(args.hidden, args.layers, args.vocab, device)
     n_params = sum(p.numel() for p in model.parameters())
     print(

@@ -6,6 +6,9 @@ import re
 import subprocess
 import sys
 
+import pytest
+import torch
+
 
 def test_demo_runs_and_reports():
     res = subprocess.run(
@@ -40,3 +43,16 @@ def test_demo_runs_and_reports():
 def test_cli_usage():
     res = subprocess.run([sys.executable, "-m", "fp8inductor"], capture_output=True, text=True)
     assert res.returncode == 2 and "demo" in res.stdout
+
+
+@pytest.mark.parametrize("bad", [["--tokens", "0"], ["--prompt-len", "-1"], ["--hidden", "32"], ["--layers", "x"]])
+def test_demo_rejects_bad_sizes(bad):
+    res = subprocess.run([sys.executable, "-m", "fp8inductor", "demo", *bad], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and bad[0] in res.stderr and "Traceback" not in res.stderr, res.stderr[-2000:]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_demo_cuda_without_gpu_is_a_clear_error():
+    res = subprocess.run([sys.executable, "-m", "fp8inductor", "demo", "--device", "cuda"], capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert res.returncode == 2 and "no CUDA GPU" in res.stderr and "Traceback" not in res.stderr, res.stderr[-2000:]
