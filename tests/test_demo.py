@@ -47,7 +47,8 @@ def test_cli_usage():
 
 @pytest.mark.parametrize("bad", [["--tokens", "0"], ["--prompt-len", "-1"], ["--hidden", "32"], ["--layers", "x"]])
 def test_demo_rejects_bad_sizes(bad):
-    res = subprocess.run([sys.executable, "-m", "fp8inductor", "demo", *bad], capture_output=True, text=True, timeout=120)
+    cmd = [sys.executable, "-m", "fp8inductor", "demo", *bad]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and bad[0] in res.stderr and "Traceback" not in res.stderr, res.stderr[-2000:]
 
 
