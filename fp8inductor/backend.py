@@ -19,6 +19,7 @@ import functools
 import itertools
 import logging
 import warnings
+import weakref
 from collections import deque
 from typing import Any
 
@@ -104,7 +105,41 @@ def fp8block(
     with compile_scope(config, _param_names(gm)) as scope:
         compiled = _compat.compile_fx(gm, example_inputs, patches, keep_one_row_mm=keep_mm)
     _publish(scope.report)
-    return compiled
+    return _refusing_changed_weights(compiled, gm)
+
+
+def _refusing_changed_weights(compiled, gm: torch.fx.GraphModule):
+    """``compiled``, made to raise if the model's parameters changed dtype or device since compiling.
+
+    Freezing bakes the parameters into the graph as constants, and Dynamo guards them by identity.
+    ``model.to(dtype)``, ``.half()``, ``.float()`` and ``.to(device)`` swap ``param.data`` in place
+    and keep the Parameter objects, so Dynamo would go on running the old graph: the old weights in
+    the old dtype, silently. Each call checks one parameter of each (dtype, device) group of the
+    compile, which catches such whole-model conversions at the cost of a few attribute reads.
+    Converting only part of a model, or changing weight values in place, is not caught
+    (docs/checkpoints.md).
+    """
+    probes: dict[tuple[torch.dtype, torch.device], torch.nn.Parameter] = {}
+    for param in gm.parameters():
+        probes.setdefault((param.dtype, param.device), param)
+    checks = [(weakref.ref(param), dtype, device) for (dtype, device), param in probes.items()]
+    if not checks:
+        return compiled
+
+    @functools.wraps(compiled)  # keeps attributes such as ``_boxed_call`` that Dynamo reads
+    def run(*args, **kwargs):
+        for ref, dtype, device in checks:
+            param = ref()
+            if param is not None and (param.dtype != dtype or param.device != device):
+                raise RuntimeError(
+                    f"fp8block: the model's parameters changed from {dtype} on {device} to {param.dtype} on "
+                    f"{param.device} after it was compiled (model.to, .half(), .float(), .cuda() ...), and the "
+                    "compiled graph holds the old weights as constants. Call torch.compiler.reset() and call "
+                    "the compiled model again, or compile after converting."
+                )
+        return compiled(*args, **kwargs)
+
+    return run
 
 
 def _publish(report: RewriteReport) -> None:

@@ -35,7 +35,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 
 from . import ops  # noqa: F401  (registers torch.ops.fp8inductor)
 from .config import FP8BlockConfig
-from .eligibility import FLOAT_DTYPES, skip_reason
+from .eligibility import skip_reason
 from .patterns import ALL_PATTERNS, LinearMatch
 from .report import LinearDecision, RewriteReport
 
@@ -346,16 +346,22 @@ class _Rewriter:
             return "no shape information on the graph nodes"
         if w_val.dim() != 2:
             return f"weight is {w_val.dim()}-D, not 2-D"
-        if x_val.dtype != w_val.dtype:
-            return f"activation dtype {x_val.dtype} differs from weight dtype {w_val.dtype}"
+        if x_val.dtype != w_val.dtype:  # eager rejects such a matmul; Inductor's freezing may crash on it
+            raise TypeError(
+                f"fp8block: a matmul in {module or 'the model'} multiplies a {x_val.dtype} activation by a "
+                f"{w_val.dtype} weight; PyTorch rejects mixed dtypes here in eager mode too (cast one of them)"
+            )
         if match.bias is not None:
             if len(match.anchor.args) > 3 or match.anchor.kwargs:
                 return "addmm with beta/alpha"
             b_val = _val(match.bias)
             if b_val is None or tuple(b_val.shape) != (n,):
                 return f"bias of shape {None if b_val is None else tuple(b_val.shape)} is not [N]"
-            if b_val.dtype not in FLOAT_DTYPES:
-                return f"bias dtype {b_val.dtype} is not a float dtype"
+            if b_val.dtype != w_val.dtype:  # addmm / F.linear: eager rejects it; Inductor's freezing may crash on it
+                raise TypeError(
+                    f"fp8block: a linear in {module or 'the model'} adds a {b_val.dtype} bias to a {w_val.dtype} "
+                    "matmul; PyTorch rejects mixed dtypes here in eager mode too (cast the bias)"
+                )
         paths = (module, module_path_from_stack(match.anchor))
         return skip_reason(self.config, paths, n, k, w_val.dtype, self._real_weight(match.weight))
 

@@ -746,3 +746,38 @@ def test_quantized_linear_at_pdl_sizes_stays_the_op(monkeypatch):
     assert not lowering._op_overlaps_producer(torch.device("cpu"), 1, tiles)
     monkeypatch.setenv("FP8INDUCTOR_PDL", "0")
     assert not lowering._op_overlaps_producer(cuda, 1, tiles)
+
+
+def test_weights_converted_after_compile_are_refused_not_ignored():
+    """model.float() / .half() swap param.data in place: the frozen graph would keep running the old
+    bf16 weights (and return bf16). The compiled model says so instead."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(100, 256), nn.Linear(256, 256)).to(BF16).eval()
+    ids = torch.randint(0, 100, (2, 8))
+    with torch.inference_mode():
+        fast = compile_fp8(model)
+        assert fast(ids).dtype == BF16
+        assert fast(ids).dtype == BF16  # unchanged weights: no complaint
+        model.float()
+        with pytest.raises(RuntimeError, match=r"changed from torch.bfloat16 on cpu to torch.float32 on cpu"):
+            fast(ids)
+        torch.compiler.reset()  # what the message asks for: a recompile against the fp32 weights
+        out = fast(ids)
+        assert out.dtype == torch.float32
+        assert rel_err(out, model(ids)) < 0.1
+
+
+@pytest.mark.parametrize("case", ["fp32 activation", "fp32 bias"])
+def test_mixed_dtype_linear_is_a_clear_error(case):
+    """Eager rejects both (mat1/mat2, self/mat2 dtypes); Inductor's freezing crashed deep on them."""
+    lin = nn.Linear(256, 128).to(BF16).eval()
+    x = torch.randn(4, 256, dtype=BF16)
+    if case == "fp32 activation":
+        x = x.float()
+    else:
+        lin.bias = nn.Parameter(lin.bias.detach().float())
+    with torch.inference_mode():
+        with pytest.raises(RuntimeError):
+            lin(x)  # eager
+        with pytest.raises(Exception, match="rejects mixed dtypes here in eager mode too"):
+            compile_fp8(lin)(x)
