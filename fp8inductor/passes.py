@@ -340,7 +340,8 @@ class _Rewriter:
         return reason is None
 
     def _ineligible(self, match: LinearMatch, module: str, n: int, k: int) -> str | None:
-        """Why this match must stay as it is, or None if it converts."""
+        """Why this match must stay as it is, or None if it converts. A TypeError for a matmul that
+        eager PyTorch rejects (an activation or bias dtype unlike the weight's)."""
         w_val, x_val = _val(match.weight), _val(match.x)
         if w_val is None or x_val is None:
             return "no shape information on the graph nodes"

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from .kernels.config import CUBLAS, GemmConfig
-from .tuned import CONFIG_DIR, M_BUCKETS, SCHEMA, device_slug, shape_key
+from .tuned import CONFIG_DIR, M_BUCKETS, SCHEMA, device_slug, parse_table, shape_key
 
 # (N, K) of the kernel issue's suite and of common models.
 SUITE_NK = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336), (7168, 16384), (24576, 1536), (2112, 7168)]
@@ -186,12 +186,10 @@ def load_for_run(out: Path, device: str, resume: bool, update: bool, overwrite: 
         data = json.loads(out.read_text())
     except (OSError, ValueError) as e:  # json.JSONDecodeError is a ValueError
         raise TuneError(f"{out} is not a readable tuning table ({e}); --overwrite replaces it") from e
-    if not isinstance(data, dict) or not isinstance(data.get("entries", {}), dict):
-        raise TuneError(f"{out} is not an fp8inductor tuning table; --overwrite replaces it")
-    if data.get("schema") != SCHEMA:
-        raise TuneError(
-            f"{out} has table schema {data.get('schema')!r}, this tuner writes {SCHEMA}; --overwrite replaces it"
-        )
+    try:
+        parse_table(data, str(out))  # the lookup's own validation: schema, entries, configs
+    except ValueError as e:
+        raise TuneError(f"{e}; --overwrite replaces it") from e
     if data.get("device") != device:
         raise TuneError(f"{out} was tuned on {data.get('device')!r}, not {device!r}: not resuming it")
     return data
