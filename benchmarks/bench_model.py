@@ -253,6 +253,25 @@ def parse_phases(text: str) -> list[str]:
     return phases
 
 
+def parse_decode_batches(text: str) -> tuple[int, ...]:
+    """--decode-batches: a comma list of distinct positive batch sizes, e.g. "1" or "1,8,32"."""
+    try:
+        batches = tuple(int(b) for b in text.split(",") if b.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a comma list of positive integers, got {text!r}") from None
+    if not batches or min(batches) < 1 or len(set(batches)) != len(batches):
+        raise argparse.ArgumentTypeError(f"a comma list of distinct positive integers, got {text!r}")
+    return batches
+
+
+def model_shape(args: argparse.Namespace) -> ModelShape:
+    """The shape this run measures: Llama-3-8B's (or --quick's), with --decode-batches applied."""
+    shape = QUICK if args.quick else LLAMA3_8B
+    if args.decode_batches is not None:
+        shape = dataclasses.replace(shape, decode_batches=args.decode_batches)
+    return shape
+
+
 def parse_fp8_options(text: str) -> dict[str, Any]:
     """--fp8-options: a JSON object of FP8BlockConfig fields, checked against the config here."""
     try:
@@ -302,7 +321,7 @@ class RowRunner:
         self.torch = torch
         self.args = args
         self.spec = ROW_SPECS[args.row]
-        self.shape = QUICK if args.quick else LLAMA3_8B
+        self.shape = model_shape(args)
         self.layers = args.layers
         want_cpu = args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available())
         self.device = torch.device("cpu" if want_cpu else "cuda")
@@ -926,6 +945,8 @@ def child_command(args: argparse.Namespace, row: str, row_out: Path) -> list[str
     ]
     if args.quick:
         cmd.append("--quick")
+    if args.decode_batches is not None:
+        cmd += ["--decode-batches", ",".join(map(str, args.decode_batches))]
     if args.profile_decode:
         cmd.append("--profile-decode")
     if args.profile_prefill:
@@ -950,7 +971,7 @@ def run_child(cmd: list[str], env: dict[str, str], timeout_s: float | None) -> t
 def drive(args: argparse.Namespace) -> dict:
     on_cpu = args.device == "cpu" or (args.device == "auto" and not _cuda_visible())
     rows = parse_rows(args.rows, on_cpu)
-    shape = QUICK if args.quick else LLAMA3_8B
+    shape = model_shape(args)
     out = Path(args.out)
     old = json.loads(out.read_text()) if args.merge and out.exists() else None
     report = {"meta": run_meta(args, rows, shape), "rows": {}}
@@ -1021,6 +1042,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--layers", type=int, default=None, help=f"decoder layers (default {DEFAULT_LAYERS}; --quick: {QUICK_LAYERS})"
     )
     ap.add_argument("--phases", default="prefill,decode", help="comma list of prefill, decode")
+    ap.add_argument(
+        "--decode-batches",
+        type=parse_decode_batches,
+        default=None,
+        help=f"comma list of decode batch sizes (default {','.join(map(str, LLAMA3_8B.decode_batches))}; "
+        f"--quick: {','.join(map(str, QUICK.decode_batches))})",
+    )
     ap.add_argument("--out", default=str(DEFAULT_OUT), help=f"JSON to write (default {DEFAULT_OUT})")
     ap.add_argument(
         "--merge", action="store_true", help="keep the rows of an existing --out that this run does not redo"

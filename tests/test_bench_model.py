@@ -122,6 +122,21 @@ def test_args_defaults():
     assert bench_model.parse_args(["--quick", "--layers", "3"]).layers == 3
 
 
+def test_decode_batches_option():
+    import argparse
+
+    assert bench_model.model_shape(bench_model.parse_args([])).decode_batches == (1, 8, 32)
+    assert bench_model.model_shape(bench_model.parse_args(["--quick"])).decode_batches == (1, 2)
+    args = bench_model.parse_args(["--decode-batches", "1", "--layers", "32"])
+    assert bench_model.model_shape(args).decode_batches == (1,)
+    assert bench_model.model_shape(args).hidden_size == bench_model.LLAMA3_8B.hidden_size
+    assert "--decode-batches" in bench_model.child_command(args, "fp8block", Path("row.json"))
+    assert bench_model.run_meta(args, ["fp8block"], bench_model.model_shape(args))["shapes"]["decode_batches"] == [1]
+    for bad in ("0", "1,1", "x", "", "-8"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            bench_model.parse_decode_batches(bad)
+
+
 def test_merge_keeps_old_rows_and_replaces_rerun_rows():
     old = _sample()
     new = _report({"compile_bf16": _row("compile_bf16", dict.fromkeys(KEYS, 1.0), (1.0, 1.0))})
