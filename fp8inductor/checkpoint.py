@@ -147,8 +147,10 @@ def _read_scale_fmt(path: Path) -> str | None:
     return _check_quantization_config(qc or {}, cfg_file)
 
 
-def _check_quantization_config(qc: dict, cfg_file: Path) -> str:
-    """Validate a FineGrainedFP8 ``quantization_config``; returns its scale format."""
+def _check_quantization_config(qc: dict, cfg_file: Path) -> str | None:
+    """Validate a FineGrainedFP8 ``quantization_config``; returns the scale format it declares, or None
+    where it declares none (transformers' own configs, DeepSeek's with ``scale_fmt`` outside it):
+    then the scale dtypes decide, as for a lone file, so a directory and its file read alike."""
     if qc.get("quant_method", "fp8") != "fp8":
         raise CheckpointError(f"{cfg_file}: quant_method {qc['quant_method']!r} is not 'fp8' (FineGrainedFP8)")
     block = qc.get("weight_block_size", [128, 128])
@@ -157,7 +159,9 @@ def _check_quantization_config(qc: dict, cfg_file: Path) -> str:
     scheme = qc.get("activation_scheme", "dynamic")
     if not isinstance(scheme, str) or scheme.lower() != "dynamic":
         raise CheckpointError(f"{cfg_file}: activation_scheme {scheme!r} is not supported (only 'dynamic')")
-    fmt = qc.get("scale_fmt") or "float"
+    fmt = qc.get("scale_fmt")
+    if fmt in (None, ""):  # not declared (null or empty, as some converters write it)
+        return None
     if fmt not in SCALE_FMTS:
         raise CheckpointError(f"{cfg_file}: scale_fmt {fmt!r} is not one of {SCALE_FMTS}")
     return fmt

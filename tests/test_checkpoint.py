@@ -186,6 +186,34 @@ def test_single_file_scale_fmt_follows_the_scale_dtype(tmp_path, stored):
     assert model.wkv_a.scale_fmt == ("ue8m0" if stored == "e8m0" else "float")
 
 
+@pytest.mark.parametrize("stored", ["e8m0", "float32"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"model_type": "deepseek_v3"},  # no quantization_config (DeepSeek keeps scale_fmt elsewhere)
+        {"quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128]}},  # transformers'
+        {"quantization_config": {"quant_method": "fp8", "scale_fmt": None}},
+    ],
+    ids=["no-quantization-config", "no-scale-fmt", "null-scale-fmt"],
+)
+def test_directory_without_a_declared_scale_fmt_reads_as_its_file(tmp_path, stored, config):
+    """A config.json that declares no scale_fmt leaves it to the scale dtypes, as for the lone file:
+    loading the directory and loading its file give the same modules (it once read "float" for the
+    directory and "ue8m0" for the file, a silent change of the activation scales)."""
+    w = torch.randn(576, 256) / 16
+    q, s = fp8inductor.quantize_weight(w, scale_fmt="ue8m0")
+    ref = _Attn()
+    stored_s = s.to(torch.float8_e8m0fnu) if stored == "e8m0" else s
+    save_file({"wkv_a.weight": q, "wkv_a.weight_scale_inv": stored_s, "norm.weight": ref.norm.weight.detach(),
+               "norm.bias": ref.norm.bias.detach()}, str(tmp_path / "model.safetensors"))  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    from_dir, from_file = _Attn(), _Attn()
+    load_quantized_(from_dir, tmp_path)
+    load_quantized_(from_file, tmp_path / "model.safetensors")
+    want = "ue8m0" if stored == "e8m0" else "float"
+    assert from_dir.wkv_a.scale_fmt == from_file.wkv_a.scale_fmt == want
+
+
 @pytest.mark.gpu
 def test_round_trip_on_cuda(tmp_path):
     model, inputs, _ = _saved(tmp_path)
