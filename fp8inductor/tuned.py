@@ -67,7 +67,10 @@ def parse_table(data: Any, source: str) -> dict[str, dict[int, GemmConfig]]:
         table[key] = {}
         for m, rec in per_m.items():
             try:
-                table[key][int(m)] = config_from_dict(rec["config"])
+                bucket = int(m)
+                if bucket < 1:  # nearest_bucket takes log2 of it
+                    raise ValueError(f"M bucket must be a positive int, got {m!r}")
+                table[key][bucket] = config_from_dict(rec["config"])
             except (KeyError, TypeError, ValueError) as e:
                 raise ValueError(f"{source}: entry {key} M={m}: {e}") from e
     return table

@@ -55,7 +55,8 @@ def test_untuned_shape_warns_once(config_dir, caplog):
         for _ in range(3):
             assert tuned.lookup(DEV, 5, 1024, 4096) is None
     assert [r.getMessage() for r in caplog.records].count(
-        f"fp8inductor: no tuned GEMM config for N=1024,K=4096 on {DEV}; using the heuristic") == 1
+        f"fp8inductor: no tuned GEMM config for N=1024,K=4096 on {DEV}; using the heuristic"
+    ) == 1
 
 
 @pytest.mark.parametrize(
@@ -66,6 +67,29 @@ def test_untuned_shape_warns_once(config_dir, caplog):
         (json.dumps(_table({"N=1,K=2": {"1": {"config": {"kind": "warp"}}}})), "entry N=1,K=2 M=1"),
         (json.dumps(_table({"oops": {}})), "malformed entry 'oops'"),
         (json.dumps(_table({}, device="Other GPU")), "tuned on 'Other GPU'"),
+        # an M bucket lookup cannot take log2 of, and configs no kernel can launch (they used to pass
+        # here and fail at the first GEMM: math domain error, ZeroDivisionError in the split plan)
+        (json.dumps(_table({"N=4096,K=4096": {"0": _rec(CONFIGS["tiles_16x64"])}})), "M bucket must be a positive"),
+        (json.dumps(_table({"N=4096,K=4096": {"-16": _rec(CONFIGS["tiles_16x64"])}})), "M bucket must be a positive"),
+        *[
+            (
+                json.dumps(
+                    _table(
+                        {"N=4096,K=4096": {"16": {"config": {**dataclasses.asdict(CONFIGS["splitk_16x64"]), **bad}}}}
+                    )
+                ),
+                why,
+            )
+            for bad, why in [
+                ({"block_m": 0}, "block_m must be a power of two"),
+                ({"block_m": 24}, "block_m must be a power of two"),
+                ({"split_k": 0}, "split_k must be >= 1"),
+                ({"num_warps": 3}, "num_warps must be a power of two"),
+                ({"num_stages": 0}, "num_stages must be >= 1"),
+                ({"num_warps": 4.0}, "num_warps must be an int"),
+                ({"flatten": 1}, "flatten must be a bool"),
+            ]
+        ],
     ],
 )
 def test_bad_or_foreign_files_are_ignored_with_a_warning(config_dir, caplog, data, why):

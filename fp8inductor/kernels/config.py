@@ -27,11 +27,31 @@ class GemmConfig:
     flatten: bool = False  # tma: software-pipeline across tiles
 
     def __post_init__(self) -> None:
+        """Checked here, so that a config read from a table (``fp8inductor.tuned``) that no kernel can
+        launch is refused when the table is read, not at the first GEMM of a model."""
         if self.kind not in ("tma", "tiles", "splitk", "cublas"):
             raise ValueError(f"unknown GEMM kernel kind {self.kind!r}")
+        sizes = ("block_m", "block_n", "num_warps", "num_stages", "group_m", "split_k", "ctas_per_sm")
+        for name in sizes:
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise TypeError(f"GemmConfig.{name} must be an int, got {v!r}")
+        if not isinstance(self.flatten, bool):
+            raise TypeError(f"GemmConfig.flatten must be a bool, got {self.flatten!r}")
         bn = self.block_n
-        if (bn <= QBLOCK and QBLOCK % bn) or (bn > QBLOCK and bn % QBLOCK):
+        if bn < 1 or (bn <= QBLOCK and QBLOCK % bn) or (bn > QBLOCK and bn % QBLOCK):
             raise ValueError(f"block_n must divide 128 or be a multiple of it, got {bn}")
+        if self.kind == "cublas":
+            return  # cuBLAS picks its own tiles: the other fields are unused
+        for name in ("block_m", "block_n"):  # tl.dot tiles: powers of two of at least 16
+            v = getattr(self, name)
+            if v < 16 or v & (v - 1):
+                raise ValueError(f"GemmConfig.{name} must be a power of two >= 16, got {v}")
+        if not 1 <= self.num_warps <= 32 or self.num_warps & (self.num_warps - 1):
+            raise ValueError(f"GemmConfig.num_warps must be a power of two from 1 to 32, got {self.num_warps}")
+        for name in ("num_stages", "group_m", "split_k", "ctas_per_sm"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"GemmConfig.{name} must be >= 1, got {getattr(self, name)}")
 
 
 # The configurations the heuristic below picks from, with the H100 kernel-lab numbers that chose them
