@@ -214,7 +214,22 @@ def _m_buckets(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"--m takes a comma list of row counts, got {text!r}") from None
     if not ms or min(ms) < 1:
         raise argparse.ArgumentTypeError(f"--m row counts must be >= 1, got {text!r}")
-    return ms
+    return sorted(set(ms))  # a repeated bucket would be timed twice
+
+
+def record_run(data: dict, run: dict, ms: list[int], *, device: str, capability: list[int], update: bool,
+               shapes: str, why: str) -> None:  # fmt: skip
+    """Head the table ``data`` with this run: an ``--update`` of an existing table keeps its
+    provenance and adds a ``retunes`` record; a new table, ``--overwrite`` and ``--resume`` take this
+    run's provenance (docs/tuning.md). ``m_buckets`` is always the union of the table's buckets and
+    this run's, so it lists every bucket the entries hold (a ``--resume`` with other ``--m`` once
+    replaced it)."""
+    buckets = sorted(set(ms) | set(data.get("m_buckets", [])))
+    if update and data:
+        data["m_buckets"] = buckets
+        data.setdefault("retunes", []).append({**run, "m_buckets": ms, "shapes": shapes, "why": why})
+    else:
+        data.update(schema=SCHEMA, device=device, capability=capability, m_buckets=buckets, **run)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -247,12 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     run = dict(torch=torch.__version__, triton=triton.__version__, git_sha=_git_sha(),
                timing="triton.testing.do_bench_cudagraph median, weights rotated past 2x L2",
                tuned_at=_utc_now())  # fmt: skip
-    if args.update and data:  # the table keeps its provenance and other buckets; this run is a retune
-        data["m_buckets"] = sorted(set(ms) | set(data.get("m_buckets", [])))
-        data.setdefault("retunes", []).append({**run, "m_buckets": ms, "shapes": args.shapes, "why": args.why})
-    else:
-        data.update(schema=SCHEMA, device=device, capability=list(torch.cuda.get_device_capability(0)),
-                    m_buckets=ms, **run)  # fmt: skip
+    record_run(data, run, ms, device=device, capability=list(torch.cuda.get_device_capability(0)),
+               update=args.update, shapes=args.shapes, why=args.why)  # fmt: skip
     entries = data.setdefault("entries", {})
     sha = run["git_sha"]
     todo = shapes_to_tune(entries, nks, ms, update=args.update, sha=sha)

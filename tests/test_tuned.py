@@ -160,6 +160,28 @@ def test_tune_never_replaces_a_table_by_accident(tmp_path):
         load_for_run(out, DEV, resume=True, update=False, overwrite=False)
 
 
+def test_tune_header_lists_every_bucket_the_entries_hold():
+    """``m_buckets`` after each mode: --resume with other buckets keeps the table's (it used to be
+    replaced by the resuming run's); --update keeps the first run's provenance and records itself;
+    --m is deduplicated (a repeated bucket was timed twice)."""
+    from fp8inductor.tune import _m_buckets, record_run
+
+    assert _m_buckets("64,1,64") == [1, 64]
+    first = {"git_sha": "a", "tuned_at": "t0"}
+    data: dict = {}
+    record_run(data, first, [1, 16, 64], device=DEV, capability=[9, 0], update=False, shapes="all", why="")
+    assert data["m_buckets"] == [1, 16, 64] and data["git_sha"] == "a"
+    # --resume: this run heads the table (documented), the buckets are merged
+    record_run(data, {"git_sha": "b", "tuned_at": "t1"}, [128], device=DEV, capability=[9, 0], update=False,
+               shapes="all", why="")  # fmt: skip
+    assert data["m_buckets"] == [1, 16, 64, 128] and data["git_sha"] == "b"
+    record_run(data, {"git_sha": "c", "tuned_at": "t2"}, [1, 8192], device=DEV, capability=[9, 0], update=True,
+               shapes="suite", why="new candidates")  # fmt: skip
+    assert data["m_buckets"] == [1, 16, 64, 128, 8192] and data["git_sha"] == "b"
+    assert data["retunes"] == [{"git_sha": "c", "tuned_at": "t2", "m_buckets": [1, 8192], "shapes": "suite",
+                                "why": "new candidates"}]  # fmt: skip
+
+
 def test_tune_writes_the_table_atomically(tmp_path, monkeypatch):
     from fp8inductor import tune
 
