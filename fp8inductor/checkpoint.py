@@ -7,7 +7,8 @@ Per converted linear ``P``: ``P.weight`` float8_e4m3fn [N, K], ``P.weight_scale_
 Files are safetensors only.
 
 * ``save_pretrained(model, path)``: a transformers model whose linears ``fp8inductor.quantize_``
-  converted; writes the format above through ``model.save_pretrained`` (transformers itself loads it).
+  converted; writes the format above through ``model.save_pretrained`` (transformers itself loads it;
+  FP8 GPT-2 ``Conv1D`` layers it cannot, so those need ``transformers_loadable=False``).
 * ``load_quantized_(model, path)``: loads such a checkpoint (ours, transformers', DeepSeek's) into a
   model built from its config: every ``P`` with a ``P.weight_scale_inv`` becomes an ``FP8BlockLinear``
   holding the stored bytes as they are; everything else loads into the model.
@@ -67,13 +68,32 @@ def quantization_config(model: nn.Module, config: FP8BlockConfig | None = None) 
     return qc
 
 
-def save_pretrained(model: nn.Module, path: str | Path, config: FP8BlockConfig | None = None) -> None:
-    """Write a transformers model with ``FP8BlockLinear`` modules in the FineGrainedFP8 format."""
+def save_pretrained(
+    model: nn.Module, path: str | Path, config: FP8BlockConfig | None = None, *, transformers_loadable: bool = True
+) -> None:
+    """Write a transformers model with ``FP8BlockLinear`` modules in the FineGrainedFP8 format.
+
+    transformers' FineGrainedFP8 loader converts ``nn.Linear`` modules only. A model whose FP8 modules
+    replaced GPT-2 ``Conv1D`` layers (``quantize_`` converts them) writes a checkpoint transformers
+    cannot load: those shapes mismatch, and a square one would be read transposed and without its
+    scales, with no error. That is a ``ValueError`` naming them, unless ``transformers_loadable`` is
+    False: then the file is written for ``load_quantized_``, which reads it exactly.
+    """
     fp8 = [m for m in model.modules() if isinstance(m, FP8BlockLinear)]
     if not fp8:
         raise ValueError("save_pretrained: the model has no FP8BlockLinear modules; call fp8inductor.quantize_ first")
     if not hasattr(model, "save_pretrained") or not hasattr(model, "config"):
         raise TypeError("save_pretrained: expected a transformers PreTrainedModel")
+    conv1d = [path for path, m in model.named_modules() if isinstance(m, FP8BlockLinear) and m.replaces == "Conv1D"]
+    if conv1d and transformers_loadable:
+        shown = ", ".join(conv1d[:4]) + (f" and {len(conv1d) - 4} more" if len(conv1d) > 4 else "")
+        raise ValueError(
+            f"save_pretrained: {shown} replaced GPT-2 Conv1D layers, which transformers' FineGrainedFP8 loader "
+            "does not convert (it would fail on their shapes, or read a square one transposed and unscaled "
+            "without an error). Pass transformers_loadable=False to write a checkpoint for "
+            "fp8inductor.checkpoint.load_quantized_ (read exactly), or quantize_ with these modules in "
+            "modules_to_not_convert."
+        )
     fmts = {m.scale_fmt for m in fp8}
     if len(fmts) > 1:
         raise ValueError(f"save_pretrained: mixed scale formats {sorted(fmts)}")
@@ -285,7 +305,9 @@ def _plan_fp8_module(model: nn.Module, ckpt: _Checkpoint, prefix: str) -> FP8Blo
     _check_grid(ckpt, skey, scale, wkey, weight)
     module = _target_module(model, ckpt, prefix, weight)
     bias = _checked_bias(ckpt, prefix, module, weight.shape[0])
-    return FP8BlockLinear(weight, scale, bias, ckpt.scale_fmt)
+    new = FP8BlockLinear(weight, scale, bias, ckpt.scale_fmt)
+    new.replaces = module.replaces if isinstance(module, FP8BlockLinear) else type(module).__name__
+    return new
 
 
 def _fp8_keys(prefix: str) -> tuple[str, str, str]:

@@ -61,6 +61,10 @@ class FP8BlockLinear(nn.Module):
             )
         check_one_device("FP8BlockLinear", weight, weight_scale_inv, bias)
         self.scale_fmt = scale_fmt
+        # The class of the module this one replaced ("Linear", "Conv1D", "FP8Linear"), set by
+        # ``quantize_`` and ``load_quantized_``: transformers can load an FP8 Conv1D from no checkpoint
+        # (``checkpoint.save_pretrained`` checks it). Not saved: the model's own modules tell it again.
+        self.replaces: str | None = None
         self.register_buffer("weight", weight)
         self.register_buffer("weight_scale_inv", weight_scale_inv)
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
@@ -94,7 +98,9 @@ class FP8BlockLinear(nn.Module):
         bias = None if module.bias is None else module.bias.detach()  # [N]
         if bias is not None and tuple(bias.shape) != (weight.shape[0],):
             raise ValueError(f"{path}.bias: shape {tuple(bias.shape)}, expected ({weight.shape[0]},)")
-        return cls(weight, scale, bias, scale_fmt or ("ue8m0" if e8m0 else "float"))
+        new = cls(weight, scale, bias, scale_fmt or ("ue8m0" if e8m0 else "float"))
+        new.replaces = type(module).__name__
+        return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.block_linear(x, self.weight, self.weight_scale_inv, self.bias, 128, self.scale_fmt)
@@ -278,6 +284,7 @@ def quantize_(model: nn.Module, config: FP8BlockConfig | Mapping[str, Any] | Non
             skipped.update(dict.fromkeys(paths, reason))
             continue
         new = FP8BlockLinear.from_weight(w, module.bias, config)
+        new.replaces = type(module).__name__
         del module, w
         for path in paths:
             _swap_module(model, path, new)

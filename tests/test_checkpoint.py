@@ -23,7 +23,7 @@ def _saved(tmp_path, name="llama"):
     torch.manual_seed(0)
     model, inputs, n = zoo.MODELS[name](torch.bfloat16)
     quantize_(model)
-    save_pretrained(model, tmp_path)
+    save_pretrained(model, tmp_path, transformers_loadable=name != "gpt2")  # GPT-2's Conv1D: ours only
     return model, inputs, n
 
 
@@ -50,6 +50,31 @@ def test_round_trip_keeps_every_byte_and_the_output(tmp_path, name):
             assert torch.equal(new_sd[key], t), key
     with torch.inference_mode():
         assert torch.equal(zoo.main_output(loaded(**inputs)), zoo.main_output(model(**inputs)))
+
+
+def test_gpt2_conv1d_checkpoints_are_refused_unless_asked_for(tmp_path):
+    """transformers converts nn.Linear only: an FP8 GPT-2 Conv1D would not load there (shape mismatch)
+    or, square, load transposed and unscaled with no error. save_pretrained refuses by default and
+    names them, also for a model that load_quantized_ filled (the modules remember what they
+    replaced); transformers_loadable=False writes the file, which load_quantized_ reads exactly."""
+    torch.manual_seed(0)
+    model, inputs, _ = zoo.gpt2(torch.bfloat16)
+    quantize_(model)
+    with pytest.raises(ValueError, match=r"transformer\.h\.0\.attn\.c_attn, .* replaced GPT-2 Conv1D") as e:
+        save_pretrained(model, tmp_path / "a")
+    assert "and 4 more" in str(e.value)  # 8 Conv1D layers: 4 named, then the count
+    assert not (tmp_path / "a").exists()  # nothing written
+    save_pretrained(model, tmp_path / "b", transformers_loadable=False)
+    loaded = _fresh("gpt2")
+    load_quantized_(loaded, tmp_path / "b")
+    with torch.inference_mode():
+        assert torch.equal(zoo.main_output(loaded(**inputs)), zoo.main_output(model(**inputs)))
+    with pytest.raises(ValueError, match="replaced GPT-2 Conv1D"):
+        save_pretrained(loaded, tmp_path / "c")
+    # a model with plain nn.Linear layers is not affected
+    llama, _, _ = zoo.llama(torch.bfloat16)
+    quantize_(llama)
+    save_pretrained(llama, tmp_path / "d")
 
 
 @pytest.mark.parametrize("name", ["llama", "qwen2"])
