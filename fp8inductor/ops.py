@@ -47,9 +47,10 @@ def _check_float(t: torch.Tensor, what: str) -> None:
 
 
 def _check_block_linear_args(
-    x: torch.Tensor, wq: torch.Tensor, ws: torch.Tensor, bias: torch.Tensor | None, group_size: int
+    x: torch.Tensor, wq: torch.Tensor, ws: torch.Tensor, bias: torch.Tensor | None, group_size: int, scale_fmt: str
 ) -> None:
     _check_float(x, "x")
+    ref._check_scale_fmt(scale_fmt)
     if x.dim() < 1:
         raise ValueError("fp8inductor.block_linear: x must have at least one dimension [..., K]")
     ref.check_block_size(group_size, "fp8inductor.block_linear: group_size")
@@ -215,7 +216,7 @@ def block_linear_op(
 ) -> torch.Tensor:
     """x [..., K] (any float dtype/strides), wq [N, K] fp8, ws [ceil(N/128), ceil(K/128)] fp32,
     bias [N] or None -> y [..., N] in x.dtype, contiguous."""
-    _check_block_linear_args(x, wq, ws, bias, group_size)
+    _check_block_linear_args(x, wq, ws, bias, group_size, scale_fmt)
     return ref.block_fp8_linear_ref(x, wq, ws, bias, group_size, scale_fmt)
 
 
@@ -228,7 +229,7 @@ def _(
     group_size: int = 128,
     scale_fmt: str = "float",
 ) -> torch.Tensor:
-    _check_block_linear_args(x, wq, ws, bias, group_size)
+    _check_block_linear_args(x, wq, ws, bias, group_size, scale_fmt)
     if group_size != 128 or not _use_triton(x):  # the kernels quantize x in groups of 128 only
         return ref.block_fp8_linear_ref(x, wq, ws, bias, group_size, scale_fmt)
     from .kernels.block_gemm import fp8_block_linear
@@ -247,7 +248,7 @@ def _(
     group_size: int = 128,
     scale_fmt: str = "float",
 ) -> torch.Tensor:
-    _check_block_linear_args(x, wq, ws, bias, group_size)
+    _check_block_linear_args(x, wq, ws, bias, group_size, scale_fmt)
     return x.new_empty((*x.shape[:-1], wq.shape[0]))
 
 

@@ -148,6 +148,7 @@ def quantize_activation_ref(
     """
     _check_float(x, "activation")
     check_block_size(group, "activation group")
+    _check_scale_fmt(scale_fmt)  # before the empty-input return: a bad format is an error at any size
     if x.dim() == 0:
         raise ValueError("activation must have at least one dimension")
     *lead, k = x.shape

@@ -157,6 +157,12 @@ def test_fake_impls_trace_symbolic_m():
         assert y.shape == (5, 200) and y.dtype == torch.bfloat16
 
 
+def _meta_like_weight(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A [128, 256] FP8 weight and its scales on x's device (meta tensors for the fake implementation)."""
+    q, s = fp8inductor.quantize_weight(torch.randn(128, 256))
+    return q.to(x.device), s.to(x.device)
+
+
 @pytest.mark.parametrize(
     "call,error,match",
     [
@@ -165,6 +171,13 @@ def test_fake_impls_trace_symbolic_m():
         (lambda x: torch.ops.fp8inductor.quantize_activation(x, 128, "e5m2"), ValueError, "scale_fmt must be one of"),
         (lambda x: torch.ops.fp8inductor.quantize_weight(x, 0, 128), ValueError, "must be a positive int"),
         (lambda x: torch.ops.fp8inductor.quantize_weight(x, 128, 128, "x"), ValueError, "scale_fmt must be one of"),
+        (lambda x: torch.ops.fp8inductor.block_linear(x, *_meta_like_weight(x), None, 128, "bogus"), ValueError,
+         "scale_fmt must be one of"),  # fmt: skip
+        # empty inputs too: the format is checked before the early return (it was accepted there)
+        (lambda x: torch.ops.fp8inductor.quantize_activation(x[:0], 128, "bogus"), ValueError, "scale_fmt must be"),
+        (lambda x: torch.ops.fp8inductor.quantize_activation(x[:, :0], 128, "bogus"), ValueError, "scale_fmt must be"),
+        (lambda x: torch.ops.fp8inductor.block_linear(x[:0], *_meta_like_weight(x), None, 128, "bogus"), ValueError,
+         "scale_fmt must be one of"),  # fmt: skip
     ],
 )
 @pytest.mark.parametrize("device", ["cpu", "meta"])
