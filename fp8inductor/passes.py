@@ -42,17 +42,33 @@ from .report import LinearDecision, RewriteReport
 aten = torch.ops.aten
 fp8_ops = torch.ops.fp8inductor
 
-# Ops that pass a weight through unchanged in shape role (used to explain unmatched forms).
+# Ops between a parameter and a matmul that still make it "a matmul on that parameter" (first argument
+# = the tensor passed on); used only to report unmatched forms: views, casts, copies, parts of it
+# (slices, W.chunk(2)[1] = getitem(split(W)), a row), and einsum's unsqueeze/squeeze.
 _PASS_THROUGH = {
     aten.permute.default,
     aten.t.default,
     aten.view.default,
     aten.reshape.default,
+    aten._unsafe_view.default,
     aten.expand.default,
     aten.clone.default,
+    aten.alias.default,
     aten._to_copy.default,
     torch.ops.prims.convert_element_type.default,
+    aten.slice.Tensor,
+    aten.select.int,
+    aten.narrow.default,
+    aten.split.Tensor,
+    aten.split_with_sizes.default,
+    aten.unbind.int,
+    operator.getitem,
+    aten.unsqueeze.default,
+    aten.squeeze.default,
+    aten.squeeze.dim,
+    aten.squeeze.dims,
 }
+# (W @ vector never reaches the pass as a matmul: Inductor decomposes aten.mv into mul + sum first.)
 _MATMULS = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default}
 
 # Sibling linears (``FP8BlockConfig.fuse_siblings``) are fused for a static M up to this many rows:
@@ -581,7 +597,8 @@ class _Rewriter:
     def _trace_to_param(self, node: fx.Node) -> tuple[fx.Node | None, list[str]]:
         chain: list[str] = []
         while node.op == "call_function" and node.target in _PASS_THROUGH and node.args:
-            chain.append(str(node.target).split(".")[-2] if "." in str(node.target) else str(node.target))
+            name = str(node.target)
+            chain.append(name.split(".")[-2] if "." in name else getattr(node.target, "__name__", name))
             node = node.args[0]
             if not isinstance(node, fx.Node):
                 return None, chain

@@ -230,6 +230,39 @@ def test_weight_cast_before_matmul_is_reported_unmatched():
     assert [d.pattern for d in r.skipped] == ["unmatched"] and "convert_element_type" in r.skipped[0].reason
 
 
+def test_matmuls_on_parts_of_a_parameter_are_reported_unmatched():
+    """Forms the pass does not convert still get a report entry naming the parameter (they ran in bf16
+    with "0 converted, 0 skipped" before): a slice, a chunk, a 3-D einsum against it. (W @ vector is
+    not a matmul by the time the pass runs: Inductor decomposed it into mul + sum.)"""
+
+    class Parts(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(512, 256, dtype=BF16) / 16)
+
+        def forward(self, x):
+            a = torch.nn.functional.linear(x, self.w[:256])  # mm(x, permute(slice(w)))
+            b = torch.nn.functional.linear(x, self.w.chunk(2)[1])  # getitem(split(w))
+            c = torch.einsum("bsk,nk->bsn", x.unsqueeze(0), self.w)  # bmm against a view of w
+            return a, b, c
+
+    torch.manual_seed(0)
+    model = Parts()
+    x = torch.randn(4, 256, dtype=BF16)
+    with torch.inference_mode():
+        out = compile_fp8(model)(x)
+        eager = model(x)
+    r = fp8inductor.last_report()
+    assert not r.converted
+    reasons = [d.reason for d in r.skipped]
+    assert len(reasons) == 3 and all(d.pattern == "unmatched" and d.weight == "w" for d in r.skipped), reasons
+    assert "aten.mm.default(permute <- slice)" in reasons[0], reasons
+    assert "aten.mm.default(permute <- getitem <- split)" in reasons[1], reasons
+    assert reasons[2].startswith("unsupported form: aten.bmm.default(") and "unsqueeze" in reasons[2], reasons
+    for got, want in zip(out, eager):  # left in high precision: eager's result
+        assert rel_err(got, want) < 1e-2
+
+
 def test_nonfinite_weight_is_skipped_with_reason():
     m = nn.Linear(256, 256).to(BF16)
     with torch.no_grad():
