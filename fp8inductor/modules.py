@@ -270,15 +270,20 @@ def quantize_(model: nn.Module, config: FP8BlockConfig | Mapping[str, Any] | Non
         linears.setdefault(id(module), (module, []))[1].append(path)
     read_directly = _weights_read_directly(model)
     keep_fp32 = _keep_in_fp32_entries(model)
+    owners = _weight_owners(model)
     for key in list(linears):  # swapped one by one: a bf16 weight is freed as its FP8 copy lands
         module, paths = linears.pop(key)
         w = _linear_weight_nk(module)
         n, k = w.shape
+        # modules_to_not_convert also matches the weight's owner, as in the graph pass (which names a
+        # tied weight by its first owner): else a linear whose tied weight belongs to a listed module
+        # would convert here while the backend leaves it, and release_bf16_weights would change it.
+        owner = owners.get(id(module.weight))
         reason = (
             read_directly.get(key)
             or _swap_loses_behaviour(module)
             or _kept_in_fp32(paths, keep_fp32)
-            or skip_reason(config, paths, n, k, w.dtype, w)
+            or skip_reason(config, [*paths, owner], n, k, w.dtype, w)
         )
         if reason is not None:
             skipped.update(dict.fromkeys(paths, reason))
@@ -291,6 +296,12 @@ def quantize_(model: nn.Module, config: FP8BlockConfig | Mapping[str, Any] | Non
     for path, new in fp8_swaps:
         _swap_module(model, path, new)
     return skipped
+
+
+def _weight_owners(model: nn.Module) -> dict[int, str]:
+    """id(parameter) -> the module path of its first name in ``model.named_parameters()`` (the name
+    Dynamo gives a tied parameter, hence the owner the graph pass checks)."""
+    return {id(p): name.rpartition(".")[0] for name, p in model.named_parameters()}
 
 
 def _swap_loses_behaviour(module: nn.Module) -> str | None:

@@ -486,6 +486,31 @@ def test_release_bf16_weights_frees_both_copies_and_recompiles_to_the_same_outpu
 
 
 @pytest.mark.usefixtures("fresh_dynamo")
+@pytest.mark.parametrize("listed,converted", [("0", set()), ("2", {"0"})])
+def test_release_converts_what_the_backend_converted_for_tied_linears(listed, converted):
+    """Two linears sharing one weight (first named "0.weight"), one in modules_to_not_convert. The
+    backend skips a matmul whose own module or whose weight's owner is listed: with "0" listed both
+    stay high precision, with "2" listed the first converts. release_bf16_weights (quantize_) now
+    decides the same way, so the output is unchanged. (With "0" listed, quantize_ used to convert the
+    second linear: the output changed after the release, and the tied bf16 weight stayed alive
+    beside a new FP8 copy.)"""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(256, 256, bias=False), torch.nn.ReLU(), torch.nn.Linear(256, 256, bias=False)
+    ).eval()
+    model[2].weight = model[0].weight
+    opts = {"modules_to_not_convert": [listed]}
+    x = torch.randn(4, 256)
+    with torch.no_grad():
+        fast = torch.compile(model, backend="fp8block", options=opts)
+        y = fast(x)
+        assert {d.module for d in fp8inductor.last_report().converted} == converted
+        fp8inductor.release_bf16_weights(fast, opts)
+        assert {p for p, m in model.named_children() if isinstance(m, FP8BlockLinear)} == converted
+        assert torch.equal(fast(x), y)
+
+
+@pytest.mark.usefixtures("fresh_dynamo")
 def test_in_place_weight_update_after_compile_is_stale_until_released():
     torch.manual_seed(0)
     model, inputs, _ = zoo.llama()
