@@ -10,6 +10,7 @@ present, else on the CPU through the reference path.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import torch
@@ -25,8 +26,8 @@ def build_llama(hidden: int, layers: int, vocab: int, device: str, seed: int = 0
         hidden_size=hidden,
         intermediate_size=hidden * 11 // 4 // 128 * 128,  # Llama's ~2.7x, rounded to 128
         num_hidden_layers=layers,
-        num_attention_heads=max(1, hidden // 64),
-        num_key_value_heads=max(1, hidden // 256),
+        num_attention_heads=hidden // 64,  # hidden is a multiple of 64 (main checks it)
+        num_key_value_heads=math.gcd(hidden // 64, max(1, hidden // 256)),  # ~heads / 4, dividing heads
         vocab_size=vocab,
         max_position_embeddings=4096,
         tie_word_embeddings=False,
@@ -70,14 +71,14 @@ def _positive_int(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fp8inductor demo", description=__doc__.splitlines()[0])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--hidden", type=_positive_int, default=512, help="hidden size (>= 64; heads of 64)")
+    p.add_argument("--hidden", type=_positive_int, default=512, help="hidden size (a multiple of 64: heads of 64)")
     p.add_argument("--layers", type=_positive_int, default=2)
     p.add_argument("--vocab", type=_positive_int, default=4096)
     p.add_argument("--prompt-len", type=_positive_int, default=16)
     p.add_argument("--tokens", type=_positive_int, default=8, help="tokens to generate")
     args = p.parse_args(argv)
-    if args.hidden < 64:
-        p.error(f"--hidden must be >= 64 (one attention head of 64), got {args.hidden}")
+    if args.hidden < 64 or args.hidden % 64:
+        p.error(f"--hidden must be a multiple of 64 (attention heads of 64), got {args.hidden}")
 
     device = args.device
     if device == "auto":

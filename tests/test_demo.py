@@ -40,12 +40,25 @@ def test_demo_runs_and_reports():
     assert "generated (fp8block):" in out and "time per step" in out
 
 
+def test_demo_hidden_sizes_give_heads_that_divide():
+    """576 = 9 heads of 64: the KV heads must divide 9 (hidden // 256 = 2 did not, and the first
+    forward crashed after the model was built)."""
+    from fp8inductor.demo import build_llama
+
+    for hidden in (64, 576, 704, 1152):
+        cfg = build_llama(hidden, 1, 64, "cpu").config
+        assert cfg.num_attention_heads * 64 == hidden and cfg.num_attention_heads % cfg.num_key_value_heads == 0
+    assert build_llama(512, 1, 64, "cpu").config.num_key_value_heads == 2  # the default model: unchanged
+
+
 def test_cli_usage():
     res = subprocess.run([sys.executable, "-m", "fp8inductor"], capture_output=True, text=True)
     assert res.returncode == 2 and "demo" in res.stdout
 
 
-@pytest.mark.parametrize("bad", [["--tokens", "0"], ["--prompt-len", "-1"], ["--hidden", "32"], ["--layers", "x"]])
+@pytest.mark.parametrize(
+    "bad", [["--tokens", "0"], ["--prompt-len", "-1"], ["--hidden", "32"], ["--hidden", "200"], ["--layers", "x"]]
+)
 def test_demo_rejects_bad_sizes(bad):
     cmd = [sys.executable, "-m", "fp8inductor", "demo", *bad]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
