@@ -17,6 +17,7 @@ nor the graphs' own FP8 copies stay alive.
 from __future__ import annotations
 
 import gc
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,6 +28,8 @@ from . import _compat, ops
 from .config import FP8BlockConfig, matching_entry, split_options
 from .eligibility import skip_reason
 from .reference import FLOAT_DTYPES, SCALE_FMTS, check_one_device, check_weight_scale
+
+log = logging.getLogger("fp8inductor")
 
 # transformers' FineGrainedFP8 linear is recognised by its class name (``FP8Linear`` in every version
 # since 4.50, and in vendored copies of the integration); ``FP8GroupedLinear`` (block-diagonal),
@@ -180,17 +183,20 @@ def _plan_transformers_fp8(
     scale_fmt = scale_fmt or _declared_scale_fmt(model)
     swaps: list[tuple[str, FP8BlockLinear]] = []
     skipped: dict[str, str] = {}
-    made: dict[int, FP8BlockLinear] = {}
+    found: dict[int, tuple[nn.Module, list[str]]] = {}  # id -> (module, its paths)
     for path, module in model.named_modules(remove_duplicate=False):
-        if not is_transformers_fp8_linear(module):
+        if is_transformers_fp8_linear(module):
+            found.setdefault(id(module), (module, []))[1].append(path)
+    for module, paths in found.values():
+        # one module, one decision at every path (as quantize_ does for nn.Linear): any path that
+        # modules_to_not_convert matches, or a swap that would drop its hooks, skips it everywhere
+        entries = [e for e in (skip.skips_module(p) if skip is not None else None for p in paths) if e is not None]
+        reason = f"modules_to_not_convert entry {entries[0]!r}" if entries else _swap_drops_hooks(module)
+        if reason is not None:
+            skipped.update(dict.fromkeys(paths, reason))
             continue
-        entry = skip.skips_module(path) if skip is not None else None
-        if entry is not None:
-            skipped[path] = f"modules_to_not_convert entry {entry!r}"
-            continue
-        if id(module) not in made:
-            made[id(module)] = FP8BlockLinear.from_transformers(module, path, scale_fmt)
-        swaps.append((path, made[id(module)]))
+        new = FP8BlockLinear.from_transformers(module, paths[0], scale_fmt)
+        swaps.extend((path, new) for path in paths)
     return swaps, skipped
 
 
@@ -219,7 +225,9 @@ def convert_transformers_fp8_(model: nn.Module, scale_fmt: str | None = None) ->
     ``FP8GroupedLinear``, ``FP8Experts`` and ``FP8Embedding`` are not converted.
     """
     _check_not_a_root_linear(model, "convert_transformers_fp8_")
-    swaps, _ = _plan_transformers_fp8(model, None, scale_fmt)
+    swaps, skipped = _plan_transformers_fp8(model, None, scale_fmt)
+    for path, reason in skipped.items():
+        log.warning("fp8inductor: convert_transformers_fp8_ leaves %s as it is: %s", path, reason)
     for path, new in swaps:
         _swap_module(model, path, new)
     return [path for path, _ in swaps]
@@ -311,6 +319,13 @@ def _swap_loses_behaviour(module: nn.Module) -> str | None:
     sees the traced matmul instead, so it still converts these."""
     if isinstance(module, nn.Linear) and type(module).forward is not nn.Linear.forward:
         return f"{type(module).__name__} overrides nn.Linear.forward"
+    return _swap_drops_hooks(module)
+
+
+def _swap_drops_hooks(module: nn.Module) -> str | None:
+    """Why swapping ``module`` for another module would drop behaviour attached to this instance (a
+    forward replaced on it, forward hooks or pre-hooks), or None. Also checked for transformers'
+    ``FP8Linear``, whose own forward the swap replaces by design."""
     if "forward" in vars(module):
         return "its forward is replaced on the instance (e.g. an accelerate hook)"
     hooks = [name for name in ("_forward_hooks", "_forward_pre_hooks") if getattr(module, name, None)]

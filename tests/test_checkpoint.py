@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import gc
 import json
+import logging
 import weakref
 
 import pytest
@@ -392,6 +393,27 @@ def _fp8_linear(**kw):
     if mod.weight_scale_inv.dim() == 2:
         mod.weight_scale_inv = torch.nn.Parameter(s, requires_grad=False)
     return mod
+
+
+def test_transformers_fp8_with_hooks_or_shared_is_one_decision(caplog):
+    """An FP8Linear with a forward hook is left as it is (the swap would drop the hook; quantize_
+    reports it, convert_transformers_fp8_ warns), as for nn.Linear; one FP8Linear reachable at two
+    paths is converted or skipped at both (it was split: converted at one path, left at the other)."""
+    hooked = torch.nn.Sequential(_fp8_linear())
+    calls = []
+    hooked[0].register_forward_hook(lambda *a: calls.append(1))
+    assert "forward hooks" in fp8inductor.quantize_(hooked)["0"]
+    with caplog.at_level(logging.WARNING, logger="fp8inductor"):
+        assert fp8inductor.convert_transformers_fp8_(hooked) == []
+    assert any("leaves 0 as it is: it has forward hooks" in r.getMessage() for r in caplog.records)
+    assert type(hooked[0]).__name__ == "FP8Linear"
+    shared = _fp8_linear()
+    root = torch.nn.Module()
+    root.a, root.b = torch.nn.Sequential(shared), torch.nn.Sequential(shared)
+    skipped = fp8inductor.quantize_(root, {"modules_to_not_convert": ["a"]})
+    assert set(skipped) == {"a.0", "b.0"} and root.a[0] is shared and root.b[0] is shared
+    assert fp8inductor.convert_transformers_fp8_(root) == ["a.0", "b.0"]
+    assert root.a[0] is root.b[0] and isinstance(root.a[0], FP8BlockLinear)
 
 
 def _break_scale_shape(mod):
