@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Mapping
 from typing import Any
 
@@ -69,9 +70,13 @@ class FP8BlockConfig:
             raise ValueError(f"group_size must equal the weight block's K size {bs[1]}, got {self.group_size}")
         if self.scale_fmt not in SCALE_FMTS:
             raise ValueError(f"scale_fmt must be one of {SCALE_FMTS}, got {self.scale_fmt!r}")
-        mods = self.modules_to_not_convert
-        if isinstance(mods, str) or not all(isinstance(m, str) and m for m in mods):
+        mods = () if self.modules_to_not_convert is None else self.modules_to_not_convert  # None: convert all
+        if isinstance(mods, str) or not isinstance(mods, (list, tuple, set, frozenset)) or not all(
+            isinstance(m, str) and m for m in mods
+        ):
             raise TypeError(f"modules_to_not_convert must be a list of non-empty strings, got {mods!r}")
+        # a set in sorted order: the tuple's repr is part of the compile cache key
+        mods = sorted(mods) if isinstance(mods, (set, frozenset)) else mods
         object.__setattr__(self, "modules_to_not_convert", tuple(mods))
         for name in ("min_in_features", "min_out_features"):
             v = getattr(self, name)
@@ -114,12 +119,14 @@ def split_options(options: Mapping[str, Any] | None) -> tuple[FP8BlockConfig, di
     ours: dict[str, Any] = {}
     inductor: dict[str, Any] = {}
     for key, value in (options or {}).items():
+        name = key.replace("-", "_") if isinstance(key, str) else key  # "max-autotune", as Inductor takes it
         if key in _FIELDS:
             ours[key] = value
-        elif key in _RESERVED_INDUCTOR_KEYS:
+        elif name in _RESERVED_INDUCTOR_KEYS:
             raise ValueError(f"fp8block sets Inductor option {key!r} itself; remove it from options")
-        elif _is_inductor_option(inductor_config, key):
-            inductor[key] = value
+        elif _is_inductor_option(inductor_config, name):
+            _check_inductor_type(inductor_config, name, value)
+            inductor[name] = value
         else:
             raise ValueError(
                 f"unknown fp8block option {key!r}: expected one of {sorted(_FIELDS)} or an Inductor config key"
@@ -127,6 +134,18 @@ def split_options(options: Mapping[str, Any] | None) -> tuple[FP8BlockConfig, di
     if "modules_to_not_convert" in ours and ours["modules_to_not_convert"] is None:
         ours["modules_to_not_convert"] = ()
     return FP8BlockConfig(**ours), inductor
+
+
+def _check_inductor_type(inductor_config: Any, name: str, value: Any) -> None:
+    """The value's type against the Inductor option's, as ``torch.compile(backend="inductor")`` checks
+    it: a string "False" for a bool option would otherwise be truthy (turning it on)."""
+    get_type = getattr(inductor_config, "get_type", None)
+    try:
+        want = get_type(name) if get_type is not None else None
+    except Exception:  # an entry whose type Inductor cannot tell: no check, as in Inductor
+        return
+    if isinstance(want, type) and typing.get_origin(want) is None and not isinstance(value, want):
+        raise TypeError(f"Inductor option {name!r} takes a {want.__name__}, got {type(value).__name__} {value!r}")
 
 
 def _is_inductor_option(inductor_config: Any, key: str) -> bool:

@@ -44,6 +44,10 @@ def test_split_options_routes_keys():
     assert inductor == {"max_autotune": True, "triton.cudagraphs": False}
     cfg, _ = split_options({"modules_to_not_convert": None})
     assert cfg.modules_to_not_convert == ()
+    assert FP8BlockConfig(modules_to_not_convert=None).modules_to_not_convert == ()  # as through options
+    assert FP8BlockConfig(modules_to_not_convert={"b", "a"}).modules_to_not_convert == ("a", "b")
+    # Inductor's own spelling with hyphens is accepted, as torch.compile(backend="inductor") does
+    assert split_options({"max-autotune": True})[1] == {"max_autotune": True}
 
 
 @pytest.mark.parametrize(
@@ -59,6 +63,10 @@ def test_split_options_routes_keys():
         ({"modules_to_not_convert": "lm_head"}, TypeError, "list of non-empty strings"),
         ({"min_in_features": 0}, ValueError, "min_in_features must be a positive int"),
         ({"freezing": False}, ValueError, "sets Inductor option 'freezing' itself"),
+        # a string for a bool Inductor option was passed through, and "False" is truthy: CUDA graphs on
+        ({"triton.cudagraphs": "False"}, TypeError, "'triton.cudagraphs' takes a bool, got str"),
+        ({"max-autotune": 1}, TypeError, "'max_autotune' takes a bool, got int"),
+        ({"modules_to_not_convert": (m for m in ["a"])}, TypeError, "list of non-empty strings"),
     ],
 )
 def test_bad_options_are_clear_errors(options, error, match):
