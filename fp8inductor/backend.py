@@ -49,8 +49,9 @@ def last_report() -> RewriteReport | None:
     return _REPORTS[-1] if _REPORTS else None
 
 
-@functools.cache
 def _warn_grad_enabled() -> None:
+    """Every grad-enabled compile warns (not once per process: each is another model left in high
+    precision); the warnings filters still fold repeats from one call site."""
     warnings.warn(
         "fp8block: compiled with gradients enabled, so weights cannot be frozen and quantized; the "
         "model runs as plain Inductor (high precision). Call it under torch.inference_mode() or "
@@ -76,6 +77,10 @@ def _param_names(gm: torch.fx.GraphModule) -> list[str]:
 
 def _check_devices(gm: torch.fx.GraphModule) -> None:
     devices = {p.device for p in gm.parameters()}
+    if any(d.type == "meta" for d in devices):  # nothing to quantize (a deep "Cannot cast" error before)
+        raise ValueError(
+            "fp8block: the model has weights on the meta device (not loaded yet); load the weights before compiling"
+        )
     if any(d.type == "cpu" for d in devices):
         _warn_reference_path("the model's weights are on the CPU")
     for d in devices:
@@ -97,6 +102,8 @@ def fp8block(
     patches: dict[str, Any] = {**(torch._inductor.list_mode_options(mode) if mode else {}), **inductor_patches}
     if torch.is_grad_enabled():
         _warn_grad_enabled()
+        # a report of its own: last_report() must not show an earlier graph's conversions for this one
+        _publish(RewriteReport(note="compiled with gradients enabled: nothing converted (high precision)"))
         return _compat.compile_fx(gm, example_inputs, patches)
     _check_devices(gm)
     patches.update(freezing=True, joint_custom_pre_pass=FP8BlockPass(config))

@@ -142,6 +142,27 @@ def test_grad_enabled_warns_and_stays_high_precision():
     assert counters["fp8inductor"]["linears_converted"] == 0
 
 
+def test_every_grad_enabled_compile_warns_and_reports_itself():
+    """A second grad-enabled compile warned nothing (a once-per-process cache) and left an earlier
+    FP8 graph's report as last_report()."""
+    x = torch.randn(4, 256, dtype=BF16)
+    with torch.inference_mode():
+        compile_fp8(nn.Linear(256, 256).to(BF16))(x)
+    assert len(fp8inductor.last_report().converted) == 1
+    for n in (384, 512):
+        torch._dynamo.reset()
+        with pytest.warns(UserWarning, match="gradients enabled"):
+            compile_fp8(nn.Linear(256, n).to(BF16))(x)
+        r = fp8inductor.last_report()
+        assert not r.decisions and "gradients enabled" in r.note
+
+
+def test_meta_device_weights_are_a_clear_error():
+    m = nn.Linear(256, 256, device="meta")
+    with torch.inference_mode(), pytest.raises(Exception, match="weights on the meta device"):
+        compile_fp8(m)(torch.randn(4, 256, device="meta"))
+
+
 class Named(nn.Module):
     def __init__(self):
         super().__init__()
