@@ -305,9 +305,8 @@ def _plan_fp8_module(model: nn.Module, ckpt: _Checkpoint, prefix: str) -> FP8Blo
     _check_grid(ckpt, skey, scale, wkey, weight)
     module = _target_module(model, ckpt, prefix, weight)
     bias = _checked_bias(ckpt, prefix, module, weight.shape[0])
-    new = FP8BlockLinear(weight, scale, bias, ckpt.scale_fmt)
-    new.replaces = module.replaces if isinstance(module, FP8BlockLinear) else type(module).__name__
-    return new
+    replaces = module.replaces if isinstance(module, FP8BlockLinear) else type(module).__name__
+    return FP8BlockLinear(weight, scale, bias, ckpt.scale_fmt, replaces)
 
 
 def _fp8_keys(prefix: str) -> tuple[str, str, str]:

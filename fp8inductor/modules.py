@@ -50,8 +50,12 @@ class FP8BlockLinear(nn.Module):
         weight_scale_inv: torch.Tensor,
         bias: torch.Tensor | None = None,
         scale_fmt: str = "float",
+        replaces: str | None = None,
     ) -> None:
-        """weight: [N, K] float8_e4m3fn; weight_scale_inv: [ceil(N/128), ceil(K/128)] float32; bias: [N]."""
+        """weight: [N, K] float8_e4m3fn; weight_scale_inv: [ceil(N/128), ceil(K/128)] float32; bias: [N].
+
+        replaces: the class name of the module this one replaces ("Linear", "Conv1D", "FP8Linear"), as
+        ``quantize_``, ``convert_transformers_fp8_`` and ``load_quantized_`` pass it; None if unknown."""
         super().__init__()
         check_weight_scale(weight, weight_scale_inv, _BLOCK, name="FP8BlockLinear")
         if scale_fmt not in SCALE_FMTS:
@@ -64,22 +68,25 @@ class FP8BlockLinear(nn.Module):
             )
         check_one_device("FP8BlockLinear", weight, weight_scale_inv, bias)
         self.scale_fmt = scale_fmt
-        # The class of the module this one replaced ("Linear", "Conv1D", "FP8Linear"), set by
-        # ``quantize_`` and ``load_quantized_``: transformers can load an FP8 Conv1D from no checkpoint
-        # (``checkpoint.save_pretrained`` checks it). Not saved: the model's own modules tell it again.
-        self.replaces: str | None = None
+        # transformers can load an FP8 Conv1D from no checkpoint (``checkpoint.save_pretrained`` checks
+        # it). Not saved: the model's own modules tell it again when a checkpoint is loaded.
+        self.replaces = replaces
         self.register_buffer("weight", weight)
         self.register_buffer("weight_scale_inv", weight_scale_inv)
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
 
     @classmethod
     def from_weight(
-        cls, weight_nk: torch.Tensor, bias: torch.Tensor | None = None, config: FP8BlockConfig | None = None
+        cls,
+        weight_nk: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        config: FP8BlockConfig | None = None,
+        replaces: str | None = None,
     ) -> FP8BlockLinear:
         """Quantize a high-precision weight [N, K] (SPEC numerics) into a new module."""
         config = config or FP8BlockConfig()
         q, s = ops.quantize_weight(weight_nk.detach(), *config.weight_block_size, config.scale_fmt)
-        return cls(q, s, None if bias is None else bias.detach().clone(), config.scale_fmt)
+        return cls(q, s, None if bias is None else bias.detach().clone(), config.scale_fmt, replaces)
 
     @classmethod
     def from_transformers(cls, module: nn.Module, path: str, scale_fmt: str | None = None) -> FP8BlockLinear:
@@ -101,9 +108,7 @@ class FP8BlockLinear(nn.Module):
         bias = None if module.bias is None else module.bias.detach()  # [N]
         if bias is not None and tuple(bias.shape) != (weight.shape[0],):
             raise ValueError(f"{path}.bias: shape {tuple(bias.shape)}, expected ({weight.shape[0]},)")
-        new = cls(weight, scale, bias, scale_fmt or ("ue8m0" if e8m0 else "float"))
-        new.replaces = type(module).__name__
-        return new
+        return cls(weight, scale, bias, scale_fmt or ("ue8m0" if e8m0 else "float"), type(module).__name__)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.block_linear(x, self.weight, self.weight_scale_inv, self.bias, 128, self.scale_fmt)
@@ -190,8 +195,8 @@ def _plan_transformers_fp8(
     for module, paths in found.values():
         # one module, one decision at every path (as quantize_ does for nn.Linear): any path that
         # modules_to_not_convert matches, or a swap that would drop its hooks, skips it everywhere
-        entries = [e for e in (skip.skips_module(p) if skip is not None else None for p in paths) if e is not None]
-        reason = f"modules_to_not_convert entry {entries[0]!r}" if entries else _swap_drops_hooks(module)
+        entry = None if skip is None else next(filter(None, map(skip.skips_module, paths)), None)
+        reason = f"modules_to_not_convert entry {entry!r}" if entry else _swap_drops_hooks(module)
         if reason is not None:
             skipped.update(dict.fromkeys(paths, reason))
             continue
@@ -296,8 +301,7 @@ def quantize_(model: nn.Module, config: FP8BlockConfig | Mapping[str, Any] | Non
         if reason is not None:
             skipped.update(dict.fromkeys(paths, reason))
             continue
-        new = FP8BlockLinear.from_weight(w, module.bias, config)
-        new.replaces = type(module).__name__
+        new = FP8BlockLinear.from_weight(w, module.bias, config, type(module).__name__)
         del module, w
         for path in paths:
             _swap_module(model, path, new)
