@@ -294,18 +294,22 @@ class _Rewriter:
                     eligible.append(match)
         groups = self._sibling_groups(eligible) if self.config.fuse_siblings else []
         fused = set()
+        row_views: list[fx.Node] = []
         for group in groups:
             # One quantization of the concatenated weight, whether or not this graph fuses the GEMM:
             # every graph (static decode, large or symbolic M) then holds the same FP8 constant.
             q_cat, s_cat = self._quantize_concatenated(group)
+            # Each member's rows also serve its weight's other matmuls (another activation): one FP8 copy.
+            row_views += self._share_rows(group, q_cat, s_cat)
             if self._fuses_gemm(group):
                 self._rewrite_siblings(group, q_cat, s_cat)
                 fused.update(id(m) for m in group)
-            else:
-                self._share_rows(group, q_cat, s_cat)
         for match in eligible:
             if id(match) not in fused:
                 self._rewrite(match)
+        for view in reversed(row_views):  # the row views no matmul took (fused members')
+            if not view.users:
+                self.graph.erase_node(view)
         self._report_unmatched()
         if self.config.fuse_norms:
             from .norm_fusion import fuse_norms
@@ -347,6 +351,7 @@ class _Rewriter:
                 reason=reason,
                 bytes_before=numel * elem,
                 bytes_after=numel + scale_bytes if reason is None else numel * elem,
+                weight_layout=match.pattern.weight_layout,
             )
         )
         if reason is None:
@@ -418,7 +423,9 @@ class _Rewriter:
     def _sibling_groups(self, eligible: list[LinearMatch]) -> list[list[LinearMatch]]:
         """Converting linears that read the same activation, with placeholder weights (and biases)
         of one dtype, out_features % 128 == 0 (no weight block straddles two of them), all with a
-        bias or none, each weight once: two or more per group, in graph order."""
+        bias or none, each weight once: two or more per group, in graph order. A weight (in one
+        layout) joins one group only, the first in graph order: its other matmuls read that group's
+        rows (``_share_rows``), so no weight is quantized twice."""
         by_key: dict[tuple, list[LinearMatch]] = {}
         for m in eligible:
             w_val = _val(m.weight)
@@ -430,7 +437,14 @@ class _Rewriter:
             group = by_key.setdefault(key, [])
             if all((g.weight, g.pattern.weight_layout) != (m.weight, m.pattern.weight_layout) for g in group):
                 group.append(m)
-        return [g for g in by_key.values() if len(g) > 1]
+        groups: list[list[LinearMatch]] = []
+        claimed: set[tuple[fx.Node, str]] = set()
+        for candidates in by_key.values():
+            group = [m for m in candidates if (m.weight, m.pattern.weight_layout) not in claimed]
+            if len(group) > 1:
+                groups.append(group)
+                claimed.update((m.weight, m.pattern.weight_layout) for m in group)
+        return groups
 
     @staticmethod
     def _weight_nk(m: LinearMatch) -> tuple[int, int]:
@@ -487,12 +501,15 @@ class _Rewriter:
         qs = emit(fp8_ops.quantize_weight.default, (w_cat, *cfg.weight_block_size, cfg.scale_fmt))
         return emit(operator.getitem, (qs, 0), qs.meta["val"][0]), emit(operator.getitem, (qs, 1), qs.meta["val"][1])
 
-    def _share_rows(self, group: list[LinearMatch], q_cat: fx.Node, s_cat: fx.Node) -> None:
-        """Unfused siblings: each linear's (q, s) is its row range of the concatenated quantization
-        (row slices of a row-major constant: views, no copy; the same bytes as quantizing W_i alone,
-        since every N_i is a multiple of the 128-row block)."""
+    def _share_rows(self, group: list[LinearMatch], q_cat: fx.Node, s_cat: fx.Node) -> list[fx.Node]:
+        """Each member weight's (q, s) is its row range of the concatenated quantization, for every
+        matmul of that weight the group's GEMM does not cover: all of them when the group is not fused,
+        else those on another activation (row slices of a row-major constant: views, no copy; the same
+        bytes as quantizing W_i alone, since every N_i is a multiple of the 128-row block). Returns
+        the slice nodes made."""
         block_n = self.config.weight_block_size[0]
         start = 0
+        made: list[fx.Node] = []
         for m in group:
             n = self._weight_nk(m)[0]
             with self.graph.inserting_after(s_cat):
@@ -500,7 +517,9 @@ class _Rewriter:
             with self.graph.inserting_after(s_cat):
                 q_i = self._call(aten.slice.Tensor, (q_cat, 0, start, start + n))
             self.quantized.setdefault((m.weight, m.pattern.weight_layout), (q_i, s_i))
+            made += [q_i, s_i]
             start += n
+        return made
 
     def _rewrite_siblings(self, group: list[LinearMatch], q: fx.Node, s: fx.Node) -> None:
         """``y = block_linear(x, q_cat, s_cat, cat(b_i))``; each linear reads its slice of y."""

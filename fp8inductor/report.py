@@ -20,6 +20,8 @@ class LinearDecision:
         converted: True if it now runs as an FP8 block linear.
         reason: why it was skipped (None when converted).
         bytes_before / bytes_after: weight storage in the compiled graph (after: FP8 + fp32 scales).
+        weight_layout: how the matmul reads the weight: "NK" (``x @ W.T``, Linear), "KN" (``x @ W``,
+            Conv1D), "" for an unmatched form. A weight read both ways has one FP8 copy per layout.
     """
 
     module: str
@@ -32,6 +34,7 @@ class LinearDecision:
     reason: str | None
     bytes_before: int
     bytes_after: int
+    weight_layout: str = ""
 
 
 @dataclasses.dataclass
@@ -50,19 +53,20 @@ class RewriteReport:
     def skipped(self) -> list[LinearDecision]:
         return [d for d in self.decisions if not d.converted]
 
-    def _unique_weights(self, converted: bool) -> dict[str, LinearDecision]:
-        # A weight shared by several matmuls is stored (and quantized) once.
-        return {d.weight: d for d in self.decisions if d.converted == converted}
-
     @property
     def weight_bytes_before(self) -> int:
-        """Bytes of the converted weights in their original dtype."""
-        return sum(d.bytes_before for d in self._unique_weights(True).values())
+        """Bytes of the converted weights in their original dtype (a weight shared by several
+        matmuls counts once)."""
+        unique = {d.weight: d.bytes_before for d in self.converted}
+        return sum(unique.values())
 
     @property
     def weight_bytes_after(self) -> int:
-        """Bytes of the same weights as FP8 + fp32 block scales."""
-        return sum(d.bytes_after for d in self._unique_weights(True).values())
+        """Bytes of the FP8 copies + fp32 block scales of the same weights: one copy per weight and
+        layout (the pass quantizes each (weight, layout) once; a square weight read both as
+        ``x @ W.T`` and ``x @ W`` has two, since each GEMM needs its own row-major [N, K] codes)."""
+        unique = {(d.weight, d.weight_layout): d.bytes_after for d in self.converted}
+        return sum(unique.values())
 
     def to_dict(self) -> dict[str, Any]:
         return {

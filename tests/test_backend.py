@@ -664,6 +664,69 @@ def test_siblings_fused_only_where_blocks_align_and_bias_agrees():
         FP8BlockConfig(fuse_siblings="yes")
 
 
+class _SiblingWeightReusedElsewhere(nn.Module):
+    """q and k read x (a sibling group); q's weight is also applied to another activation, and v,
+    on that activation, would pair with q a second time."""
+
+    def __init__(self, with_v: bool) -> None:
+        super().__init__()
+        self.q = nn.Linear(256, 256, bias=False)
+        self.k = nn.Linear(256, 128, bias=False)
+        self.v = nn.Linear(256, 128, bias=False) if with_v else None
+
+    def forward(self, x):
+        z = x * 2.0
+        outs = [self.q(x), self.k(x), nn.functional.linear(z, self.q.weight)]
+        return torch.cat(outs + ([self.v(z)] if self.v is not None else []), -1)
+
+
+@pytest.mark.parametrize("with_v", [False, True], ids=["alone", "second_group"])
+@pytest.mark.parametrize("rows", [5, 4096], ids=["fused", "unfused"])
+def test_a_sibling_weight_used_elsewhere_is_quantized_once(monkeypatch, rows, with_v):
+    """A weight in a sibling group that another matmul also reads (on another activation) reads
+    that group's FP8 rows there too: one FP8 copy of it, not two, and the report's bytes say so.
+    (It was quantized a second time on its own, or inside a second group with v, while the report
+    counted it once.) The results equal the per-linear quantization bit for bit."""
+    from fp8inductor import reference as ref
+
+    calls = []
+    original = ref.quantize_weight_ref
+    monkeypatch.setattr(
+        ref, "quantize_weight_ref", lambda w, *a, **k: (calls.append(tuple(w.shape)), original(w, *a, **k))[1]
+    )
+    model = _SiblingWeightReusedElsewhere(with_v).eval()
+    x = torch.randn(rows, 256)
+    y, _, seen = _run_twice(model, x)
+    assert seen["linears_converted"] == 3 + with_v
+    # cat(q, k), and v alone: q is not quantized again, on its own or in a cat(q, v)
+    assert sorted(calls) == [(128, 256)] * with_v + [(384, 256)]
+    report = fp8inductor.last_report()
+    widths = (256, 128, 128) if with_v else (256, 128)
+    assert report.weight_bytes_after == sum(n * 256 + 4 * (n // 128) * 2 for n in widths)
+    assert report.weight_bytes_before == 4 * 256 * sum(widths)
+    y_sep, _, _ = _run_twice(model, x, fuse_siblings=False)
+    assert torch.equal(y, y_sep)
+
+
+def test_report_counts_one_fp8_copy_per_weight_layout():
+    """A square weight read as ``x @ W.T`` and as ``x @ W`` needs two FP8 copies (each GEMM reads
+    row-major [N, K] codes); the report's bytes count both, and the original weight once."""
+
+    class TwoWays(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(256, 256) / 16)
+
+        def forward(self, x):
+            return x @ self.w.t() + x @ self.w
+
+    _run_twice(TwoWays().eval(), torch.randn(4, 256))
+    report = fp8inductor.last_report()
+    assert sorted(d.weight_layout for d in report.converted) == ["KN", "NK"]
+    assert report.weight_bytes_before == 256 * 256 * 4
+    assert report.weight_bytes_after == 2 * (256 * 256 + 4 * 2 * 2)
+
+
 def test_fused_siblings_share_one_fp8_copy_across_graphs(monkeypatch):
     """The concatenated weight is a fresh tensor in every compile; the content-keyed weight memo
     still hands every graph the first graph's FP8 copy."""
