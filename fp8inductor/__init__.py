@@ -11,7 +11,8 @@ Public API (SPEC section 1):
 * ``FP8BlockConfig``; ``fp8block`` (the backend); ``reports()`` / ``last_report()``.
 * Eager modules: ``FP8BlockLinear``, ``quantize_(model)``, ``convert_transformers_fp8_(model)``
   (transformers' ``FP8Linear`` -> ``FP8BlockLinear``, tensors shared), ``release_bf16_weights(model)``
-  (after a backend-only compile: convert in place and drop the compiled graphs' FP8 copies).
+  (after a backend-only compile: convert in place and drop the compiled graphs' FP8 copies),
+  ``reset()`` (drop every compiled graph and its FP8 constants: after changing weights in place).
   Checkpoints: ``fp8inductor.checkpoint`` (see docs/checkpoints.md).
 
 Importing this package does not import the backend (which turns Inductor freezing on) nor Triton.
@@ -25,7 +26,7 @@ import torch
 
 from . import ops as _ops
 from .config import FP8BlockConfig
-from .modules import FP8BlockLinear, convert_transformers_fp8_, quantize_, release_bf16_weights
+from .modules import FP8BlockLinear, convert_transformers_fp8_, quantize_, release_bf16_weights, reset
 from .reference import FP8_DTYPE, FP8_E4M3_MAX, check_block_size, check_weight_block, dequantize_weight_ref
 
 __version__ = "0.1.0"
@@ -45,6 +46,7 @@ __all__ = [
     "quantize_weight",
     "release_bf16_weights",
     "reports",
+    "reset",
 ]
 
 

@@ -406,7 +406,7 @@ def release_bf16_weights(
     """
     model = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule wraps the model
     skipped = quantize_(model, _as_config(config))
-    _drop_compiled_graphs()
+    reset()
     return skipped
 
 
@@ -419,11 +419,16 @@ def _as_config(config: FP8BlockConfig | Mapping[str, Any] | None) -> FP8BlockCon
     return split_options(options)[0]
 
 
-def _drop_compiled_graphs() -> None:
-    """Drop every compiled graph of the process and the constants (frozen weights) they hold.
+def reset() -> None:
+    """Drop every compiled graph of the process and the constants (FP8 weights) they hold: use it
+    instead of ``torch.compiler.reset()`` after changing weights in place or converting a compiled
+    model (``.to``, ``.half()``), before calling it again.
 
     ``torch.compiler.reset()`` clears Dynamo's caches, but Inductor's ``PyCodeCache`` (and
-    ``sys.modules``) keep each loaded output module, whose globals hold the frozen constants.
+    ``sys.modules``) keep each loaded output module, whose globals hold the frozen constants: each
+    such cycle would leave one more FP8 copy of the weights alive (measured on torch 2.13, CPU:
+    4 MiB more per cycle for 4 MiB of FP8 weights). Global, as ``torch.compiler.reset()``: every
+    ``torch.compile``d function of the process recompiles on its next call.
     """
     torch.compiler.reset()
     _compat.forget_inductor_output_modules()

@@ -74,11 +74,23 @@ def plan_triton_kernels(
         numel = V.graph.sizevars.optimization_hint(sympy_product(buf.get_size()), fallback=0)
         return numel * buf.get_dtype().itemsize
 
+    def one_per_buffer(names: set[str], kernel) -> list[str]:
+        """Names that share one in-place buffer (``buf3 = buf1``: one pointer) count once."""
+        inplace = getattr(kernel.args, "inplace_buffers", {})
+        physical: dict[str, str] = {}
+        for name in sorted(names):
+            inner = getattr(inplace.get(name), "inner_name", None)
+            physical.setdefault(inner or name, name)
+        return sorted(physical.values())
+
     def record(kernel, *a, **k):
         nodes = list(kernel.features.scheduler_nodes())
-        reads = sorted({dep.name for node in nodes for dep in node.read_writes.reads})
         removed = set(V.graph.removed_buffers) | set(getattr(kernel, "removed_buffers", ()))
-        writes = sorted({dep.name for node in nodes for dep in node.read_writes.writes} - removed)
+        written = {dep.name for node in nodes for dep in node.read_writes.writes}
+        # A buffer this kernel produces is read from registers by its fused consumers, not from memory.
+        read = {dep.name for node in nodes for dep in node.read_writes.reads}
+        reads = one_per_buffer(read - removed - written, kernel)
+        writes = one_per_buffer(written - removed, kernel)
         plans.append(
             KernelPlan(
                 name_hint=",".join(node.get_name() for node in nodes),

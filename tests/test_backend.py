@@ -878,7 +878,7 @@ def test_weights_converted_after_compile_are_refused_not_ignored():
         model.float()
         with pytest.raises(RuntimeError, match=r"changed from torch.bfloat16 on cpu to torch.float32 on cpu"):
             fast(ids)
-        torch.compiler.reset()  # what the message asks for: a recompile against the fp32 weights
+        fp8inductor.reset()  # what the message asks for: a recompile against the fp32 weights
         out = fast(ids)
         assert out.dtype == torch.float32
         assert rel_err(out, model(ids)) < 0.1

@@ -549,6 +549,32 @@ def test_in_place_weight_update_after_compile_is_stale_until_released():
     assert fp8inductor.testing.rel_err(y_new, y) > 4 * fp8inductor.testing.rel_err(y_new, eager)
 
 
+@pytest.mark.usefixtures("fresh_dynamo")
+def test_reset_after_an_in_place_update_frees_the_old_graphs_fp8_copies():
+    """The documented fix for in-place weight changes: ``fp8inductor.reset()``, then call again. The
+    new graph quantizes the new values, and the old graph's FP8 constants are gone (with plain
+    ``torch.compiler.reset()`` Inductor's module cache kept them: one more FP8 copy of the weights per
+    change-and-reset cycle)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[torch.nn.Linear(256, 256) for _ in range(3)]).eval()
+    x = torch.randn(4, 256)
+    preexisting = {id(t) for t in _live_fp8_tensors()}
+    with torch.no_grad():
+        fast = torch.compile(model, backend="fp8block")
+        fast(x)
+        for step in range(2):
+            old = [weakref.ref(t) for t in _live_fp8_tensors() if id(t) not in preexisting]
+            assert len(old) >= 3  # the compiled graph's FP8 weights
+            model[1].weight.mul_(2)
+            fp8inductor.reset()
+            y = fast(x)
+            assert all(r() is None for r in old), f"cycle {step}: the old graph's FP8 copies are still alive"
+            want = x
+            for lin in model:
+                want = fp8inductor.block_fp8_linear(want, *fp8inductor.quantize_weight(lin.weight), lin.bias)
+            assert torch.equal(y, want)
+
+
 def test_an_fp8_lm_head_is_not_listed_as_kept(tmp_path):
     """transformers skips what ``modules_to_not_convert`` lists: a listed FP8 ``lm_head`` would be
     loaded as a bf16 Linear holding the e4m3 codes without their scales (wrong logits, no error)."""

@@ -306,6 +306,23 @@ def test_column_major_scales_have_the_reference_values():
 
 
 @pytest.mark.usefixtures("fresh_dynamo")
+def test_plan_counts_the_bytes_a_kernel_moves():
+    """A softmax reads x and writes y once; its row max and sum live inside the kernel, and its
+    output reuses an intermediate buffer in place (two names, one pointer). The activation
+    quantization reads x and writes codes and scales; its group amax is internal. (The plan counted
+    softmax at twice its traffic and gave the quantization a phantom read of its amax buffer.)"""
+    from fp8inductor.plan import plan_triton_kernels
+
+    x = torch.randn(64, 1024)
+    plans, _ = plan_triton_kernels(lambda x: torch.softmax(x, -1), x, backend="inductor")
+    assert [(sum(p.read_bytes), sum(p.write_bytes)) for p in plans] == [(x.nbytes, x.nbytes)], plans
+    lin = torch.nn.Linear(512, 1024, bias=False).to(torch.bfloat16)
+    x = torch.randn(256, 512, dtype=torch.bfloat16)
+    (quant,) = _quant_plans(_triton_kernel_plans(lin, x)[0])
+    assert quant.read_bytes == (x.nbytes,) and sorted(quant.write_bytes) == [256 * 4 * 4, x.numel()], quant
+
+
+@pytest.mark.usefixtures("fresh_dynamo")
 def test_llama_prefill_plan_has_no_op_call_and_only_persistent_quantizations():
     """A transformers Llama prefill graph, compiled as on the H100: every FP8 linear is an aten
     ``_scaled_mm`` call (q/k/v and gate/up fused: 4 per layer). The two after a norm read the
