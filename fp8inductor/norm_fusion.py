@@ -48,6 +48,7 @@ import torch
 from torch import fx
 
 from .kernels.config import NORM_QUANT_MAX_K
+from .passes import _val
 from .patterns import RMS_NORM_PATTERNS
 
 aten = torch.ops.aten
@@ -56,10 +57,6 @@ fp8_ops = torch.ops.fp8inductor
 _VIEWS = (aten.view.default, aten.reshape.default, aten._unsafe_view.default)
 _LINEARS = (fp8_ops.block_linear.default, fp8_ops.quantized_block_linear.default)
 GROUP = 128
-
-
-def _val(node) -> torch.Tensor | None:
-    return node.meta.get("val") if isinstance(node, fx.Node) else None
 
 
 def _live_users(node: fx.Node) -> list[fx.Node]:
@@ -171,7 +168,10 @@ def _match_norm(rewriter, n: fx.Node) -> dict | None:
             continue
         if w_val.dtype != h_val.dtype or tuple(w_val.shape) != (h_val.shape[-1],):
             continue
-        if list(kw["dim"]) not in ([-1], [h_val.dim() - 1]) or not isinstance(kw["eps"], float):
+        dims = kw["dim"]  # aten.mean.dim takes int[1]?: None (every dim) is a whole-tensor mean, not a norm's
+        if not isinstance(dims, (list, tuple)) or list(dims) not in ([-1], [h_val.dim() - 1]):
+            continue
+        if not isinstance(kw["eps"], float):
             continue
         if tuple(n_val.shape) != tuple(h_val.shape):
             continue

@@ -235,8 +235,10 @@ def normalize_module_path(path: str) -> str:
     return ".".join(part for part in path.split(".") if part)
 
 
-def _val(node: fx.Node | None) -> torch.Tensor | None:
-    return None if node is None else node.meta.get("val")
+def _val(node) -> torch.Tensor | None:
+    """The node's fake tensor; None for a non-node, no value, or a non-tensor value (a SymInt)."""
+    val = node.meta.get("val") if isinstance(node, fx.Node) else None
+    return val if isinstance(val, torch.Tensor) else None
 
 
 class _Rewriter:
@@ -593,10 +595,10 @@ class _Rewriter:
                 continue
             for operand in node.all_input_nodes:
                 param, chain = self._trace_to_param(operand)
-                if param is None:
+                v = _val(param)
+                if v is None or v.dim() < 2:  # a 1-D parameter or buffer (a rotary's inv_freq) is no linear weight
                     continue
                 name = self._weight_name(param)
-                v = _val(param)
                 self.scope.report.decisions.append(
                     LinearDecision(
                         module=name.rsplit(".", 1)[0] if "." in name else (module_path_from_stack(node) or ""),
@@ -607,8 +609,8 @@ class _Rewriter:
                         has_bias=False,
                         converted=False,
                         reason=f"unsupported form: {node.target}({' <- '.join(chain) or 'param'})",
-                        bytes_before=v.numel() * v.element_size() if v is not None else 0,
-                        bytes_after=v.numel() * v.element_size() if v is not None else 0,
+                        bytes_before=v.numel() * v.element_size(),
+                        bytes_after=v.numel() * v.element_size(),
                     )
                 )
                 torch._dynamo.utils.counters["fp8inductor"]["linears_skipped"] += 1

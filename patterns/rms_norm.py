@@ -6,7 +6,10 @@ since) on the joint graph, for a bf16/fp16 model:
     hf  = convert_element_type(h, float32)                      # 2 users: pow and mul
     out = mul(weight, convert_element_type(mul(hf, rsqrt(add(mean(pow(hf, 2), [-1], True), eps))), h.dtype))
 
-and for an fp32 model the same without the two conversions. Both operand orders of each ``mul`` are
+and for an fp32 model the same without the two conversions. (That form also matches a norm a
+bf16/fp16 model computes without upcasting; the fused kernel then takes its statistics in fp32, as
+Inductor's own kernel for it does, where eager would work, and for fp16 above |h| ~ 256 overflow, in
+the model's dtype.) Both operand orders of each ``mul`` are
 listed (``x * w`` or ``w * x`` in the model's code). Norms that weigh in fp32 or add 1 to the weight
 (Gemma) are other forms and are left to Inductor.
 

@@ -254,18 +254,23 @@ def test_weight_cast_before_matmul_is_reported_unmatched():
 def test_matmuls_on_parts_of_a_parameter_are_reported_unmatched():
     """Forms the pass does not convert still get a report entry naming the parameter (they ran in bf16
     with "0 converted, 0 skipped" before): a slice, a chunk, a 3-D einsum against it. (W @ vector is
-    not a matmul by the time the pass runs: Inductor decomposed it into mul + sum.)"""
+    not a matmul by the time the pass runs: Inductor decomposed it into mul + sum.) A 1-D parameter
+    in a matmul (a rotary embedding's inv_freq, expanded into a bmm) is no linear weight and is not
+    reported: it was, on torch 2.11, for every transformers Llama ('model.rotary_emb' skipped)."""
 
     class Parts(nn.Module):
         def __init__(self):
             super().__init__()
             self.w = nn.Parameter(torch.randn(512, 256, dtype=BF16) / 16)
+            self.inv_freq = nn.Parameter(torch.rand(64), requires_grad=False)
 
         def forward(self, x):
             a = torch.nn.functional.linear(x, self.w[:256])  # mm(x, permute(slice(w)))
             b = torch.nn.functional.linear(x, self.w.chunk(2)[1])  # getitem(split(w))
             c = torch.einsum("bsk,nk->bsn", x.unsqueeze(0), self.w)  # bmm against a view of w
-            return a, b, c
+            pos = torch.arange(16.0).view(1, 2, 8).expand(3, 2, 8)
+            d = self.inv_freq.view(32, 2)[None].expand(3, 32, 2) @ pos  # bmm (K = 2) against a 1-D parameter
+            return a, b, c, d
 
     torch.manual_seed(0)
     model = Parts()

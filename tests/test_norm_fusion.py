@@ -17,6 +17,7 @@ from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 import fp8inductor
 from fp8inductor.reference import block_gemm_ref, quantize_weight_ref, rms_norm_quant_ref
+from fp8inductor.testing import rel_err
 
 pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 NORM_CALL = "fp8inductor.rms_norm_quant.default("
@@ -215,6 +216,41 @@ def test_norms_read_by_others_or_of_other_forms_stay():
     out, code = _run(model, x)
     assert counters["fp8inductor"]["norms_fused"] == 0 and NORM_CALL not in code
     assert counters["fp8inductor"]["linears_converted"] == 3
+
+
+class NormOfUnusualInputs(nn.Module):
+    """A whole-tensor RMS (``mean(dim=None)``) with a per-feature weight, and a norm of ``x + int``."""
+
+    def __init__(self, k=256):
+        super().__init__()
+        self.w = nn.Parameter(torch.rand(k, dtype=torch.bfloat16) + 0.5)
+        self.fc_a = nn.Linear(k, k, bias=False).to(torch.bfloat16)
+        self.fc_b = nn.Linear(k, k, bias=False).to(torch.bfloat16)
+
+    def forward(self, x, offset: int):
+        hf = x.float()
+        a = self.fc_a(self.w * (hf * torch.rsqrt(hf.pow(2).mean(dim=None, keepdim=True) + 1e-6)).to(x.dtype))
+        h = x + offset  # aten.add.Tensor(x, SymInt) once offset is dynamic
+        hf = h.float()
+        return a, self.fc_b(self.w * (hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + 1e-6)).to(h.dtype))
+
+
+def test_norms_of_unusual_inputs_compile():
+    """``mean(dim=None)`` matched the norm pattern and crashed the pass ('NoneType' object is not
+    iterable): it is left to Inductor. A norm of ``x + offset`` whose int offset became symbolic
+    (Dynamo's automatic dynamic on the second value) crashed the residual check ('SymInt' object has
+    no attribute 'dtype'): it fuses with the add left outside the kernel. Both match the unfused graph."""
+    torch.manual_seed(0)
+    model = NormOfUnusualInputs().eval()
+    x = torch.randn(4, 256, dtype=torch.bfloat16)
+    fused = torch.compile(model, backend="fp8block")
+    unfused = torch.compile(model, backend="fp8block", options={"fuse_norms": False})
+    with torch.inference_mode():
+        for offset in (1, 2, 3):  # the second call recompiles with a symbolic offset
+            got, want = fused(x, offset), unfused(x, offset)
+            torch.testing.assert_close(got[0], want[0], rtol=0, atol=0)
+            assert rel_err(got[1], want[1]) < 0.02  # fused: the reference's bf16 roundings, unfused: fp32
+    assert counters["fp8inductor"]["norms_fused"] >= 1
 
 
 def test_norm_wider_than_the_kernel_row_stays():
