@@ -71,7 +71,7 @@ def dequantize_weight(
     block: tuple[int, int] = (128, 128),
     dtype: torch.dtype = torch.bfloat16,
 ) -> torch.Tensor:
-    """q [N, K] fp8, scale_inv [ceil(N/bn), ceil(K/bk)] fp32 -> [N, K] ``dtype``."""
+    """q [N, K] fp8, scale_inv [ceil(N/bn), ceil(K/bk)] fp32 (or float8_e8m0fnu) -> [N, K] ``dtype``."""
     return dequantize_weight_ref(q, scale_inv, block, dtype)  # checks the block itself
 
 

@@ -226,12 +226,22 @@ def _normalize_names(ckpt: _Checkpoint) -> None:
 
 
 def _checked_scale(ckpt: _Checkpoint, key: str) -> torch.Tensor:
-    """The block scale ``key`` as float32 [ceil(N/128), ceil(K/128)]; finite and >= 0."""
+    """The block scale ``key`` as float32 [ceil(N/128), ceil(K/128)]; finite and >= 0.
+
+    float8_e8m0fnu scales widen exactly. uint8 scales are e8m0 bytes (biased exponents, as MXFP8
+    checkpoints store them and transformers reads them) where the checkpoint declares
+    ``scale_fmt: "ue8m0"``; elsewhere a uint8 scale is ambiguous and refused."""
     scale = ckpt.tensors[key]
-    if scale.dtype == getattr(torch, "float8_e8m0fnu", None):
+    e8m0 = getattr(torch, "float8_e8m0fnu", None)
+    if scale.dtype == torch.uint8 and ckpt.scale_fmt == "ue8m0" and e8m0 is not None:
+        scale = scale.view(e8m0)  # the same bytes: 2**(b - 127), 0xFF NaN (refused below)
+    if scale.dtype == e8m0:
         scale = scale.float()  # powers of two: exact
     if scale.dtype != torch.float32:
-        raise CheckpointDtypeError(f"{ckpt.where(key)} has dtype {scale.dtype}, expected float32 (or float8_e8m0fnu)")
+        hint = " (uint8 e8m0 bytes need scale_fmt \"ue8m0\" in config.json)" if scale.dtype == torch.uint8 else ""
+        raise CheckpointDtypeError(
+            f"{ckpt.where(key)} has dtype {scale.dtype}, expected float32 (or float8_e8m0fnu){hint}"
+        )
     if not bool((torch.isfinite(scale) & (scale >= 0)).all()):
         raise CheckpointError(f"{ckpt.where(key)}: block scales must be finite and >= 0 (found NaN, Inf or < 0)")
     return scale

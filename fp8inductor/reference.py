@@ -175,13 +175,16 @@ def dequantize_weight_ref(
 
     Args:
         q: [N, K] float8_e4m3fn.
-        scale_inv: [ceil(N / block_n), ceil(K / block_k)] float32 (multiplier).
+        scale_inv: [ceil(N / block_n), ceil(K / block_k)] float32 (multiplier), or float8_e8m0fnu
+            (ue8m0 scales, widened exactly).
     Returns:
         [N, K] ``dtype``.
     """
     bn, bk = check_weight_block(block)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype.itemsize < 2:
         raise TypeError(f"dequantize_weight: dtype must be a float torch.dtype of 16 bits or more, got {dtype!r}")
+    if scale_inv.dtype == getattr(torch, "float8_e8m0fnu", None):
+        scale_inv = scale_inv.float()  # ue8m0 scales as transformers 5 stores them: powers of two, exact
     check_weight_scale(q, scale_inv, block, name="weight")
     n, k = q.shape
     s = scale_inv.float().repeat_interleave(bn, dim=0)[:n].repeat_interleave(bk, dim=1)[:, :k]

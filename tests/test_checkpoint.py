@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 import fp8inductor
 import fp8inductor.testing
 import model_zoo as zoo
-from fp8inductor.checkpoint import load_quantized_, save_pretrained
+from fp8inductor.checkpoint import CheckpointDtypeError, load_quantized_, save_pretrained
 from fp8inductor.modules import FP8BlockLinear, quantize_
 from fp8inductor.testing import assert_fp8_equal
 
@@ -238,6 +238,37 @@ def test_directory_without_a_declared_scale_fmt_reads_as_its_file(tmp_path, stor
     load_quantized_(from_file, tmp_path / "model.safetensors")
     want = "ue8m0" if stored == "e8m0" else "float"
     assert from_dir.wkv_a.scale_fmt == from_file.wkv_a.scale_fmt == want
+
+
+@pytest.mark.parametrize("declared", ["ue8m0", None])
+def test_uint8_e8m0_scales_load_where_ue8m0_is_declared(tmp_path, declared):
+    """MXFP8-style checkpoints store ue8m0 scales as raw uint8 exponent bytes; transformers reads them
+    as float8_e8m0fnu where quantization_config says scale_fmt "ue8m0". So does load_quantized_ (it
+    refused them); without that declaration a uint8 scale stays a clear error naming the fix."""
+    w = torch.randn(576, 256) / 16
+    q, s = fp8inductor.quantize_weight(w, scale_fmt="ue8m0")
+    ref = _Attn()
+    save_file({"wkv_a.weight": q, "wkv_a.weight_scale_inv": s.to(torch.float8_e8m0fnu).view(torch.uint8),
+               "norm.weight": ref.norm.weight.detach(), "norm.bias": ref.norm.bias.detach()},
+              str(tmp_path / "model.safetensors"))  # fmt: skip
+    qc = {"quant_method": "fp8", "weight_block_size": [128, 128]}
+    if declared:
+        qc["scale_fmt"] = declared
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": qc}))
+    model = _Attn()
+    if declared is None:
+        with pytest.raises(CheckpointDtypeError, match=r"uint8.*scale_fmt \"ue8m0\""):
+            load_quantized_(model, tmp_path)
+        return
+    assert load_quantized_(model, tmp_path) == ["wkv_a"]
+    assert torch.equal(model.wkv_a.weight_scale_inv, s) and model.wkv_a.scale_fmt == "ue8m0"
+
+
+def test_dequantize_weight_takes_e8m0_scales():
+    """transformers 5 keeps ue8m0 scales as float8_e8m0fnu: dequantize_weight widens them (exact)."""
+    q, s = fp8inductor.quantize_weight(torch.randn(200, 300), scale_fmt="ue8m0")
+    want = fp8inductor.dequantize_weight(q, s, dtype=torch.float32)
+    assert torch.equal(fp8inductor.dequantize_weight(q, s.to(torch.float8_e8m0fnu), dtype=torch.float32), want)
 
 
 @pytest.mark.gpu
