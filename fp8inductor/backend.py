@@ -141,9 +141,9 @@ def _refusing_changed_weights(compiled, gm: torch.fx.GraphModule):
                 raise RuntimeError(
                     f"fp8block: the model's parameters changed from {dtype} on {device} to {param.dtype} on "
                     f"{param.device} after it was compiled (model.to, .half(), .float(), .cuda() ...), and the "
-                    "compiled graph holds the old weights as constants. Call fp8inductor.reset() (torch.compiler.reset() "
-                    "leaves the old FP8 constants alive) and call the compiled model again, or compile after "
-                    "converting."
+                    "compiled graph holds the old weights as constants. Call fp8inductor.reset() "
+                    "(torch.compiler.reset() leaves the old FP8 constants alive) and call the compiled model "
+                    "again, or compile after converting."
                 )
         return compiled(*args, **kwargs)
 
