@@ -310,8 +310,9 @@ def _sync(cfg: Config) -> None:
 def time_fn(fn: Callable[[], object], cfg: Config) -> Timing:
     """Median (and 20/80th percentiles) of fn's time in ms.
 
-    do_bench: one event pair per call, L2 cleared before each call; host-side gaps inside a call
-    (Python, launch overhead) count. cudagraph: do_bench_cudagraph, the calls replayed back to back from
+    do_bench: one event pair per call, L2 cleared before each call (a 256 MiB zero_() queued before
+    the start event, whose ~85 us on the GPU hide that much of the call's host time: host-side gaps
+    inside a call count only beyond it). cudagraph: do_bench_cudagraph, the calls replayed back to back from
     one CUDA graph (GPU time only; no L2 clearing, so the weight rotation is what keeps L2 cold);
     its percentiles are over 10 replays of the whole graph. A dry run uses perf_counter.
     """

@@ -48,8 +48,13 @@ Each section between `BEGIN`/`END` markers is rewritten by its script; edit outs
   linear layers of Llama-3-8B and DeepSeek-V3 (`benchmarks/shapes.py`) for M = 1 ... 8192.
 * **Timing**: `triton.testing.do_bench` (warm-up and repetition budgets in ms are in the section
   header), the **median** over the repetitions; do_bench also clears the L2 cache before each call.
-  Each call is timed by its own pair of CUDA events, so host-side time inside a call (Python checks,
-  kernel launches) counts where it exceeds the GPU time, as in eager PyTorch. With `--timer cudagraph`
+  Each call is timed by its own pair of CUDA events. The L2 clearing is a 256 MiB `zero_()` queued
+  before the start event (at ~3 TB/s about 85 µs: an estimate from its size, not measured), and the
+  host work of launching the call overlaps it, so host-side time inside a call (Python checks, kernel
+  launches) counts only where it exceeds the GPU time plus those ~85 µs: bf16 `torch.mm` (13-17 µs of
+  host time) is timed as its GPU time, a path with 200 µs of host time shows about 115 µs of it. So
+  the do_bench table is not eager wall-clock time at small M either; it understates every path's
+  host time by up to ~85 µs (the host times themselves: "Small M is host-bound" below). With `--timer cudagraph`
   (named in the header) `triton.testing.do_bench_cudagraph` replays the calls back to back from one
   CUDA graph instead: GPU time only, as under CUDA graphs. All implementations run side by side in
   one process.
@@ -369,17 +374,20 @@ MODEL_METHOD = """* **Model**: transformers `LlamaForCausalLM` with {dims} but *
   for fp8block `options={{"mode": "reduce-overhead"}}`; max-autotune rows `max-autotune`), eager captures
   the step in a `torch.cuda.CUDAGraph` by hand. tokens/s = B / step time.
 * **Timing**: `triton.testing.do_bench` median (warmup {warmup_ms} ms, rep {rep_ms} ms) after the compiling
-  and capturing calls.
+  and capturing calls; since 2026-12-06 at least 50 timed calls (more do_bench calls where the rep
+  budget held fewer), their count recorded as `n` (before: 8-19 calls for a 1x2048 prefill, whose
+  20th-80th percentile spread was up to ~5%, so prefill ratios carry about +-2.5%).
 * **Compile**: wall time of the calls that compile, per phase: prefill = first call of each shape;
   decode = first call + the two calls that warm up and record the CUDA graph, per batch (eager: capture
   only). Peak = `max_memory_allocated` over those calls (reset before each phase).
 * **Memory**: "steady" = `memory_allocated` after the prefill phase (model + compiled graphs' constants;
-  no KV cache, no activations). "held for linears" = steady minus the embedding, `lm_head` and norms as
-  stored in bf16 (counted from the model's tensors), i.e. what holds the decoder layers' linear weights,
+  no KV cache, no activations). "held for linears" = steady minus the embedding, norms and `lm_head` as
+  the row holds them (counted from the model's tensors: bf16, and an FP8 `lm_head`'s codes and scales
+  where the row converts it), i.e. what holds the decoder layers' linear weights,
   as a fraction of those weights in bf16 ({linear_gib:.2f} GiB). "decode" = `memory_allocated` after the
   decode phase minus the KV caches (adds the CUDA graph pools).
 * **decode b1 weights TB/s**: the weight bytes a step reads (decoder linears, FP8 rows: FP8 + scales;
-  the bf16 `lm_head`, which fp8block leaves unconverted) / batch-1 step time; the H100 copies about
+  the `lm_head`, bf16 unless the row converts it too) / batch-1 step time; the H100 copies about
   3.0 TB/s. With a bf16 `lm_head` of {lm_head_gib:.2f} GiB beside {linear_gib:.2f} GiB of bf16 linears, FP8 can
   speed a bandwidth-bound step up by at most {ceiling:.2f}x at this depth.
 * **Correctness**: each row's logits (last prefill position, first decode step) against eager bf16 of
@@ -406,9 +414,11 @@ def _model_entry(row: dict | None, key: str) -> dict:
 
 
 def model_output_wrong(row: dict | None, key: str) -> bool:
-    """The measurement's logits were not finite (NaN/inf): its speed is no result."""
-    err = _model_entry(row, key).get("rel_err")
-    return err is not None and not math.isfinite(err)
+    """The measurement's logits were not finite (NaN/inf), at the first call or in the replayed graph
+    that was timed: its speed is no result."""
+    entry = _model_entry(row, key)
+    errs = [entry.get(field) for field in ("rel_err", "rel_err_replay")]
+    return any(err is not None and not math.isfinite(err) for err in errs)
 
 
 def model_tokens_per_s(row: dict | None, key: str) -> float | None:
@@ -430,12 +440,22 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b and b > 0 else None
 
 
+def _other_run(row: dict, base: dict | None) -> bool:
+    """The row and the baseline were measured by different runs (``--merge`` keeps earlier rows;
+    ``run_date`` is recorded since 2026-12-06): processes differ by a few percent, so no ratio."""
+    row_run, base_run = row.get("run_date"), (base or {}).get("run_date")
+    return row_run is not None and base_run is not None and row_run != base_run
+
+
 def model_ratios(report: dict) -> dict[str, dict[str, float | None]]:
     """row -> metric key (tokens/s keys, 'compile') -> ratio vs compile_bf16 (tokens/s: higher is better;
-    compile: row time / baseline time, lower is better)."""
+    compile: row time / baseline time, lower is better); None where they come from different runs."""
     base = report["rows"].get(MODEL_BASELINE)
     out = {}
     for name, row in report["rows"].items():
+        if _other_run(row, base):
+            out[name] = {key: None for key, _ in model_metric_keys(report)} | {"compile": None}
+            continue
         r = {
             key: _ratio(model_tokens_per_s(row, key), model_tokens_per_s(base, key))
             for key, _ in model_metric_keys(report)
@@ -445,26 +465,43 @@ def model_ratios(report: dict) -> dict[str, dict[str, float | None]]:
     return out
 
 
+def _fp8_bytes(bf16_bytes: int) -> int:
+    """FP8 codes + fp32 128x128 block scales of weights that take ``bf16_bytes`` in bf16."""
+    return bf16_bytes // 2 + bf16_bytes // 2 // (128 * 128) * 4
+
+
+def _fp8_lm_head(row: dict) -> bool:
+    """The row converts lm_head too (``fp8_lm_head``; files before 2026-12-06 lack it: the row name says)."""
+    return bool(row.get("fp8_lm_head", str(row.get("row", "")).endswith("_lm_head")))
+
+
 def _held_for_linears(row: dict) -> tuple[float | None, float | None]:
-    """(bytes held for the decoder linears after setup, as a fraction of those linears in bf16)."""
+    """(bytes held for the decoder linears after setup, as a fraction of those linears in bf16): steady
+    minus the embedding, norms and the lm_head as the row holds it (bf16; an FP8 lm_head's codes and
+    scales too, beside the bf16 one unless ``quantize_`` released it)."""
     model = row.get("model") or {}
     steady = row.get("steady_prefill_bytes")
     if steady is None or not model.get("linear_bf16_bytes"):
         return None, None
-    held = steady - model["embed_bytes"] - model["lm_head_bytes"] - model["other_bytes"]
+    lm_head = model["lm_head_bytes"]
+    if _fp8_lm_head(row):
+        lm_head = _fp8_bytes(lm_head) + (0 if row.get("quantized") else lm_head)
+    held = steady - model["embed_bytes"] - lm_head - model["other_bytes"]
     return held, held / model["linear_bf16_bytes"]
 
 
 def _decode_weight_bytes(row: dict) -> int | None:
-    """Weight bytes one decode step reads: the decoder linears (FP8 rows: half, + 1/8192 for the fp32
-    block scales) and the bf16 lm_head; embedding row reads, norms and the KV cache left out."""
+    """Weight bytes one decode step reads: the decoder linears and the lm_head, each in bf16 or (FP8
+    rows) FP8 + fp32 block scales; embedding row reads, norms and the KV cache left out."""
     model = row.get("model") or {}
     if not model.get("linear_bf16_bytes"):
         return None
-    linear = model["linear_bf16_bytes"]
+    linear, lm_head = model["linear_bf16_bytes"], model["lm_head_bytes"]
     if row.get("fp8"):
-        linear = linear // 2 + linear // 2 // (128 * 128) * 4
-    return linear + model["lm_head_bytes"]
+        linear = _fp8_bytes(linear)
+        if _fp8_lm_head(row):
+            lm_head = _fp8_bytes(lm_head)
+    return linear + lm_head
 
 
 def model_decode_b1_tbps(row: dict, key: str = "decode_b1") -> float | None:
@@ -582,11 +619,26 @@ def model_target_lines(report: dict) -> list[str]:
 
 def model_notes(report: dict) -> list[str]:
     lines = []
+    base = report["rows"].get(MODEL_BASELINE)
     for run in report["meta"].get("runs", []):
         for name in run.get("rows", []):
             if name not in report["rows"]:
                 why = "skipped: the run's --budget-s ran out" if name in run.get("skipped", []) else "skipped or failed"
                 lines.append(f"`{name}`: requested in the run of {run.get('date')}, not measured ({why})")
+            elif name in run.get("skipped", []) and "run_date" not in report["rows"][name]:
+                lines.append(
+                    f"`{name}`: skipped in the run of {run.get('date')} (--budget-s); the row is an earlier run's, "
+                    f"kept by --merge, and its ratios divide by another run's `{MODEL_BASELINE}`"
+                )
+    for name, row in report["rows"].items():
+        if _other_run(row, base):
+            lines.append(f"`{name}`: measured in the run of {row['run_date']}, `{MODEL_BASELINE}` in the run of "
+                         f"{base['run_date']}: no ratios across runs")  # fmt: skip
+        env, base_env = row.get("env") or {}, (base or {}).get("env") or {}
+        differs = [k for k in ("device", "torch", "triton") if env.get(k) and base_env.get(k) and env[k] != base_env[k]]
+        if differs:
+            lines.append(f"`{name}`: other {', '.join(differs)} than `{MODEL_BASELINE}` "
+                         f"({', '.join(f'{env[k]} vs {base_env[k]}' for k in differs)})")  # fmt: skip
     for name, row in report["rows"].items():
         for where, msg in (row.get("errors") or {}).items():
             lines.append(f"`{name}` {where}: {msg.splitlines()[0] if msg else ''}"[:400])

@@ -204,6 +204,72 @@ def test_check_err_marks_non_finite_logits_as_wrong_output():
     assert bench.result["flags"] == ["decode_b8: WRONG OUTPUT: logits not finite (rel. error nan) vs eager bf16"]
 
 
+def test_check_err_checks_the_replayed_graph_too():
+    """For CUDA-graph rows the first call is the warm-up run; the graph that is timed is checked too:
+    a non-finite replay makes the output wrong (no speed in the tables), a replay as accurate as the
+    first call adds no flag."""
+    import torch
+
+    bench = bench_model.RowRunner.__new__(bench_model.RowRunner)
+    bench.result = {"flags": []}
+    ref = torch.ones(2, 8)
+    entry: dict = {}
+    bench.check_err("decode_b1", entry, ref * 1.2, ref)
+    bench.check_err("decode_b1", entry, ref * 1.2, ref, field="rel_err_replay")
+    assert entry["rel_err_replay"] == pytest.approx(0.2, rel=1e-3) and len(bench.result["flags"]) == 1
+    bad = ref.clone()
+    bad[1, 1] = float("inf")
+    bench.check_err("decode_b1", entry, bad, ref, field="rel_err_replay")
+    assert bench.result["wrong_output"] is True and "replayed graph" in bench.result["flags"][-1]
+    report = _sample()
+    report["rows"]["fp8block_quantized"]["decode"]["decode_b8"]["rel_err_replay"] = float("nan")
+    assert render_docs.model_output_wrong(report["rows"]["fp8block_quantized"], "decode_b8")
+    assert render_docs.model_ratios(report)["fp8block_quantized"]["decode_b8"] is None
+
+
+def test_fp8_lm_head_rows_count_their_lm_head_as_fp8():
+    """decode b1 TB/s and "held for linears" of a row that converts lm_head too: its lm_head is read as
+    FP8 + scales, and held beside the bf16 one (backend only) or instead of it (quantize_). They were
+    counted as bf16 (2.16 TB/s published for 1.76)."""
+    fp8_lm_head = 1 * GIB // 2 + 1 * GIB // 2 // (128 * 128) * 4
+    fp8_linears = 4 * GIB // 2 + 4 * GIB // 2 // (128 * 128) * 4
+    step = {"median_ms": 1.0}
+    for name, quantized, lm_head_held in [
+        ("fp8block", False, 1 * GIB),
+        ("fp8block_lm_head", False, 1 * GIB + fp8_lm_head),
+        ("fp8block_quantized_lm_head", True, fp8_lm_head),
+    ]:
+        row = _row(name, {}, None, quantized=quantized, decode={"decode_b1": step})
+        lm_head_read = 1 * GIB if name == "fp8block" else fp8_lm_head
+        assert render_docs._decode_weight_bytes(row) == fp8_linears + lm_head_read
+        assert render_docs.model_decode_b1_tbps(row) == pytest.approx((fp8_linears + lm_head_read) / 1e-3 / 1e12)
+        held, _ = render_docs._held_for_linears(row)
+        assert held == 6 * GIB + 1024 - 1 * GIB - lm_head_held - 1024
+        row["fp8_lm_head"] = name != "fp8block"  # what bench_model records since 2026-12-06: the same
+        assert render_docs._decode_weight_bytes(row) == fp8_linears + lm_head_read
+
+
+def test_rows_of_another_run_get_no_ratios_and_a_note():
+    """--merge keeps rows of earlier runs: a row measured by another run than compile_bf16 gets no
+    ratio (processes differ by a few percent) and a note; so does one on another device. A file from
+    before run_date (the 227eb61 one) says which rows a run skipped and kept from an earlier run."""
+    report = _sample()
+    rows = report["rows"]
+    rows["compile_bf16"]["run_date"] = "2026-12-06T10:00:00+00:00"
+    rows["fp8block_quantized"]["run_date"] = "2026-12-05T10:00:00+00:00"
+    rows["eager_bf16"]["run_date"] = "2026-12-06T10:00:00+00:00"
+    rows["eager_bf16"]["env"], rows["compile_bf16"]["env"] = {"device": "NVIDIA H200"}, {"device": "NVIDIA H100"}
+    ratios = render_docs.model_ratios(report)
+    assert all(v is None for v in ratios["fp8block_quantized"].values())
+    assert ratios["eager_bf16"]["prefill_1x2048"] == pytest.approx(0.8)
+    notes = render_docs.model_notes(report)
+    assert any(n.startswith("`fp8block_quantized`: measured in the run of 2026-12-05") for n in notes), notes
+    assert any("`eager_bf16`: other device than `compile_bf16`" in n for n in notes), notes
+    old = _sample()
+    old["meta"]["runs"] = [{"date": "d2", "rows": ["compile_bf16", "eager_bf16"], "skipped": ["eager_bf16"]}]
+    assert any("`eager_bf16`: skipped in the run of d2" in n for n in render_docs.model_notes(old))
+
+
 def test_held_for_linears():
     row = _sample()["rows"]["fp8block_quantized"]
     held, frac = render_docs._held_for_linears(row)
