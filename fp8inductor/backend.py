@@ -54,7 +54,8 @@ def _warn_grad_enabled() -> None:
     precision); the warnings filters still fold repeats from one call site."""
     warnings.warn(
         "fp8block: compiled with gradients enabled, so weights cannot be frozen and quantized; the "
-        "model runs as plain Inductor (high precision). Call it under torch.inference_mode() or "
+        "model runs as plain Inductor (its linears in high precision; modules already FP8, from quantize_, "
+        "stay FP8 with straight-through gradients). Call it under torch.inference_mode() or "
         "torch.no_grad() to get FP8.",
         stacklevel=3,
     )

@@ -27,7 +27,7 @@ from torch import nn
 from . import _compat, ops
 from .config import FP8BlockConfig, matching_entry, split_options
 from .eligibility import skip_reason
-from .reference import FLOAT_DTYPES, SCALE_FMTS, check_one_device, check_weight_scale
+from .reference import FLOAT_DTYPES, FP8_DTYPE, SCALE_FMTS, check_one_device, check_weight_scale
 
 log = logging.getLogger("fp8inductor")
 
@@ -39,6 +39,15 @@ _TRANSFORMERS_FP8_LINEAR = "FP8Linear"
 _SCALE_ATTRS = ("weight_scale_inv", "weight_scales_inv")
 _BLOCK_ATTRS = ("block_size", "weight_block_size")
 _BLOCK = (128, 128)
+# FP8BlockLinear's buffers and the dtypes they may hold (e8m0 scales are widened on copy: exact).
+_FP8_BUFFERS = {
+    "weight": (FP8_DTYPE,),
+    "weight_scale_inv": tuple(d for d in (torch.float32, getattr(torch, "float8_e8m0fnu", None)) if d is not None),
+}
+
+
+def _dtype_of(value: Any) -> torch.dtype | None:
+    return value.dtype if isinstance(value, torch.Tensor) else None
 
 
 class FP8BlockLinear(nn.Module):
@@ -112,6 +121,43 @@ class FP8BlockLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.block_linear(x, self.weight, self.weight_scale_inv, self.bias, 128, self.scale_fmt)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """The weight and its scales keep their dtypes: assigning a high-precision tensor (transformers'
+        ``tie_weights`` putting the embedding's bf16 weight on an FP8 ``lm_head``) left the old scales
+        beside it and failed at the next forward, deep in the op."""
+        want = _FP8_BUFFERS.get(name)
+        if want is not None and name in self.__dict__.get("_buffers", {}) and _dtype_of(value) not in want:
+            raise TypeError(
+                f"FP8BlockLinear.{name} must stay {' or '.join(map(str, want))}, got {_dtype_of(value)}: an FP8 "
+                "linear cannot take a high-precision weight (tied to an embedding? keep this module out of "
+                "the conversion with modules_to_not_convert, or untie)"
+            )
+        super().__setattr__(name, value)
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
+        """Refuse a state dict whose weight is not FP8 (a high-precision checkpoint: ``copy_`` would cast
+        it to e4m3 codes under the old scales, silently wrong, even with strict=False), or that brings
+        the weight without its scales or the reverse."""
+        errors = []
+        for name, want in _FP8_BUFFERS.items():
+            t = state_dict.get(prefix + name)
+            if t is not None and _dtype_of(t) not in want:
+                errors.append(
+                    f"{prefix}{name}: FP8BlockLinear holds {' or '.join(map(str, want))}, the state dict has "
+                    f"{_dtype_of(t)} (a high-precision checkpoint loads into the unconverted model, then quantize_; "
+                    "FP8 checkpoints: fp8inductor.checkpoint.load_quantized_)"
+                )
+        if (prefix + "weight" in state_dict) != (prefix + "weight_scale_inv" in state_dict):
+            errors.append(f"{prefix}weight and {prefix}weight_scale_inv must be loaded together (codes need scales)")
+        if errors:
+            error_msgs.extend(errors)  # load_state_dict raises on these, strict or not
+            return
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def _apply(self, fn, recurse=True):
         """``model.to(dtype)``, ``.half()``, ``.bfloat16()``, ``.float()`` convert every floating-point
@@ -229,6 +275,7 @@ def convert_transformers_fp8_(model: nn.Module, scale_fmt: str | None = None) ->
     ValueError/TypeError naming the module path, and the model is left unchanged.
     ``FP8GroupedLinear``, ``FP8Experts`` and ``FP8Embedding`` are not converted.
     """
+    model = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule wraps the model
     _check_not_a_root_linear(model, "convert_transformers_fp8_")
     swaps, skipped = _plan_transformers_fp8(model, None, scale_fmt)
     for path, reason in skipped.items():
@@ -266,6 +313,7 @@ def quantize_(model: nn.Module, config: FP8BlockConfig | Mapping[str, Any] | Non
     ValueError. ``config``: an ``FP8BlockConfig`` or a ``torch.compile`` ``options`` dict.
     """
     config = _as_config(config)
+    model = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule: its model (it kept calling the old)
     _check_not_a_root_linear(model, "quantize_")
     fp8_swaps, skipped = _plan_transformers_fp8(model, config, None)
     # A module reachable by several paths (shared) is one linear: converted at every path, or skipped

@@ -252,6 +252,31 @@ def _(
     return x.new_empty((*x.shape[:-1], wq.shape[0]))
 
 
+def _block_linear_setup_context(ctx, inputs, output) -> None:
+    x, wq, ws, bias, _group_size, _scale_fmt = inputs
+    ctx.save_for_backward(wq, ws)
+    ctx.bias_dtype = None if bias is None else bias.dtype
+
+
+def _block_linear_backward(ctx, grad_y: torch.Tensor):
+    """Straight-through gradients: the activation quantization counts as the identity, so
+    dx = dy @ dequant(W) (in dy's dtype) and dbias = sum of dy over the rows; the FP8 weight and its
+    scales get none (they are constants). Without a formula, backward raised, and a model with FP8
+    modules (``quantize_``) compiled with gradients enabled failed to compile: AOTAutograd traces the
+    backward of every op whose input requires grad."""
+    wq, ws = ctx.saved_tensors
+    grad_x = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        w = ref.dequantize_weight_ref(wq, ws, (128, 128), grad_y.dtype)  # [N, K]
+        grad_x = grad_y @ w
+    if ctx.bias_dtype is not None and ctx.needs_input_grad[3]:
+        grad_bias = grad_y.reshape(-1, grad_y.shape[-1]).float().sum(0).to(ctx.bias_dtype)
+    return grad_x, None, None, grad_bias, None, None
+
+
+block_linear_op.register_autograd(_block_linear_backward, setup_context=_block_linear_setup_context)
+
+
 # ---------------------------------------------------------------------------------------------
 # block_gemm: the GEMM alone, on already-quantized activations. Inserted by the Inductor lowering
 # (fp8inductor.lowering) as an autotuning choice next to the Triton templates.

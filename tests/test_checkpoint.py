@@ -606,6 +606,58 @@ def test_reset_after_an_in_place_update_frees_the_old_graphs_fp8_copies():
             assert torch.equal(y, want)
 
 
+def test_state_dict_of_high_precision_weights_is_refused_by_fp8_modules():
+    """A bf16 state dict loaded into a converted model: copy_ cast the bf16 weight into e4m3 codes under
+    the old scales (relative error 0.98, no error, even with strict=False as HF loaders call it). Now
+    load_state_dict raises, strict or not; an FP8 state dict still round-trips bit for bit."""
+    torch.manual_seed(0)
+    bf16 = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.ReLU(), torch.nn.Linear(256, 128)).to(torch.bfloat16)
+    high = {k: v.clone() for k, v in bf16.state_dict().items()}
+    model = copy.deepcopy(bf16)
+    quantize_(model)
+    fp8_state = {k: v.clone() for k, v in model.state_dict().items()}
+    for strict in (True, False):
+        with pytest.raises(RuntimeError, match=r"0\.weight: FP8BlockLinear holds torch.float8_e4m3fn"):
+            model.load_state_dict(high, strict=strict)
+    with pytest.raises(RuntimeError, match="must be loaded together"):
+        model.load_state_dict({k: v for k, v in fp8_state.items() if k != "2.weight_scale_inv"}, strict=False)
+    x = torch.randn(3, 256, dtype=torch.bfloat16)
+    y = model(x)
+    fresh = copy.deepcopy(bf16)
+    quantize_(fresh)
+    fresh.load_state_dict(fp8_state)
+    assert torch.equal(fresh(x), y)
+
+
+def test_fp8_weight_cannot_be_replaced_by_a_high_precision_one():
+    """transformers' tie_weights (also run by resize_token_embeddings) assigns the embedding's bf16 weight
+    to a converted lm_head: it used to replace the FP8 buffer and leave the old scales, failing at the
+    next forward deep in the op. The assignment itself is now the error."""
+    lin = FP8BlockLinear.from_weight(torch.randn(256, 256))
+    with pytest.raises(TypeError, match="FP8BlockLinear.weight must stay torch.float8_e4m3fn, got torch.bfloat16"):
+        lin.weight = torch.nn.Parameter(torch.randn(256, 256, dtype=torch.bfloat16))
+    with pytest.raises(TypeError, match="weight_scale_inv must stay"):
+        lin.weight_scale_inv = lin.weight_scale_inv.half()
+    lin.weight = lin.weight.clone()  # FP8 stays assignable (load_state_dict(assign=True) does this)
+    lin.weight_scale_inv = lin.weight_scale_inv.to(torch.float8_e8m0fnu).float()
+
+
+def test_quantize_of_a_compiled_model_converts_the_model_it_runs():
+    """quantize_ on torch.compile's wrapper replaced the wrapper's _orig_mod attribute, while the compiled
+    wrapper kept calling the old bf16 modules (no error, no FP8). It now converts the wrapped model, as
+    release_bf16_weights does; a compiled root linear is the clear ValueError of an uncompiled one."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.ReLU()).eval()
+    fast = torch.compile(model, backend="eager")
+    assert quantize_(fast) == {}
+    assert isinstance(model[0], FP8BlockLinear)
+    x = torch.randn(3, 256)
+    with torch.no_grad():
+        assert torch.equal(fast(x), model(x))
+    with pytest.raises(ValueError, match="the model itself is a linear"):
+        quantize_(torch.compile(torch.nn.Linear(256, 256), backend="eager"))
+
+
 def test_an_fp8_lm_head_is_not_listed_as_kept(tmp_path):
     """transformers skips what ``modules_to_not_convert`` lists: a listed FP8 ``lm_head`` would be
     loaded as a bf16 Linear holding the e4m3 codes without their scales (wrong logits, no error)."""

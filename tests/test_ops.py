@@ -206,3 +206,36 @@ def test_gemm_ops_refuse_tensors_on_two_devices():
         torch.ops.fp8inductor.block_gemm(xq.to("meta"), xs, q, s, torch.bfloat16)
     with pytest.raises(ValueError, match="quantized_block_linear: all tensors must be on one device"):
         torch.ops.fp8inductor.quantized_block_linear(xq, xs, q, s, torch.zeros(256, device="meta"), torch.bfloat16)
+
+
+def test_block_linear_gradients_are_straight_through():
+    """dx = dy @ dequant(W), dbias = sum of dy; the FP8 weight gets none. A model with FP8 modules and
+    trainable parameters elsewhere (a norm) compiled with gradients enabled used to fail to compile
+    (no autograd formula: AOTAutograd traces the backward); it now matches eager, forward and backward."""
+    import warnings
+
+    from fp8inductor.modules import FP8BlockLinear
+
+    torch.manual_seed(0)
+    lin = FP8BlockLinear.from_weight(torch.randn(384, 256), bias=torch.randn(384))
+    lin.bias.requires_grad_(True)
+    x = torch.randn(2, 5, 256, requires_grad=True)
+    y = lin(x)
+    dy = torch.randn_like(y)
+    y.backward(dy)
+    w = fp8inductor.dequantize_weight(lin.weight, lin.weight_scale_inv, dtype=torch.float32)
+    torch.testing.assert_close(x.grad, dy @ w)
+    torch.testing.assert_close(lin.bias.grad, dy.sum((0, 1)))
+
+    model = torch.nn.Sequential(torch.nn.LayerNorm(256), FP8BlockLinear.from_weight(torch.randn(384, 256)))
+    xs = torch.randn(4, 256)
+    model(xs).square().sum().backward()
+    want = [p.grad.clone() for p in model[0].parameters()]
+    model.zero_grad()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = torch.compile(model, backend="fp8block")(xs)
+    torch.testing.assert_close(out, model(xs))
+    out.square().sum().backward()
+    for p, g in zip(model[0].parameters(), want):  # Inductor's fused LayerNorm backward sums in another order
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-4)
