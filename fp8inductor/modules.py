@@ -167,10 +167,11 @@ class FP8BlockLinear(nn.Module):
         fixed = (self.weight, self.weight_scale_inv)
 
         def keep_dtype(t: torch.Tensor) -> torch.Tensor:
-            out = fn(t)
-            if out.dtype != t.dtype and any(t is f for f in fixed):
-                return t.to(device=out.device)  # from the original: nothing was lost
-            return out
+            if any(t is f for f in fixed):
+                probe = fn(t[:0])  # where fn sends it, without a full high-precision copy of the codes
+                if probe.dtype != t.dtype:
+                    return t.to(device=probe.device)  # from the original: nothing was lost
+            return fn(t)
 
         return super()._apply(keep_dtype, recurse)
 

@@ -810,7 +810,20 @@ def test_fp8_module_keeps_its_weight_and_scale_dtypes_under_model_casts(cast):
     quantize_(model)
     w, s = model[0].weight.clone(), model[0].weight_scale_inv.clone()
     casts = {"to_bf16": lambda: model.to(torch.bfloat16), "half": model.half, "float": model.float}
-    casts.get(cast, model.double)()
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Copies(TorchDispatchMode):  # the elements of every dtype conversion made
+        made: list[int] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func is torch.ops.aten._to_copy.default:
+                self.made.append(out.numel())
+            return out
+
+    with Copies():
+        casts.get(cast, model.double)()
+    assert max(Copies.made) <= 384  # the bias only: no high-precision copy of the codes, made and dropped
     assert_fp8_equal(model[0].weight, w)
     assert model[0].weight_scale_inv.dtype == torch.float32 and torch.equal(model[0].weight_scale_inv, s)
     dtype = {"to_bf16": torch.bfloat16, "half": torch.float16, "float": torch.float32, "double": torch.float64}[cast]
