@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import re
 import typing
 from collections.abc import Mapping
 from typing import Any
@@ -27,7 +29,9 @@ class FP8BlockConfig:
         scale_fmt: "float" (fp32 scales, DeepSeek-V3) or "ue8m0" (power-of-two scales, V3.1).
         modules_to_not_convert: module paths left in high precision. An entry matches whole
             dot-separated path components anywhere in the path ("mlp.gate" matches
-            "model.layers.0.mlp.gate" but not "model.layers.0.mlp.gate_proj").
+            "model.layers.0.mlp.gate" but not "model.layers.0.mlp.gate_proj"), and also where
+            transformers' ``should_convert_module`` matches it (a regex from the start of the path,
+            "model.layers.*.self_attn"; a suffix of the path).
         min_in_features / min_out_features: smaller linears are skipped (too small to gain).
         gemm_lowering: "template" (default): on FP8 GPUs, static-M linears lower to Triton templates
             whose store carries the fused epilogue (bias, cast, residual add, activation); see
@@ -94,15 +98,36 @@ class FP8BlockConfig:
 
 
 def matching_entry(path: str, entries) -> str | None:
-    """The first of ``entries`` that matches whole dot-separated components of module ``path``
-    ("mlp.gate" matches "model.layers.0.mlp.gate", not "model.layers.0.mlp.gate_proj"), or None."""
+    """The first of ``entries`` that matches module ``path``, or None. An entry matches
+
+    * whole dot-separated components anywhere in the path ("mlp.gate" matches
+      "model.layers.0.mlp.gate", not "model.layers.0.mlp.gate_proj"), or
+    * as transformers' ``should_convert_module`` matches it (5.x), so that a config written for
+      transformers keeps the same modules: a regex from the start of the path up to a component
+      boundary ("model.layers.*.self_attn" matches "model.layers.3.self_attn.q_proj"), or a suffix
+      of the path string. (Component-only matching converted such modules silently.)
+    """
     parts = path.split(".") if path else []
     for entry in entries:
         want = entry.split(".")
-        for i in range(len(parts) - len(want) + 1):
-            if parts[i : i + len(want)] == want:
-                return entry
+        if any(parts[i : i + len(want)] == want for i in range(len(parts) - len(want) + 1)):
+            return entry
+        if path and (path.endswith(entry) or _regex_match(entry, path)):
+            return entry
     return None
+
+
+@functools.lru_cache(maxsize=256)
+def _entry_regex(entry: str) -> re.Pattern | None:
+    try:
+        return re.compile(rf"(?:{entry})(?:(?<=\.)|(?=\.|$))")
+    except re.error:  # not a regex: matched by its components and as a suffix only
+        return None
+
+
+def _regex_match(entry: str, path: str) -> bool:
+    pattern = _entry_regex(entry)
+    return pattern is not None and pattern.match(path) is not None
 
 
 _FIELDS = {f.name for f in dataclasses.fields(FP8BlockConfig)}

@@ -24,11 +24,34 @@ def test_defaults_skip_lm_head_only():
         ("lm_head", "lm_head", True),
         ("model.layers.1.mlp", "model.layers.1.mlp.down_proj", True),
         ("q_proj", "model.layers.3.self_attn.q_proj", True),
+        # as transformers' should_convert_module (5.x) matches: a regex from the start up to a component
+        # boundary, or a suffix (these converted silently with component matching only)
+        ("model.layers.*.self_attn", "model.layers.3.self_attn.q_proj", True),
+        (r"model\.layers\.[0-2]\.mlp", "model.layers.1.mlp.up_proj", True),
+        (r"model\.layers\.[0-2]\.mlp", "model.layers.3.mlp.up_proj", False),
+        ("layers.1", "model.layers.11.attn", False),
+        ("up_gate", "model.layers.0.mlp.fused_up_gate", True),  # transformers' plain suffix
+        ("[bad", "model.layers.0.mlp.gate", False),  # not a regex: components and suffix only
     ],
 )
 def test_modules_to_not_convert_matches_path_components(entry, path, skipped):
     cfg = FP8BlockConfig(modules_to_not_convert=(entry,))
     assert (cfg.skips_module(path) is not None) == skipped
+
+
+def test_modules_to_not_convert_agrees_with_transformers():
+    """Every module transformers' should_convert_module keeps in high precision, we keep too."""
+    utils = pytest.importorskip("transformers.quantizers.quantizers_utils")
+    should_convert_module = getattr(utils, "should_convert_module", None)
+    if should_convert_module is None:
+        pytest.skip("this transformers has no should_convert_module")
+
+    paths = [f"model.layers.{i}.{m}" for i in (0, 1, 11) for m in ("self_attn.q_proj", "mlp.gate", "mlp.gate_proj")]
+    entries = ["model.layers.*.self_attn", "layers.1", "mlp.gate", r"model\.layers\.1\d\.mlp", "proj", "lm_head"]
+    for entry in entries:
+        for path in paths:
+            if not should_convert_module(path, [entry]):
+                assert FP8BlockConfig(modules_to_not_convert=(entry,)).skips_module(path) == entry, (entry, path)
 
 
 def test_split_options_routes_keys():
