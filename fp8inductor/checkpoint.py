@@ -30,7 +30,7 @@ from torch import nn
 
 from .config import FP8BlockConfig
 from .modules import FP8BlockLinear, _linear_weight_nk, _swap_module, is_transformers_fp8_linear
-from .reference import FP8_DTYPE, FLOAT_DTYPES, SCALE_FMTS, ceil_div
+from .reference import E8M0_DTYPE, FLOAT_DTYPES, FP8_DTYPE, SCALE_FMTS, ceil_div, widen_e8m0
 
 SCALE_SUFFIX = ".weight_scale_inv"
 _HIGH_PRECISION = (*FLOAT_DTYPES, torch.float64)  # what a non-FP8 floating tensor may be stored as
@@ -204,9 +204,8 @@ def _read_checkpoint(path: Path) -> _Checkpoint:
 def _scale_fmt_from_dtypes(ckpt: _Checkpoint) -> str:
     """Where no config.json declares it: "ue8m0" when every block scale is stored as float8_e8m0fnu
     (only power-of-two scales fit it: DeepSeek-V3.1's format), else "float"."""
-    e8m0 = getattr(torch, "float8_e8m0fnu", None)
     dtypes = {t.dtype for k, t in ckpt.tensors.items() if k.endswith(SCALE_SUFFIX)}
-    return "ue8m0" if dtypes and dtypes == {e8m0} else "float"
+    return "ue8m0" if dtypes and dtypes == {E8M0_DTYPE} else "float"
 
 
 def _normalize_names(ckpt: _Checkpoint) -> None:
@@ -232,11 +231,9 @@ def _checked_scale(ckpt: _Checkpoint, key: str) -> torch.Tensor:
     checkpoints store them and transformers reads them) where the checkpoint declares
     ``scale_fmt: "ue8m0"``; elsewhere a uint8 scale is ambiguous and refused."""
     scale = ckpt.tensors[key]
-    e8m0 = getattr(torch, "float8_e8m0fnu", None)
-    if scale.dtype == torch.uint8 and ckpt.scale_fmt == "ue8m0" and e8m0 is not None:
-        scale = scale.view(e8m0)  # the same bytes: 2**(b - 127), 0xFF NaN (refused below)
-    if scale.dtype == e8m0:
-        scale = scale.float()  # powers of two: exact
+    if scale.dtype == torch.uint8 and ckpt.scale_fmt == "ue8m0" and E8M0_DTYPE is not None:
+        scale = scale.view(E8M0_DTYPE)  # the same bytes: 2**(b - 127), 0xFF NaN (refused below)
+    scale = widen_e8m0(scale)
     if scale.dtype != torch.float32:
         hint = " (uint8 e8m0 bytes need scale_fmt \"ue8m0\" in config.json)" if scale.dtype == torch.uint8 else ""
         raise CheckpointDtypeError(

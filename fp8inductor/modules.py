@@ -27,7 +27,7 @@ from torch import nn
 from . import _compat, ops
 from .config import FP8BlockConfig, matching_entry, split_options
 from .eligibility import skip_reason
-from .reference import FLOAT_DTYPES, FP8_DTYPE, SCALE_FMTS, check_one_device, check_weight_scale
+from .reference import E8M0_DTYPE, FLOAT_DTYPES, FP8_DTYPE, SCALE_FMTS, check_one_device, check_weight_scale, widen_e8m0
 
 log = logging.getLogger("fp8inductor")
 
@@ -42,7 +42,7 @@ _BLOCK = (128, 128)
 # FP8BlockLinear's buffers and the dtypes they may hold (e8m0 scales are widened on copy: exact).
 _FP8_BUFFERS = {
     "weight": (FP8_DTYPE,),
-    "weight_scale_inv": tuple(d for d in (torch.float32, getattr(torch, "float8_e8m0fnu", None)) if d is not None),
+    "weight_scale_inv": tuple(d for d in (torch.float32, E8M0_DTYPE) if d is not None),
 }
 
 
@@ -108,9 +108,8 @@ class FP8BlockLinear(nn.Module):
         _check_transformers_fp8_linear(module, path)
         weight = module.weight.detach()  # [N, K] float8_e4m3fn, same storage
         scale = _first_attr(module, _SCALE_ATTRS, path).detach()  # [ceil(N/128), ceil(K/128)]
-        e8m0 = scale.dtype == getattr(torch, "float8_e8m0fnu", None)
-        if e8m0:
-            scale = scale.float()  # powers of two: exact
+        e8m0 = E8M0_DTYPE is not None and scale.dtype == E8M0_DTYPE
+        scale = widen_e8m0(scale)
         check_weight_scale(weight, scale, _BLOCK, name=f"{path}.weight")
         if scale.device != weight.device:
             raise ValueError(f"{path}: weight is on {weight.device} but its weight_scale_inv on {scale.device}")

@@ -33,6 +33,12 @@ import torch
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_E4M3_MAX = 448.0  # largest finite float8_e4m3fn
+E8M0_DTYPE = getattr(torch, "float8_e8m0fnu", None)  # how transformers 5 stores ue8m0 scales (None: older torch)
+
+
+def widen_e8m0(scale: torch.Tensor) -> torch.Tensor:
+    """float8_e8m0fnu scales (powers of two) as a new float32 tensor, exactly; any other tensor as it is."""
+    return scale.float() if E8M0_DTYPE is not None and scale.dtype == E8M0_DTYPE else scale
 SCALE_EPS = 1e-4  # lower bound on the amax, so all-zero groups get a finite, non-zero scale
 SCALE_FMTS = ("float", "ue8m0")
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # high-precision dtypes the ops take
@@ -183,8 +189,7 @@ def dequantize_weight_ref(
     bn, bk = check_weight_block(block)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype.itemsize < 2:
         raise TypeError(f"dequantize_weight: dtype must be a float torch.dtype of 16 bits or more, got {dtype!r}")
-    if scale_inv.dtype == getattr(torch, "float8_e8m0fnu", None):
-        scale_inv = scale_inv.float()  # ue8m0 scales as transformers 5 stores them: powers of two, exact
+    scale_inv = widen_e8m0(scale_inv)
     check_weight_scale(q, scale_inv, block, name="weight")
     n, k = q.shape
     s = scale_inv.float().repeat_interleave(bn, dim=0)[:n].repeat_interleave(bk, dim=1)[:, :k]
