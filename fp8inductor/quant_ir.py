@@ -7,6 +7,7 @@ Inductor IR it is two loops Inductor can schedule like its own:
     amax[m, g] = max_r |x[m, 128 g + r]|                       # Reduction, ranges [M, G] x [128]
     s[m, g]    = div_rn(max(amax[m, g], 1e-4), 448)            # Pointwise (ue8m0: next power of two)
     q[m, g, r] = e4m3(clamp(div_rn(x[m, 128 g + r], s[m, g]), -448, 448))   # Pointwise [M, G, 128]
+                                                               # (ue8m0 with s = 2**120: +-240)
 
 Inductor inlines an unrealized producer (SiLU * mul, RMSNorm's normalization, a transpose copy) into
 both loops and fuses the three into one kernel (the reduction's numel M * G and rnumel 128 match
@@ -41,7 +42,7 @@ from torch._inductor import lowering as L
 from torch._inductor.runtime.hints import ReductionHint
 from torch._inductor.virtualized import ops
 
-from .reference import FP8_DTYPE, _check_scale_fmt
+from .reference import FP8_DTYPE, TOP_SCALE, TOP_SCALE_CODE_MAX, _check_scale_fmt
 
 GROUP = 128  # activation group along K
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
@@ -172,8 +173,13 @@ def quantize_1x128(x, m, k: int, scale_fmt: str = "float", col_major_scales: boo
         # s recomputed from amax, not loaded from the scale buffer: a read of the column-major
         # scales here would make this node "non-contiguous" to Inductor, which then drops the inner
         # reduction hint and loops the reduction (x read twice). Same operations, same bits.
-        v = _div_by_scale(x_fp32(row, g, r), scale([row, g]), device)
+        sc = scale([row, g])
+        v = _div_by_scale(x_fp32(row, g, r), sc, device)
         v = ops.minimum(ops.maximum(v, ops.constant(-FP8_MAX, _F32)), ops.constant(FP8_MAX, _F32))
+        if scale_fmt == "ue8m0":  # s == 2**120: codes saturate at +-240 (reference.code_bound)
+            top = ops.eq(sc, ops.constant(TOP_SCALE, _F32))
+            top_max = ops.constant(TOP_SCALE_CODE_MAX, _F32)
+            v = ops.where(top, ops.minimum(ops.maximum(v, ops.neg(top_max)), top_max), v)
         # NaN -> the positive NaN, code 0x7F, as the Triton kernel writes (x86 makes Inf / Inf a
         # negative NaN, 0xFF; the sign of a NaN carries nothing)
         v = ops.where(ops.ne(v, v), ops.constant(float("nan"), _F32), v)

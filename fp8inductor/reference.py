@@ -10,7 +10,8 @@ The scheme (DeepSeek-V3 fine-grained FP8, transformers ``FineGrainedFP8Config``)
   (padded with zeros for the amax, never read out of bounds);
 * activations ``x [..., K]`` in groups of 128 consecutive elements of ``K`` per token;
 * per block/group ``s = max(amax, 1e-4) / 448`` (fp32), ``q = rne_e4m3(clamp(v / s, -448, 448))``;
-  with ``scale_fmt="ue8m0"`` the scale is then rounded *up* to a power of two;
+  with ``scale_fmt="ue8m0"`` the scale is then rounded *up* to a power of two, and where that gives
+  ``s = 2**120`` the clamp is to +-240 (``q * s`` must stay finite: ``code_bound``);
 * the scale is a *multiplier*: ``v ~= q * s`` (it is stored as ``weight_scale_inv`` in checkpoints);
 * GEMM: ``y[m, n] = sum_kb s_x[m, kb] * s_w[n // 128, kb] * sum_{k in kb} q_x[m, k] q_w[n, k]``
   with fp32 accumulation, then ``+ bias[n]``, output in the activation's dtype.
@@ -80,9 +81,24 @@ def amax_to_scale(amax: torch.Tensor, scale_fmt: str = "float") -> torch.Tensor:
     return s
 
 
-def _cast_e4m3(v: torch.Tensor) -> torch.Tensor:
+# The one scale whose product with the largest codes overflows: ue8m0 rounds an amax of at least
+# 448 * 2**119 up to s = 2**120, and 448 * 2**120 (indeed 256 * 2**120 = 2**128) is past fp32's maximum.
+# Such a group's codes saturate at 240 = 1.875 * 2**7, the largest e4m3 value c with c * 2**120 finite.
+# (A "float" scale is at most 3.4e38 / 448 < 2**120; a larger ue8m0 scale means an Inf amax.)
+TOP_SCALE = 2.0**120
+TOP_SCALE_CODE_MAX = 240.0
+
+
+def code_bound(scale: torch.Tensor) -> torch.Tensor:
+    """Per-group saturation bound of the codes: 448, or 240 where ``scale == 2**120`` (so that
+    ``q * s`` stays finite; see TOP_SCALE). Same shape as ``scale``; NaN scales get 448."""
+    return torch.where(scale == TOP_SCALE, TOP_SCALE_CODE_MAX, FP8_E4M3_MAX).to(torch.float32)
+
+
+def _cast_e4m3(v: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
     # clamp keeps finite values in range (e4m3fn has no Inf: 480+ would round to NaN); NaN stays NaN.
-    return torch.clamp(v, -FP8_E4M3_MAX, FP8_E4M3_MAX).to(FP8_DTYPE)
+    # bound: code_bound(scale), broadcast against v.
+    return torch.clamp(v, -bound, bound).to(FP8_DTYPE)
 
 
 def _check_float(t: torch.Tensor, what: str) -> None:
@@ -137,7 +153,8 @@ def quantize_weight_ref(
     blocks = padded.view(nb, bn, kb, bk)
     amax = blocks.abs().amax(dim=(1, 3))  # [nb, kb]
     scale = amax_to_scale(amax, scale_fmt)
-    q = _cast_e4m3(blocks / scale[:, None, :, None]).view(nb * bn, kb * bk)[:n, :k].contiguous()
+    bound = code_bound(scale)[:, None, :, None]
+    q = _cast_e4m3(blocks / scale[:, None, :, None], bound).view(nb * bn, kb * bk)[:n, :k].contiguous()
     return q, scale.contiguous()
 
 
@@ -167,7 +184,7 @@ def quantize_activation_ref(
     groups = padded.view(-1, kb, group)
     amax = groups.abs().amax(dim=2)
     scale = amax_to_scale(amax, scale_fmt)  # [M, kb]
-    q = _cast_e4m3(groups / scale[:, :, None]).view(-1, kb * group)[:, :k]
+    q = _cast_e4m3(groups / scale[:, :, None], code_bound(scale)[:, :, None]).view(-1, kb * group)[:, :k]
     return q.reshape(*lead, k).contiguous(), scale.reshape(*lead, kb).contiguous()
 
 

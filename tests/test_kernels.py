@@ -209,6 +209,49 @@ def test_act_quant_huge_fp32(scale_fmt):
     _check_act(x.to(DEVICE), scale_fmt)
 
 
+def _top_scale_tensor(rows_per_value: int, dtype: torch.dtype) -> torch.Tensor:
+    """[rows_per_value * 8, 256]: each run of rows has one group (the first 128 columns) whose amax
+    gives the ue8m0 scale 2**120, from just above 448 * 2**119 up to the dtype's largest, with the
+    code-240/256 tie 248 * 2**120, and an ordinary group beside it."""
+    top = 2.0**120
+    largest = torch.finfo(dtype).max
+    values = torch.tensor([449 * 2.0**119, 3.0e38, 244 * top, 247.9 * top, 248 * top, 252 * top, 3.39e38, largest])
+    x = torch.zeros(len(values), 256)
+    x[:, 0], x[:, 1], x[:, 2] = values, -values, values / 3
+    x[:, 128:] = torch.randn(len(values), 128, generator=_gen(12))
+    return x.repeat_interleave(rows_per_value, dim=0).to(dtype)
+
+
+@pytest.mark.parametrize("scale_fmt", SCALE_FMTS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_act_quant_top_of_fp32_range(dtype, scale_fmt):
+    """ue8m0 scale 2**120: codes saturate at 240 (reference.code_bound), bit-exact with the
+    reference, and the dequantized values are finite."""
+    x = _top_scale_tensor(1, dtype).to(DEVICE)
+    q, s = _check_act(x, scale_fmt)
+    deq = q.cpu().float() * s.cpu().repeat_interleave(128, dim=1)
+    assert torch.isfinite(deq).all()
+    _assert_top_groups_saturate_at_240(q.cpu().float()[:, :128], s.cpu()[:, 0], scale_fmt)
+
+
+def _assert_top_groups_saturate_at_240(codes: torch.Tensor, scales: torch.Tensor, scale_fmt: str) -> None:
+    """codes [R, 128] of one group per row, scales [R] (each row's group scale)."""
+    top = scales == 2.0**120
+    if scale_fmt == "ue8m0":
+        assert int(top.sum()) >= 5 and codes[top].abs().max() == 240
+    else:
+        assert not top.any() and codes.abs().max() == 448
+
+
+@pytest.mark.parametrize("scale_fmt", SCALE_FMTS)
+def test_weight_quant_top_of_fp32_range(scale_fmt):
+    w = _top_scale_tensor(128, torch.bfloat16).to(DEVICE)  # each value the amax of its own block
+    q, s = _check_weight(w, scale_fmt)
+    deq = q.cpu().float() * s.cpu().repeat_interleave(128, dim=0).repeat_interleave(128, dim=1)
+    assert torch.isfinite(deq).all()
+    _assert_top_groups_saturate_at_240(q.cpu().float()[:, :128], s.cpu()[:, 0].repeat_interleave(128), scale_fmt)
+
+
 def test_act_quant_empty():
     for shape in [(0, 200), (0, 128)]:
         x = torch.zeros(shape, dtype=torch.bfloat16, device=DEVICE)

@@ -109,6 +109,24 @@ def test_nan_and_inf_stay_in_their_row():
     assert not s[[0, 2]].isnan().any() and not q[[0, 2]].float().isnan().any()
 
 
+@pytest.mark.parametrize("scale_fmt", SCALE_FMTS)
+def test_top_of_fp32_range(scale_fmt):
+    """A norm weight near fp32's largest value: ue8m0 gives those groups the scale 2**120, and
+    their codes saturate at 240 (reference.code_bound), so the dequantized values stay finite."""
+    x = torch.ones(4, 256)
+    x[1:, 0] = torch.tensor([0.97, 0.9, 0.5])  # other rows, other products with the top weight
+    w = torch.rand(256, generator=torch.Generator().manual_seed(5)) + 0.5
+    w[0], w[1] = 3.39e38, -3.3e38
+    _, q, s = _check(x.to(DEVICE), None, w.to(DEVICE), scale_fmt=scale_fmt)
+    q, s = q.cpu().float(), s.cpu()
+    assert torch.isfinite(q * s.repeat_interleave(128, dim=1)).all()
+    top = s[:, 0] == 2.0**120
+    if scale_fmt == "ue8m0":
+        assert int(top.sum()) >= 2 and q[top, :128].abs().max() == 240
+    else:
+        assert not top.any()
+
+
 def test_empty_and_errors():
     w = torch.ones(256, dtype=torch.bfloat16, device=DEVICE)
     x = torch.zeros(0, 256, dtype=torch.bfloat16, device=DEVICE)

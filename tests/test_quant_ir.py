@@ -95,6 +95,27 @@ def test_fused_into_producer_and_bit_equal(shape, dtype, scale_fmt, device):
 
 @pytest.mark.usefixtures("fresh_dynamo")
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("scale_fmt", ["float", "ue8m0"])
+def test_top_of_fp32_range_saturates_as_the_reference(scale_fmt, device):
+    """Groups whose ue8m0 scale is 2**120 get codes of at most 240 (reference.code_bound), so
+    q * s stays finite; the IR's codes and scales are bit-equal to the reference's."""
+    top = 2.0**120
+    values = torch.tensor([3.0e38, 244 * top, 248 * top, 252 * top, 3.39e38, torch.finfo(torch.float32).max])
+    a = torch.zeros(len(values), 256)
+    a[:, 0], a[:, 1], a[:, 2] = values, -values, values / 3
+    a[:, 128:] = torch.randn(len(values), 128)
+    b = torch.ones_like(a)
+    q, s, code = _compiled_quant(_mul, scale_fmt, a.to(device), b.to(device))
+    assert OP_CALL not in code, "the op ran instead of the IR"
+    q_ref, s_ref = ref.quantize_activation_ref(_mul_fp32(a, b), 128, scale_fmt)
+    q, s = q.cpu(), s.cpu()
+    _assert_bit_equal(q, s, q_ref, s_ref)
+    assert torch.isfinite(q.float() * s.repeat_interleave(128, dim=1)).all()
+    assert q[:, :128].float().abs().max() == (240 if scale_fmt == "ue8m0" else 448)
+
+
+@pytest.mark.usefixtures("fresh_dynamo")
+@pytest.mark.parametrize("device", DEVICES)
 def test_silu_mul_fused_and_within_one_code_step(device):
     """Llama's SiLU(gate) * up -> quantization: one kernel; against the reference on eager's fp32
     SiLU, a code may move by one e4m3 step where the two SiLUs differ in the last bit (Triton's

@@ -131,6 +131,52 @@ def test_ue8m0_rounds_up_to_power_of_two():
     assert math.isinf(r[5]) and math.isnan(r[6])
 
 
+def _top_scale_values() -> torch.Tensor:
+    """fp32 magnitudes whose ue8m0 scale is 2**120: from just above 448 * 2**119 to fp32's largest,
+    with 248 * 2**120 (the RNE tie between the codes 240 and 256) and its neighbours."""
+    top = 2.0**120
+    fp32_max = torch.finfo(torch.float32).max
+    return torch.tensor([449 * 2.0**119, 3.0e38, 244 * top, 247.9 * top, 248 * top, 252 * top, 3.39e38, fp32_max])
+
+
+@pytest.mark.parametrize("kind", ["activation", "weight"])
+def test_ue8m0_top_scale_saturates_at_240(kind):
+    """ue8m0 gives these groups the scale 2**120; codes of 256 and above would dequantize to Inf
+    (256 * 2**120 = 2**128), so they saturate at 240, and the round trip stays finite and in the
+    SPEC's bound. Found 2026-12-06: before, 248 * 2**120 and up dequantized to Inf."""
+    values = _top_scale_values()
+    x = torch.zeros(len(values), 256)
+    x[:, 0] = values
+    x[:, 1] = -values  # the negative side too
+    x[:, 2] = values / 3  # an ordinary code in the same group
+    x[:, 128:] = torch.randn(len(values), 128)  # a normal group beside it: untouched
+    if kind == "activation":
+        q, s = ref.quantize_activation_ref(x, 128, "ue8m0")
+        deq = ref.dequantize_activation_ref(q, s, 128)
+        s_top = s[:, 0]
+    else:
+        x = x.repeat_interleave(128, dim=0)  # each value the amax of its own 128 x 128 block
+        q, s = ref.quantize_weight_ref(x, (128, 128), "ue8m0")
+        deq = ref.dequantize_weight_ref(q, s, (128, 128))
+        s_top = s[:, 0]
+    assert (s_top == 2.0**120).all()
+    codes = q[:, :128].float()
+    assert codes.abs().max() == 240 and (codes[:, 0] > 0).all() and (codes[:, 1] < 0).all()
+    assert torch.isfinite(deq).all(), "a finite input dequantized to Inf"
+    err = (x - deq).abs()
+    scale_per_elem = s.repeat_interleave(128, dim=-1)[:, :256]
+    if kind == "weight":
+        scale_per_elem = scale_per_elem.repeat_interleave(128, dim=0)
+    assert (err <= 2**-4 * x.abs() + 2**-10 * scale_per_elem).all(), "SPEC section 2 round-trip bound"
+    rows = torch.arange(x.shape[0]) // (128 if kind == "weight" else 1)  # the value each row holds
+    below_tie = values[rows] < 248 * 2.0**120
+    unsaturated = torch.clamp(values[rows][below_tie] / 2.0**120, max=448).to(ref.FP8_DTYPE).float()
+    assert (codes[below_tie, 0] == unsaturated).all(), "below the tie the codes are the plain RNE ones"
+    # The "float" format keeps 448 (its scale is at most 3.4e38 / 448 < 2**120).
+    qf, sf = ref.quantize_activation_ref(x[:, :128].contiguous(), 128, "float")
+    assert qf.float().abs().max() == 448 and (sf < 2.0**120).all()
+
+
 @given(
     m=st.integers(1, 40), n=st.integers(1, 300), k=st.integers(1, 300), seed=st.integers(0, 2**16), bias=st.booleans()
 )

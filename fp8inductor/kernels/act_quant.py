@@ -5,7 +5,8 @@ imports them): the exact upcast, amax -> scale, and the fp32 -> e4m3 round-to-ne
 
 Numerics (SPEC section 2, ``fp8inductor.reference``), per group of 128 elements of one row:
 ``amax = max|v|`` in fp32; ``s = max(amax, 1e-4) / 448`` (IEEE division); with ``ue8m0`` the
-scale is rounded up to a power of two; ``q = rne_e4m3(clamp(v / s, -448, 448))`` (IEEE division).
+scale is rounded up to a power of two; ``q = rne_e4m3(clamp(v / s, -448, 448))`` (IEEE division;
+ue8m0 with ``s = 2**120``: clamped to +-240, ``reference.code_bound``).
 A NaN anywhere in the group makes its scale and all its codes NaN.
 """
 
@@ -54,6 +55,16 @@ def _amax_to_scale(amax, has_nan, UE8M0: tl.constexpr):
     # tl.max / tl.maximum may drop NaN on GPU (maxnum semantics), so NaN is restored explicitly:
     # as torch's amax does, a NaN in the group gives a NaN scale (and, through v / s, NaN codes).
     return tl.where(has_nan, float("nan"), s)
+
+
+@triton.jit
+def _saturate_top_scale(quotient, s):
+    """ue8m0 only: where ``s == 2**120`` clamp the quotient ``v / s`` to +-240, so that ``q * s``
+    stays finite (``reference.code_bound``; 256 * 2**120 = 2**128 would be Inf). NaN stays NaN.
+    ``s`` broadcasts against ``quotient``."""
+    top = s.to(tl.int32, bitcast=True) == 0x7B800000  # the bits of 2**120: exponent field 247
+    quotient = tl.where(top & (quotient > 240.0), 240.0, quotient)
+    return tl.where(top & (quotient < -240.0), -240.0, quotient)
 
 
 @triton.jit
@@ -151,7 +162,10 @@ def _act_quant_1x128_kernel(
     amax = tl.max(tl.abs(v), axis=2)  # [BLOCK_M, GROUPS]
     has_nan = tl.max((v != v).to(tl.int32), axis=2) > 0
     s = _amax_to_scale(amax, has_nan, UE8M0)  # [BLOCK_M, GROUPS]
-    q = _fp32_to_e4m3(tl.math.div_rn(v, s[:, :, None]), NATIVE_CAST)
+    quotient = tl.math.div_rn(v, s[:, :, None])
+    if UE8M0:
+        quotient = _saturate_top_scale(quotient, s[:, :, None])
+    q = _fp32_to_e4m3(quotient, NATIVE_CAST)
     q = tl.reshape(q, (BLOCK_M, GROUPS * GROUP))
 
     tl.store(q_ptr + rows[:, None] * K + offs_k[None, :], q, mask=mask)

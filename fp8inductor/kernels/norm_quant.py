@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 
 from ..reference import FP8_DTYPE, _check_scale_fmt, ceil_div, check_rms_norm_args
-from .act_quant import GROUP_K, _amax_to_scale, _fp32_to_e4m3, _upcast_fp32, native_fp8_cast
+from .act_quant import GROUP_K, _amax_to_scale, _fp32_to_e4m3, _saturate_top_scale, _upcast_fp32, native_fp8_cast
 from .config import NORM_QUANT_MAX_K
 from .pdl import launch_options, pdl_enabled
 
@@ -131,7 +131,10 @@ def _rms_norm_quant_kernel(
     amax = tl.max(tl.abs(y), axis=1)  # [GROUPS]
     has_nan = tl.max((y != y).to(tl.int32), axis=1) > 0
     s = _amax_to_scale(amax, has_nan, UE8M0)
-    q = _fp32_to_e4m3(_div_by_scale(y, s), NATIVE_CAST)
+    quotient = _div_by_scale(y, s)
+    if UE8M0:
+        quotient = _saturate_top_scale(quotient, s[:, None])
+    q = _fp32_to_e4m3(quotient, NATIVE_CAST)
     tl.store(q_ptr + row * K + offs_k, q, mask=mask)
     tl.store(s_ptr + row + offs_g.to(tl.int64) * M, s, mask=offs_g < tl.cdiv(K, GROUP))
 

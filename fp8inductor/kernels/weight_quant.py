@@ -1,9 +1,9 @@
 """128x128 block weight quantization, bit-exact with ``quantize_weight_ref(w, (128, 128), fmt)``.
 
 Per block: ``amax = max|w|`` in fp32 over the (possibly partial) block, ``s = max(amax, 1e-4) / 448``
-(``ue8m0``: rounded up to a power of two), ``q = rne_e4m3(clamp(w / s, -448, 448))``; a NaN in a
-block makes its scale and all its codes NaN. The arithmetic helpers are shared with
-``act_quant`` so both kernels round identically.
+(``ue8m0``: rounded up to a power of two), ``q = rne_e4m3(clamp(w / s, -448, 448))`` (+-240 where a
+ue8m0 scale is 2**120: ``reference.code_bound``); a NaN in a block makes its scale and all its codes
+NaN. The arithmetic helpers are shared with ``act_quant`` so both kernels round identically.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from ..reference import FLOAT_DTYPES, FP8_DTYPE, _check_scale_fmt, ceil_div
-from .act_quant import _amax_to_scale, _fp32_to_e4m3_rne, _upcast_fp32
+from .act_quant import _amax_to_scale, _fp32_to_e4m3_rne, _saturate_top_scale, _upcast_fp32
 
 WEIGHT_BLOCK = 128  # block_n == block_k
 
@@ -42,7 +42,10 @@ def _weight_quant_128x128_kernel(
     amax = tl.max(tl.max(tl.abs(v), axis=1), axis=0)  # scalar
     has_nan = tl.max(tl.max((v != v).to(tl.int32), axis=1), axis=0) > 0
     s = _amax_to_scale(amax, has_nan, UE8M0)
-    q = _fp32_to_e4m3_rne(tl.math.div_rn(v, s))
+    quotient = tl.math.div_rn(v, s)
+    if UE8M0:
+        quotient = _saturate_top_scale(quotient, s)
+    q = _fp32_to_e4m3_rne(quotient)
 
     tl.store(q_ptr + offs_n[:, None] * K + offs_k[None, :], q, mask=mask)
     tl.store(s_ptr + pid_n * tl.cdiv(K, BLOCK) + pid_k, s)
