@@ -77,7 +77,8 @@ def _param_names(gm: torch.fx.GraphModule) -> list[str]:
 
 
 def _check_devices(gm: torch.fx.GraphModule) -> None:
-    devices = {p.device for p in gm.parameters()}
+    # Buffers too: a buffer used as a weight converts like a parameter (a meta one failed deep inside).
+    devices = {p.device for p in gm.parameters()} | {b.device for b in gm.buffers()}
     if any(d.type == "meta" for d in devices):  # nothing to quantize (a deep "Cannot cast" error before)
         raise ValueError(
             "fp8block: the model has weights on the meta device (not loaded yet); load the weights before compiling"

@@ -2,7 +2,9 @@
 
 Runs as Inductor's ``joint_custom_pre_pass`` on the inference (forward) graph, functional ATen,
 where the weights are the first ``len(TracingContext.params_flat)`` placeholders (the backend
-turns Inductor freezing on, so they are frozen afterwards). For each match of a pattern in
+turns Inductor freezing on, so they are frozen afterwards). Inductor also runs it on the subgraphs of
+higher-order ops (torch.cond branches); there nothing is a parameter, nothing converts, and the
+Linear modules' matmuls are reported as skipped (``_is_forward_graph``). For each match of a pattern in
 ``fp8inductor.patterns`` it checks eligibility, then replaces
 
     mm(x, permute(W, [1, 0]))           ->  block_linear(x, *quantize_weight(W), None)
@@ -241,6 +243,32 @@ def _val(node) -> torch.Tensor | None:
     return val if isinstance(val, torch.Tensor) else None
 
 
+def _is_forward_graph(placeholders: list[fx.Node], params_flat: list[torch.Tensor], ctx) -> bool:
+    """Whether a graph given to the pass is the compiled forward itself, whose first
+    ``len(params_flat)`` placeholders are the parameters, rather than a higher-order op's subgraph.
+
+    Inductor's ``_recursive_joint_graph_passes`` calls the pass on each subgraph (first) and then on
+    the forward, with no flag saying which is which. The forward has one placeholder per
+    AOTAutograd input (``fw_metadata.input_info``), and its leading placeholders carry the
+    parameters' shapes, dtypes, strides and devices. A subgraph that passes both checks takes all
+    the forward's inputs, with parameters of identical metadata in the parameters' positions; it then
+    gets those parameters' names in the report, and its matmuls still quantize their operands at run
+    time (a subgraph is not constant-folded), so the numbers are right.
+    """
+    meta = getattr(ctx, "fw_metadata", None) if ctx is not None else None
+    if meta is not None and len(placeholders) != len(meta.input_info):
+        return False
+    if len(placeholders) < len(params_flat):
+        return False
+    for node, param in zip(placeholders, params_flat):
+        v = _val(node)
+        if v is None or (tuple(v.shape), v.dtype, v.device) != (tuple(param.shape), param.dtype, param.device):
+            return False
+        if tuple(v.stride()) != tuple(param.stride()):
+            return False
+    return True
+
+
 class _Rewriter:
     def __init__(self, graph: fx.Graph, config: FP8BlockConfig, scope: CompileScope) -> None:
         from torch._guards import TracingContext
@@ -252,6 +280,11 @@ class _Rewriter:
         self.params_flat = list(ctx.params_flat) if ctx is not None and ctx.params_flat is not None else []
         self.fake_mode = ctx.fake_mode if ctx is not None else None
         self.placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+        # Inductor runs the pass on the subgraphs of higher-order ops (torch.cond branches ...) too.
+        # Their placeholders are the op's operands, not the forward's inputs: none is a parameter.
+        self.is_subgraph = not _is_forward_graph(self.placeholders, self.params_flat, ctx)
+        if self.is_subgraph:
+            self.params_flat = []
         self.placeholder_index = {n: i for i, n in enumerate(self.placeholders)}
         self.quantized: dict[tuple[fx.Node, str], tuple[fx.Node, fx.Node]] = {}
         self.seen_anchors: set[fx.Node] = set()
@@ -590,6 +623,9 @@ class _Rewriter:
     # -- report matmuls on parameters that no pattern covers --------------------------------------
 
     def _report_unmatched(self) -> None:
+        if self.is_subgraph:
+            self._report_subgraph_linears()
+            return
         for node in self.graph.nodes:
             if node.op != "call_function" or node.target not in _MATMULS or node in self.seen_anchors:
                 continue
@@ -614,6 +650,43 @@ class _Rewriter:
                     )
                 )
                 torch._dynamo.utils.counters["fp8inductor"]["linears_skipped"] += 1
+
+    def _report_subgraph_linears(self) -> None:
+        """In a higher-order op's subgraph (a torch.cond branch ...) the weights are operands, not
+        frozen parameters: nothing converts. Each matmul run by a Linear or Conv1D module is reported
+        as skipped, so the report does not pass over it in silence."""
+        for node in self.graph.nodes:
+            if node.op != "call_function" or node.target not in (aten.mm.default, aten.addmm.default):
+                continue
+            stack = node.meta.get("nn_module_stack")
+            if not stack:
+                continue
+            path, module_type = list(stack.values())[-1]
+            type_name = getattr(module_type, "__name__", str(module_type))
+            if not type_name.endswith(("Linear", "Conv1D")):
+                continue
+            out, x = _val(node), _val(node.args[-2])
+            if out is None or x is None or out.dim() != 2:
+                continue
+            n, k = int(out.shape[-1]), int(x.shape[-1])
+            nbytes = n * k * out.element_size()
+            module = normalize_module_path(path)
+            self.scope.report.decisions.append(
+                LinearDecision(
+                    module=module,
+                    weight=f"{module}.weight",
+                    pattern="subgraph",
+                    out_features=n,
+                    in_features=k,
+                    has_bias=node.target == aten.addmm.default,
+                    converted=False,
+                    reason="inside a higher-order op's subgraph (e.g. a torch.cond branch), where the weight "
+                    "is an operand, not a frozen parameter: left in high precision",
+                    bytes_before=nbytes,
+                    bytes_after=nbytes,
+                )
+            )
+            torch._dynamo.utils.counters["fp8inductor"]["linears_skipped"] += 1
 
     def _trace_to_param(self, node: fx.Node) -> tuple[fx.Node | None, list[str]]:
         chain: list[str] = []

@@ -157,10 +157,19 @@ def test_every_grad_enabled_compile_warns_and_reports_itself():
         assert not r.decisions and "gradients enabled" in r.note
 
 
-def test_meta_device_weights_are_a_clear_error():
-    m = nn.Linear(256, 256, device="meta")
+class BufferLinear(nn.Module):
+    def __init__(self, device=None):
+        super().__init__()
+        self.register_buffer("weight", torch.randn(256, 256, device=device))
+
+    def forward(self, x):
+        return x @ self.weight.T
+
+
+@pytest.mark.parametrize("model", [lambda: nn.Linear(256, 256, device="meta"), lambda: BufferLinear("meta")])
+def test_meta_device_weights_are_a_clear_error(model):
     with torch.inference_mode(), pytest.raises(Exception, match="weights on the meta device"):
-        compile_fp8(m)(torch.randn(4, 256, device="meta"))
+        compile_fp8(model())(torch.randn(4, 256, device="meta"))
 
 
 class Named(nn.Module):
@@ -186,6 +195,37 @@ def test_lm_head_skipped_by_default_and_modules_to_not_convert_uses_components()
         r = fp8inductor.last_report()
         assert {d.module for d in r.converted} == {"mlp.gate_proj", "lm_head"}
         assert [d.module for d in r.skipped] == ["mlp.gate"]
+
+
+class CondModel(nn.Module):
+    """A linear outside a torch.cond, linears inside its branches, and an activation @ activation
+    product in a branch (Inductor runs the pass on each branch's subgraph as well)."""
+
+    def __init__(self, k=256):
+        super().__init__()
+        self.pre = nn.Linear(k, k)
+        self.a = nn.Linear(k, k)
+        self.b = nn.Linear(k, k, bias=False)
+
+    def forward(self, x, y):  # x [M, K], y [K, K] (an activation)
+        h = self.pre(x)
+        branch = torch.cond(h.sum() > -1e30, lambda h, y: self.a(h) + h @ y, lambda h, y: self.b(h), (h, y))
+        return h, branch
+
+
+def test_higher_order_op_subgraphs_keep_their_matmuls_and_say_so():
+    """Before 2026-12-07 the pass took a branch's placeholders for the forward's parameters: y (an
+    activation) was quantized as a weight (FP8 error on h @ y) and the report named the wrong weights."""
+    m = CondModel()
+    x, y = torch.randn(8, 256), torch.randn(256, 256)
+    with torch.inference_mode():
+        h, out = compile_fp8(m)(x, y)
+        assert rel_err(h, fp8_linear(x, m.pre.weight, m.pre.bias)) < 1e-6, "the forward's own linear converts"
+        assert rel_err(out, m.a(h) + h @ y) < 1e-5, "the branch runs in high precision"
+    r = fp8inductor.last_report()
+    assert [(d.module, d.weight) for d in r.converted] == [("pre", "pre.weight")]
+    assert sorted((d.module, d.pattern) for d in r.skipped) == [("a", "subgraph"), ("b", "subgraph")]
+    assert all("subgraph" in d.reason for d in r.skipped)
 
 
 def test_partial_blocks_and_small_and_tiny_linears():
