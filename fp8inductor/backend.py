@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import sys
 import warnings
 import weakref
 from collections import deque
@@ -68,12 +69,60 @@ def _warn_reference_path(reason: str) -> None:
     )
 
 
-def _param_names(gm: torch.fx.GraphModule) -> list[str]:
-    """FQNs of gm's parameters then buffers, in AOTAutograd's placeholder order."""
+def _param_names(gm: torch.fx.GraphModule) -> tuple[list[str], str]:
+    """FQNs of gm's parameters then buffers, in AOTAutograd's placeholder order, and the path of the
+    traced frame's module within the model (``""`` for the model itself).
+
+    Dynamo names them relative to the frame it traces. After a graph break inside a layer, that
+    frame is the layer's ``forward``: its weights read ``down.weight``, and ``modules_to_not_convert``
+    entries written as model paths (``model.layers.1.mlp.down_proj``, the default ``lm_head``) would
+    match nothing. So the names are taken from the outermost module on the Python call stack that
+    holds every one of gm's tensors (by identity): the model being called. Where no module holds them
+    all (modules passed to a compiled function as arguments), Dynamo's names stay; names that two
+    arguments share (both ``0.weight``) get the argument's name in front (``dec.0.weight``).
+    """
     to_fqn = gm.meta.get("dynamo_flat_name_to_original_fqn", {})
-    names = list(dict(gm.named_parameters(remove_duplicate=False)))
-    names += list(dict(gm.named_buffers(remove_duplicate=False)))
-    return [to_fqn.get(n, n) for n in names]
+    named = list(gm.named_parameters(remove_duplicate=False)) + list(gm.named_buffers(remove_duplicate=False))
+    relative = [to_fqn.get(flat, flat) for flat, _ in named]
+    root_names = _names_in_calling_model([t for _, t in named])
+    if root_names is not None:
+        prefixes = {full[: len(full) - len(rel)] for full, rel in zip(root_names, relative) if full.endswith(rel)}
+        prefix = prefixes.pop() if len(prefixes) == 1 and len(root_names) == len(relative) else ""
+        return root_names, prefix.rstrip(".")
+    if len(set(relative)) < len(relative):
+        relative = [_with_argument_name(flat, rel) for (flat, _), rel in zip(named, relative)]
+    return relative, ""
+
+
+def _names_in_calling_model(tensors: list[torch.Tensor]) -> list[str] | None:
+    """The tensors' FQNs in the outermost ``nn.Module`` found as ``self`` on the call stack that
+    holds all of them; None where there is none (or no tensors)."""
+    if not tensors:
+        return None
+    modules: list[torch.nn.Module] = []
+    frame = sys._getframe(1)
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, torch.nn.Module):
+            owner = getattr(owner, "_orig_mod", owner)  # torch.compile's OptimizedModule wrapper
+            if not any(owner is m for m in modules):
+                modules.append(owner)
+        frame = frame.f_back
+    for module in reversed(modules):  # outermost first
+        fqn = {id(t): name for name, t in module.named_parameters(remove_duplicate=False)}
+        for name, t in module.named_buffers(remove_duplicate=False):
+            fqn.setdefault(id(t), name)
+        if all(id(t) in fqn for t in tensors):
+            return [fqn[id(t)] for t in tensors]
+    return None
+
+
+def _with_argument_name(flat: str, relative: str) -> str:
+    """``L__dec___0_weight``, ``0.weight`` -> ``dec.0.weight`` (Dynamo's flat name of a module that
+    is a function argument starts with ``L__<argument>___``); other names as they are."""
+    if flat.startswith("L__") and "___" in flat[3:]:
+        return f"{flat[3:flat.index('___', 3)]}.{relative}"
+    return relative
 
 
 def _check_devices(gm: torch.fx.GraphModule) -> None:
@@ -111,7 +160,7 @@ def fp8block(
     patches.update(freezing=True, joint_custom_pre_pass=FP8BlockPass(config))
     # Under coordinate-descent tuning (max-autotune) keep one-row matmuls as mm, or decode skips FP8.
     keep_mm = bool(patches.get("coordinate_descent_tuning", inductor_config.coordinate_descent_tuning))
-    with compile_scope(config, _param_names(gm)) as scope:
+    with compile_scope(config, *_param_names(gm)) as scope:
         compiled = _compat.compile_fx(gm, example_inputs, patches, keep_one_row_mm=keep_mm)
     _publish(scope.report)
     return _refusing_changed_weights(compiled, gm)

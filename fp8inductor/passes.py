@@ -89,19 +89,22 @@ class CompileScope:
 
     param_names: fully qualified names of the parameters/buffers, in the order AOTAutograd lifts
         them as the first placeholders (``named_parameters`` then ``named_buffers``).
+    module_prefix: path of the traced frame's module within the model (``layers.1`` when Dynamo
+        traces a layer's forward after a graph break), put in front of Dynamo's module paths.
     """
 
     config: FP8BlockConfig
     param_names: list[str]
     report: RewriteReport
+    module_prefix: str = ""
 
 
 _ACTIVE_SCOPE: contextvars.ContextVar[CompileScope | None] = contextvars.ContextVar("fp8block_scope", default=None)
 
 
 @contextlib.contextmanager
-def compile_scope(config: FP8BlockConfig, param_names: list[str]) -> Iterator[CompileScope]:
-    scope = CompileScope(config, param_names, RewriteReport())
+def compile_scope(config: FP8BlockConfig, param_names: list[str], module_prefix: str = "") -> Iterator[CompileScope]:
+    scope = CompileScope(config, param_names, RewriteReport(), module_prefix)
     token = _ACTIVE_SCOPE.set(scope)
     try:
         yield scope
@@ -214,12 +217,26 @@ def _reaches_output(node: fx.Node) -> bool:
     return False
 
 
-def module_path_from_stack(node: fx.Node) -> str | None:
-    """Innermost module path of ``node`` from Dynamo's ``nn_module_stack``, as a dotted FQN."""
+def module_path_from_stack(node: fx.Node, prefix: str = "") -> str | None:
+    """Innermost module path of ``node`` from Dynamo's ``nn_module_stack``, as a dotted FQN, with
+    ``prefix`` (the traced frame's module path, ``CompileScope.module_prefix``) in front."""
     stack = node.meta.get("nn_module_stack")
     if not stack:
         return None
-    return normalize_module_path(list(stack.values())[-1][0])
+    return _join_path(prefix, normalize_module_path(list(stack.values())[-1][0]))
+
+
+def _running_module(stack_path: str | None, owner: str) -> str:
+    """The module that runs a matmul: its path from the module stack, or the weight's owner where the
+    stack has none or names the same module less fully (``0`` for ``dec.0``: a module passed to a
+    compiled function, whose stack paths lack the argument's name)."""
+    if not stack_path or owner == stack_path or owner.endswith("." + stack_path):
+        return owner or (stack_path or "")
+    return stack_path
+
+
+def _join_path(prefix: str, path: str) -> str:
+    return ".".join(p for p in (prefix, path) if p)
 
 
 def normalize_module_path(path: str) -> str:
@@ -376,7 +393,7 @@ class _Rewriter:
         self.scope.report.decisions.append(
             LinearDecision(
                 # The module running the matmul (lm_head for a tied weight), else the weight's owner.
-                module=module_path_from_stack(match.anchor) or module,
+                module=_running_module(module_path_from_stack(match.anchor, self.scope.module_prefix), module),
                 weight=weight_name,
                 pattern=match.pattern.name,
                 out_features=n,
@@ -419,7 +436,7 @@ class _Rewriter:
                     f"fp8block: a linear in {module or 'the model'} adds a {b_val.dtype} bias to a {w_val.dtype} "
                     "matmul; PyTorch rejects mixed dtypes here in eager mode too (cast the bias)"
                 )
-        paths = (module, module_path_from_stack(match.anchor))
+        paths = (module, module_path_from_stack(match.anchor, self.scope.module_prefix))
         return skip_reason(self.config, paths, n, k, w_val.dtype, self._real_weight(match.weight))
 
     # -- rewriting ------------------------------------------------------------------------------
@@ -637,7 +654,9 @@ class _Rewriter:
                 name = self._weight_name(param)
                 self.scope.report.decisions.append(
                     LinearDecision(
-                        module=name.rsplit(".", 1)[0] if "." in name else (module_path_from_stack(node) or ""),
+                        module=name.rsplit(".", 1)[0]
+                        if "." in name
+                        else (module_path_from_stack(node, self.scope.module_prefix) or ""),
                         weight=name,
                         pattern="unmatched",
                         out_features=0,
@@ -670,7 +689,7 @@ class _Rewriter:
                 continue
             n, k = int(out.shape[-1]), int(x.shape[-1])
             nbytes = n * k * out.element_size()
-            module = normalize_module_path(path)
+            module = _join_path(self.scope.module_prefix, normalize_module_path(path))
             self.scope.report.decisions.append(
                 LinearDecision(
                     module=module,

@@ -228,6 +228,78 @@ def test_higher_order_op_subgraphs_keep_their_matmuls_and_say_so():
     assert all("subgraph" in d.reason for d in r.skipped)
 
 
+class BreakingLayer(nn.Module):
+    def __init__(self, k=256):
+        super().__init__()
+        self.up = nn.Linear(k, k)
+        self.down = nn.Linear(k, k)
+
+    def forward(self, x):
+        x = torch.relu(self.up(x))
+        if x.sum() > 0:  # data-dependent: a graph break, so Dynamo traces this forward as its own frame
+            x = x * 1.0
+        return self.down(x)
+
+
+class BreakingHead(nn.Module):
+    def __init__(self, k=256, n=512):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(n, k) / 16)
+
+    def forward(self, x):
+        x = x * 1.0
+        if x.sum() > 0:  # a graph break: the linear after it is a frame of its own
+            x = x + 0.0
+        return torch.nn.functional.linear(x, self.weight)
+
+
+class BreakingModel(nn.Module):
+    """Every layer and the head compile as frames of their own (Dynamo runs the loop eagerly)."""
+
+    def __init__(self, k=256):
+        super().__init__()
+        self.layers = nn.ModuleList([BreakingLayer(k), BreakingLayer(k)])
+        self.lm_head = BreakingHead(k)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return self.lm_head(x)
+
+
+@pytest.mark.parametrize("options", [None, {"modules_to_not_convert": ["layers.1.down", "lm_head"]}])
+def test_names_are_model_paths_across_graph_breaks(options):
+    """After a graph break Dynamo names a frame's weights relative to that frame (``down.weight``);
+    before 2026-12-07 the default lm_head skip and full-path entries then matched nothing."""
+    m = BreakingModel()
+    skipped = {"lm_head"} | ({"layers.1.down"} if options else set())
+    earlier = {id(r) for r in fp8inductor.reports()}
+    with torch.inference_mode():
+        compile_fp8(m, options=options)(torch.randn(4, 256))
+    decisions = [d for r in fp8inductor.reports() if id(r) not in earlier for d in r.decisions]
+    names = {"layers.0.up", "layers.0.down", "layers.1.up", "layers.1.down", "lm_head"}
+    assert sorted(d.module for d in decisions) == sorted(names)
+    assert {d.weight for d in decisions} == {f"{n}.weight" for n in names}
+    assert {d.module for d in decisions if not d.converted} == skipped
+
+
+def test_modules_passed_as_arguments_keep_apart():
+    """Two modules given to a compiled function: Dynamo names both ``0.weight``; the argument's name
+    is put in front, so the skip list and the report tell them apart."""
+    enc = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 256))
+    dec = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 256))
+
+    def step(enc, dec, x):
+        return dec(enc(x))
+
+    with torch.inference_mode():
+        compile_fp8(step, options={"modules_to_not_convert": ["dec"]})(enc, dec, torch.randn(4, 256))
+    r = fp8inductor.last_report()
+    assert [d.module for d in r.converted] == ["enc.0", "enc.2"]
+    assert [d.module for d in r.skipped] == ["dec.0", "dec.2"]
+    assert r.weight_bytes_before == 2 * 256 * 256 * 4
+
+
 def test_partial_blocks_and_small_and_tiny_linears():
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(328, 200), nn.ReLU(), nn.Linear(200, 64), nn.ReLU(), nn.Linear(64, 300)).to(BF16)
