@@ -47,6 +47,8 @@ fp8_ops = torch.ops.fp8inductor
 # Ops between a parameter and a matmul that still make it "a matmul on that parameter" (first argument
 # = the tensor passed on); used only to report unmatched forms: views, casts, copies, parts of it
 # (slices, W.chunk(2)[1] = getitem(split(W)), a row), and einsum's unsqueeze/squeeze.
+_TRACE_DEPTH = 12  # ops followed back from an unmatched matmul's operand to a parameter (_trace_to_param)
+
 _PASS_THROUGH = {
     aten.permute.default,
     aten.t.default,
@@ -306,6 +308,7 @@ class _Rewriter:
         self.quantized: dict[tuple[fx.Node, str], tuple[fx.Node, fx.Node]] = {}
         self.seen_anchors: set[fx.Node] = set()
         self.replaced: dict[fx.Node, fx.Node] = {}  # rewritten (erased) anchor -> its replacement
+        self._trace_memo: dict[tuple[fx.Node, int], tuple[fx.Node | None, list[str]]] = {}
 
     # -- weight identity ------------------------------------------------------------------------
 
@@ -707,12 +710,34 @@ class _Rewriter:
             )
             torch._dynamo.utils.counters["fp8inductor"]["linears_skipped"] += 1
 
-    def _trace_to_param(self, node: fx.Node) -> tuple[fx.Node | None, list[str]]:
-        chain: list[str] = []
-        while node.op == "call_function" and node.target in _PASS_THROUGH and node.args:
-            name = str(node.target)
-            chain.append(name.split(".")[-2] if "." in name else getattr(node.target, "__name__", name))
-            node = node.args[0]
-            if not isinstance(node, fx.Node):
-                return None, chain
-        return (node, chain) if self._param_index(node) is not None else (None, chain)
+    def _trace_to_param(self, node: fx.Node, depth: int = 0) -> tuple[fx.Node | None, list[str]]:
+        """The parameter an unmatched matmul operand is computed from, and the ops in between.
+
+        Followed: views and copies (``_PASS_THROUGH``: their first argument), and any op whose tensor
+        inputs all come from one parameter (``W * 0.5``, ``W / W.norm()``), so a weight computed from
+        a parameter is reported rather than passed over in silence. An op that also reads another
+        tensor (an activation, a second parameter) ends the chain: no parameter. Chains longer than
+        ``_TRACE_DEPTH`` ops are not followed (an activation's history would be the whole graph).
+        """
+        if self._param_index(node) is not None:
+            return node, []
+        if node.op != "call_function" or not node.args or depth >= _TRACE_DEPTH:
+            return None, []
+        key = (node, depth)
+        if key in self._trace_memo:
+            return self._trace_memo[key]
+        self._trace_memo[key] = result = self._trace_op_to_param(node, depth)
+        return result
+
+    def _trace_op_to_param(self, node: fx.Node, depth: int) -> tuple[fx.Node | None, list[str]]:
+        name = str(node.target)
+        op = name.split(".")[-2] if "." in name else getattr(node.target, "__name__", name)
+        if node.target in _PASS_THROUGH:
+            inputs = [node.args[0]] if isinstance(node.args[0], fx.Node) else []
+        else:
+            inputs = node.all_input_nodes
+        traced = [self._trace_to_param(i, depth + 1) for i in inputs]
+        params = {param for param, _ in traced}
+        if len(params) != 1 or None in params:
+            return None, [op]
+        return traced[0][0], [op, *traced[0][1]]

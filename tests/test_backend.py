@@ -363,6 +363,40 @@ def test_weight_cast_before_matmul_is_reported_unmatched():
     assert [d.pattern for d in r.skipped] == ["unmatched"] and "convert_element_type" in r.skipped[0].reason
 
 
+class Derived(nn.Module):
+    def __init__(self, form):
+        super().__init__()
+        self.form = form
+        self.lin = nn.Linear(256, 256)
+        self.other = nn.Parameter(torch.randn(256, 256))
+
+    def forward(self, x):
+        w = self.lin.weight
+        if self.form == "scaled":
+            w = w * 0.5
+        elif self.form == "normalized":
+            w = w / w.norm(dim=1, keepdim=True)
+        elif self.form == "two_params":
+            w = w + self.other
+        return x @ w.t()
+
+
+@pytest.mark.parametrize("form", ["scaled", "normalized", "two_params"])
+def test_weights_computed_from_a_parameter_are_reported(form):
+    """``x @ (W * 0.5).T`` is left as it is (the weight is computed at run time), and, since
+    2026-12-07, reported as unmatched rather than passed over in silence; a weight computed from
+    two parameters belongs to neither."""
+    with torch.inference_mode():
+        compile_fp8(Derived(form))(torch.randn(4, 256))
+    r = fp8inductor.last_report()
+    assert not r.converted
+    if form == "two_params":
+        assert not r.skipped
+    else:
+        assert [(d.weight, d.pattern) for d in r.skipped] == [("lin.weight", "unmatched")]
+        assert {"scaled": "mul", "normalized": "div"}[form] in r.skipped[0].reason
+
+
 def test_matmuls_on_parts_of_a_parameter_are_reported_unmatched():
     """Forms the pass does not convert still get a report entry naming the parameter (they ran in bf16
     with "0 converted, 0 skipped" before): a slice, a chunk, a 3-D einsum against it. (W @ vector is
