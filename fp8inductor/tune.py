@@ -6,10 +6,12 @@ kernels, host overhead is the same for all), and records the fastest, the heuris
 every candidate's time. cuBLAS blockwise is a candidate from M = 64 where ``kernels/cublas.py``
 admits the shape (timed on column-major activation scales, as the op's quant kernel writes them).
 The JSON is rewritten after each shape (atomically: an interrupted run leaves the last complete
-file), and ``--resume`` skips the shapes it already has, so an interrupted run continues where it
-stopped; ``--update`` re-tunes the given shapes and M buckets and keeps every other entry of the
-table. An existing table is replaced only with ``--overwrite``: without one of the three a run stops
-before timing anything.
+file; under a lock, merged with what another run wrote there meanwhile), and ``--resume`` skips the
+shapes it already has, so an interrupted run continues where it stopped; ``--update`` re-tunes the
+given shapes and M buckets and keeps every other entry of the table. An existing table is replaced
+only with ``--overwrite``: without one of the three a run stops before timing anything. Each entry
+records the git SHA, triton and torch it was tuned with; ``--resume`` under another triton than the
+table's is refused (``--update`` re-tunes instead), and so is ``--update`` without a git SHA.
 
     python -m fp8inductor tune [--shapes suite|models|all] [--m 64,128] [--out <table>.json]
         [--resume | --update [--why TEXT] | --overwrite]
@@ -18,18 +20,26 @@ before timing anything.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import json
+import math
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from .kernels.config import CUBLAS, GemmConfig
-from .tuned import CONFIG_DIR, M_BUCKETS, SCHEMA, device_slug, parse_table, shape_key
+from .tuned import CONFIG_DIR, M_BUCKETS, SCHEMA, describe_dropped, device_slug, parse_table, shape_key, table_versions
+
+try:
+    import fcntl  # POSIX: concurrent runs on one table take turns writing it
+except ImportError:  # pragma: no cover - Windows: no lock
+    fcntl = None  # type: ignore[assignment]
 
 # (N, K) of the kernel issue's suite and of common models.
 SUITE_NK = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336), (7168, 16384), (24576, 1536), (2112, 7168)]
@@ -150,17 +160,29 @@ def tune_shape(m: int, n: int, k: int, reps_ms: int = 20) -> dict:
             print(f"    failed {cfg}: {type(e).__name__}: {str(e).splitlines()[0][:120]}", flush=True)
     best = min(times, key=times.get)
     heur_label = json.dumps(dataclasses.asdict(heuristic), sort_keys=True)
-    return {"config": json.loads(best), "us": round(times[best], 3), "heuristic_us": round(times[heur_label], 3),
-            "candidates": {lbl: (round(t, 3) if t != float("inf") else None) for lbl, t in times.items()}}  # fmt: skip
+    # A failed candidate's time is None (JSON has no Infinity); every one failed: "us" is None too,
+    # and main records no entry.
+    return {"config": json.loads(best), "us": _finite(times[best]), "heuristic_us": _finite(times[heur_label]),
+            "candidates": {lbl: _finite(t) for lbl, t in times.items()}}  # fmt: skip
 
 
-def shapes_to_tune(entries: dict, nks: list[tuple[int, int]], ms: list[int], update: bool, sha: str) -> list:
+def _finite(t: float) -> float | None:
+    return round(t, 3) if math.isfinite(t) else None
+
+
+def shapes_to_tune(entries: dict, nks: list[tuple[int, int]], ms: list[int], update: bool, sha: str,
+                   triton: str | None = None, table_triton: str | None = None) -> list:  # fmt: skip
     """(N, K, M) still to time: those without an entry; with ``update`` also those whose entry was not
-    tuned at git ``sha`` (so rerunning an interrupted ``--update`` continues where it stopped)."""
+    tuned at git ``sha`` (so rerunning an interrupted ``--update`` continues where it stopped) or,
+    given ``triton`` (the running version), not under it: an entry's own "triton", else the table
+    header's ``table_triton`` (entries written before 2026-12-07 have none)."""
 
     def needed(n: int, k: int, m: int) -> bool:
         rec = entries.get(shape_key(n, k), {}).get(str(m))
-        return rec is None or (update and rec.get("git_sha") != sha)
+        if rec is None:
+            return True
+        other_triton = triton is not None and rec.get("triton", table_triton) != triton
+        return update and (rec.get("git_sha") != sha or other_triton)
 
     return [(n, k, m) for n, k in nks for m in ms if needed(n, k, m)]
 
@@ -169,12 +191,17 @@ class TuneError(Exception):
     """A run that would lose or misread a table: reported as one line, exit status 2."""
 
 
-def load_for_run(out: Path, device: str, resume: bool, update: bool, overwrite: bool) -> dict:
+def load_for_run(
+    out: Path, device: str, resume: bool, update: bool, overwrite: bool, triton: str | None = None
+) -> dict:
     """The table a run starts from: {} for a new file (or with ``overwrite``), else the existing one.
 
     An existing table is never replaced by accident: without --resume, --update or --overwrite the
     run stops before timing anything. An unreadable file, or one tuned on another device, is an
-    error too (the caller names another --out, or --overwrite)."""
+    error too (the caller names another --out, or --overwrite), and so is ``resume`` of a table
+    tuned under another triton than ``triton`` (the running one): its entries would sit beside this
+    run's under one header. An entry no lookup would use (a bad config, no finite time: a failed
+    shape of an older tune) is left out with a message, so this run times it again."""
     if not out.exists() or overwrite:
         return {}
     if not (resume or update):
@@ -183,16 +210,37 @@ def load_for_run(out: Path, device: str, resume: bool, update: bool, overwrite: 
             "in missing entries, --overwrite replaces the file, --out writes elsewhere"
         )
     try:
-        data = json.loads(out.read_text())
-    except (OSError, ValueError) as e:  # json.JSONDecodeError is a ValueError
+        data = json.loads(out.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:  # json.JSONDecodeError is a ValueError
         raise TuneError(f"{out} is not a readable tuning table ({e}); --overwrite replaces it") from e
+    dropped: list[tuple[str, str | None, str]] = []
     try:
-        parse_table(data, str(out))  # the lookup's own validation: schema, entries, configs
+        parse_table(data, str(out), dropped)  # the lookup's own validation: schema, entries, configs
     except ValueError as e:
         raise TuneError(f"{e}; --overwrite replaces it") from e
     if data.get("device") != device:
         raise TuneError(f"{out} was tuned on {data.get('device')!r}, not {device!r}: not resuming it")
+    if resume and triton is not None and table_versions(data) - {triton}:
+        raise TuneError(
+            f"{out} was tuned with triton {', '.join(sorted(table_versions(data)))}, this is triton {triton}: "
+            f"--resume would mix them under one header; --update re-tunes the given shapes under {triton} "
+            "(and keeps the rest), --overwrite replaces the file, --out writes elsewhere"
+        )
+    if dropped:
+        print(f"tune: {out}: leaving out {len(dropped)} bad entries (timed again if this run covers them): "
+              f"{describe_dropped(dropped)}", file=sys.stderr)  # fmt: skip
+        _remove_entries(data["entries"], dropped)
     return data
+
+
+def _remove_entries(entries: dict, dropped: list[tuple[str, str | None, str]]) -> None:
+    for key, m, _ in dropped:
+        if m is None:
+            entries.pop(key, None)
+        else:
+            entries[key].pop(m, None)
+            if not entries[key]:
+                del entries[key]
 
 
 def write_table(out: Path, data: dict) -> None:
@@ -201,10 +249,67 @@ def write_table(out: Path, data: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+        text = json.dumps(data, indent=1, sort_keys=True, allow_nan=False)  # no Infinity/NaN: not JSON
+        tmp.write_text(text + "\n", encoding="utf-8")
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def table_lock(out: Path) -> Iterator[None]:
+    """Holds an exclusive ``flock`` on ``.<table>.lock`` beside ``out`` (kept: removing a lock file
+    races with a run that opened it). On platforms without ``fcntl`` it does nothing."""
+    if fcntl is None:
+        yield
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_name(f".{out.name}.lock"), "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def merge_from_disk(out: Path, data: dict, mine: set[tuple[str, str]]) -> None:
+    """Adds to ``data`` what another run wrote to ``out`` since this one read it (two runs on one table,
+    e.g. one per GPU of a host): its entries, except the (shape key, M bucket)s in ``mine`` (tuned by
+    this run: these win), its M buckets and its ``retunes`` records. A file that is not a table of
+    this device is not merged (said on stderr): this run's table replaces it."""
+    if not out.exists():
+        return
+    try:
+        disk = json.loads(out.read_text(encoding="utf-8"))
+        dropped: list[tuple[str, str | None, str]] = []
+        parse_table(disk, str(out), dropped)
+        if disk.get("device") != data.get("device"):
+            raise ValueError(f"tuned on {disk.get('device')!r}")
+    except (OSError, ValueError, RecursionError) as e:
+        print(f"tune: not merging {out} ({e}): this run's table replaces it", file=sys.stderr)
+        return
+    _remove_entries(disk["entries"], dropped)
+    entries = data.setdefault("entries", {})
+    for key, per_m in disk["entries"].items():
+        for m, rec in per_m.items():
+            if (key, m) not in mine:
+                entries.setdefault(key, {})[m] = rec
+    data["m_buckets"] = sorted(set(data.get("m_buckets", [])) | set(disk.get("m_buckets", [])))
+    retunes = data.get("retunes", [])
+    for r in disk.get("retunes", []):
+        if r not in retunes:
+            retunes.append(r)
+    if retunes:
+        data["retunes"] = retunes
+
+
+def save_table(out: Path, data: dict, mine: set[tuple[str, str]], merge: bool = True) -> None:
+    """``write_table`` under ``table_lock``, after ``merge_from_disk`` (unless ``merge`` is False: the
+    first write of an ``--overwrite`` run replaces the file)."""
+    with table_lock(out):
+        if merge:
+            merge_from_disk(out, data, mine)
+        write_table(out, data)
 
 
 def _m_buckets(text: str) -> list[int]:
@@ -252,36 +357,78 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or CONFIG_DIR / f"{device_slug(device)}.json"
     nks = {"suite": SUITE_NK, "models": MODEL_NK, "all": SUITE_NK + MODEL_NK}[args.shapes]
     ms = args.m
+    import triton
+
+    sha = _git_sha()
+    if args.update and sha == "unknown":
+        print("tune: --update needs the git SHA of this checkout (it keeps the entries tuned at that SHA, so a "
+              "rerun continues where it stopped), and there is none: no .git here and FP8_BENCH_GIT_SHA unset; "
+              "set FP8_BENCH_GIT_SHA=<commit>", file=sys.stderr)  # fmt: skip
+        return 2
     try:
-        data = load_for_run(out, device, args.resume, args.update, args.overwrite)
+        data = load_for_run(out, device, args.resume, args.update, args.overwrite, triton=triton.__version__)
     except TuneError as e:
         print(f"tune: {e}", file=sys.stderr)
         return 2
-    import triton
-
-    run = dict(torch=torch.__version__, triton=triton.__version__, git_sha=_git_sha(),
-               timing="triton.testing.do_bench_cudagraph median, weights rotated past 2x L2",
-               tuned_at=_utc_now())  # fmt: skip
+    table_triton = data.get("triton")  # before record_run: the versions of entries that have none
+    run = {
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "git_sha": sha,
+        "timing": "triton.testing.do_bench_cudagraph median, weights rotated past 2x L2",
+        "tuned_at": _utc_now(),
+    }
     record_run(data, run, ms, device=device, capability=list(torch.cuda.get_device_capability(0)),
                update=args.update, shapes=args.shapes, why=args.why)  # fmt: skip
     entries = data.setdefault("entries", {})
-    sha = run["git_sha"]
-    todo = shapes_to_tune(entries, nks, ms, update=args.update, sha=sha)
+    todo = shapes_to_tune(
+        entries, nks, ms, update=args.update, sha=sha, triton=run["triton"], table_triton=table_triton
+    )
+    again = "--update" if args.update else "--resume"
+    if not todo:
+        print(f"nothing to tune: {out} has every entry asked for" + (f" tuned at {sha}" if args.update else "")
+              + "; not written")  # fmt: skip
+        return 0
+    mine: set[tuple[str, str]] = set()  # (shape key, M bucket) this run wrote: merged over other runs' entries
     t0 = time.perf_counter()
     for i, (n, k, m) in enumerate(todo, 1):
+        shape = f"M={m:<5} N={n:<6} K={k:<6}"
         if time.perf_counter() - t0 > args.budget_s:
-            again = "--update" if args.update else "--resume"
             print(f"budget reached: {len(todo) - i + 1} shapes left (rerun with {again})")
             break
+        print(f"{progress(i - 1, len(todo), time.perf_counter() - t0)} {shape} tuning", flush=True)
         rec = tune_shape(m, n, k)
-        rec.update(git_sha=sha, tuned_at=_utc_now())
+        done = progress(i, len(todo), time.perf_counter() - t0)
+        if rec.get("us") is None or not math.isfinite(rec["us"]):
+            print(f"{done} {shape} every candidate failed: no entry written (rerun with {again})", flush=True)
+            continue
+        if rec.get("heuristic_us") is not None and not math.isfinite(rec["heuristic_us"]):
+            rec["heuristic_us"] = None  # the heuristic's config failed: JSON has no Infinity
+        rec.update(git_sha=sha, triton=run["triton"], torch=run["torch"], tuned_at=_utc_now())
         entries.setdefault(shape_key(n, k), {})[str(m)] = rec
-        print(f"[{i}/{len(todo)} {time.perf_counter() - t0:6.0f}s] M={m:<5} N={n:<6} K={k:<6} best {rec['us']:9.2f} us "
-              f"(heuristic {rec['heuristic_us']:9.2f}) {rec['config']['kind']} {rec['config']['block_m']}x"
-              f"{rec['config']['block_n']}", flush=True)  # fmt: skip
-        write_table(out, data)
-    print(f"wrote {out}")
+        mine.add((shape_key(n, k), str(m)))
+        heur = "failed" if rec["heuristic_us"] is None else f"{rec['heuristic_us']:9.2f}"
+        cfg = rec["config"]
+        print(f"{done} {shape} best {rec['us']:9.2f} us (heuristic {heur}) {cfg['kind']} {cfg['block_m']}x"
+              f"{cfg['block_n']}", flush=True)  # fmt: skip
+        # the first write of an --overwrite run replaces the old table; later ones merge other runs' entries
+        save_table(out, data, mine, merge=not args.overwrite or len(mine) > 1)
+    if mine:
+        print(f"wrote {out} ({len(mine)} of {len(todo)} entries tuned)")
+    else:
+        print(f"{out} not written: no entry was tuned")
     return 0
+
+
+def _duration(seconds: float) -> str:
+    s = round(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def progress(done: int, total: int, elapsed: float) -> str:
+    """'[3/22 shapes, 41s elapsed, ETA 4m33s]': the ETA is the mean time per shape so far times the shapes left."""
+    eta = _duration(elapsed / done * (total - done)) if done else "?"
+    return f"[{done}/{total} shapes, {_duration(elapsed)} elapsed, ETA {eta}]"
 
 
 if __name__ == "__main__":  # ``python -m fp8inductor.tune`` as well as ``python -m fp8inductor tune``

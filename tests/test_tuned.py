@@ -28,6 +28,7 @@ def config_dir(tmp_path, monkeypatch):
     monkeypatch.setattr(tuned, "CONFIG_DIR", tmp_path)
     tuned.load_table.cache_clear()
     tuned._warn_untuned.cache_clear()
+    tuned._warn_far_bucket.cache_clear()
     yield tmp_path
     tuned.load_table.cache_clear()
 
@@ -65,7 +66,7 @@ def test_untuned_shape_warns_once(config_dir, caplog):
         ("{not json", "ignoring tuned GEMM configs"),
         (json.dumps(_table({}, schema=99)), "not a schema-1"),
         (json.dumps(_table({"N=1,K=2": {"1": {"config": {"kind": "warp"}}}})), "entry N=1,K=2 M=1"),
-        (json.dumps(_table({"oops": {}})), "malformed entry 'oops'"),
+        (json.dumps(_table({"oops": {}})), "entry 'oops': not an N=<int>,K=<int> key"),
         (json.dumps(_table({}, device="Other GPU")), "tuned on 'Other GPU'"),
         # an M bucket lookup cannot take log2 of, and configs no kernel can launch (they used to pass
         # here and fail at the first GEMM: math domain error, ZeroDivisionError in the split plan)
@@ -83,11 +84,20 @@ def test_untuned_shape_warns_once(config_dir, caplog):
             for bad, why in [
                 ({"block_m": 0}, "block_m must be a power of two"),
                 ({"block_m": 24}, "block_m must be a power of two"),
-                ({"split_k": 0}, "split_k must be >= 1"),
+                ({"split_k": 0}, "split_k must be from 1 to"),
                 ({"num_warps": 3}, "num_warps must be a power of two"),
-                ({"num_stages": 0}, "num_stages must be >= 1"),
+                ({"num_stages": 0}, "num_stages must be from 1 to"),
                 ({"num_warps": 4.0}, "num_warps must be an int"),
                 ({"flatten": 1}, "flatten must be a bool"),
+                # configs that used to load and then crash the first GEMM (Triton: tensor numel above
+                # 2**20, "out of resource: shared memory, Required: 645120" on an H100, int32 overflow)
+                ({"block_m": 2048, "block_n": 1024}, "tile 2048x1024 exceeds Triton's 1048576 elements"),
+                ({"num_stages": 64}, "num_stages must be from 1 to 8"),
+                ({"group_m": 10**21}, "group_m must be from 1 to 64"),
+                ({"split_k": 10**30}, "split_k must be from 1 to 256"),
+                ({"ctas_per_sm": 10**30}, "ctas_per_sm must be from 1 to 32"),
+                ({"block_m": 128, "block_n": 256, "num_stages": 8}, "shared memory"),
+                ({"block_m": 1024, "block_n": 1024, "num_stages": 1}, "shared memory"),
             ]
         ],
     ],
@@ -99,14 +109,115 @@ def test_bad_or_foreign_files_are_ignored_with_a_warning(config_dir, caplog, dat
     assert any(why in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
 
 
-def test_shipped_tables_are_valid():
-    for path in tuned.CONFIG_DIR.glob("*.json"):
+def test_shipped_tables_are_valid(monkeypatch, caplog):
+    """Every entry of every shipped table passes the checks (no config is dropped by the limits of
+    ``GemmConfig``) and is what the lookup returns at its own M bucket (none is out of reach)."""
+    paths = sorted(tuned.CONFIG_DIR.glob("*.json"))
+    assert paths
+    for path in paths:
         data = json.loads(path.read_text())
         table = tuned.parse_table(data, str(path))
         assert table and path.stem == tuned.device_slug(data["device"])
-        for per_m in table.values():
-            for cfg in per_m.values():
-                assert isinstance(cfg, GemmConfig)
+        assert sum(map(len, table.values())) == sum(map(len, data["entries"].values()))
+        tuned.load_table.cache_clear()
+        with caplog.at_level(logging.WARNING, logger="fp8inductor"):
+            for key, per_m in table.items():
+                n, k = (int(v.split("=")[1]) for v in key.split(","))
+                for bucket, cfg in per_m.items():
+                    assert isinstance(cfg, GemmConfig)
+                    assert tuned.lookup(data["device"], bucket, n, k) == cfg
+                    assert tuned.lookup(data["device"], bucket + 1, n, k) is not None
+        assert not [r for r in caplog.records if "dropped" in r.getMessage() or "ignoring" in r.getMessage()]
+    tuned.load_table.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "buckets,m,want",
+    [
+        ((1, 16), 8192, None),  # a decode-only table: the heuristic at prefill (it gave split-K 16x64)
+        ((1, 16), 128, None),  # two steps from 16
+        ((1, 16), 64, 16),  # one step
+        ((1, 16), 40, 16),
+        ((2048,), 8192, 2048),
+        ((2048,), 100000, 2048),
+        ((512,), 8192, None),
+        ((128, 8192), 700, 128),  # 512's neighbours: both one step away, the nearest in log2
+        ((4,), 16, 4),  # a bucket outside M_BUCKETS counts as its nearest (4 -> 1)
+        ((4,), 64, None),
+    ],
+)
+def test_lookup_uses_only_buckets_within_one_step(config_dir, caplog, buckets, m, want):
+    cfgs = [CONFIGS["splitk_16x64"], CONFIGS["tiles_64x64"]]
+    _write(config_dir, _table({"N=4096,K=4096": {str(b): _rec(cfgs[i % 2]) for i, b in enumerate(buckets)}}))
+    with caplog.at_level(logging.WARNING, logger="fp8inductor"):
+        for _ in range(3):
+            got = tuned.lookup(DEV, m, 4096, 4096)
+            assert got == (None if want is None else cfgs[buckets.index(want) % 2])
+        tuned.lookup(DEV, m + 1, 4096, 4096)
+    warned = [r.getMessage() for r in caplog.records if "N=4096,K=4096" in r.getMessage()]
+    if want is None:  # one warning per (N, K), saying which buckets the table has
+        assert len(warned) == 1 and f"cover M buckets {', '.join(map(str, buckets))} only" in warned[0], warned
+    else:
+        assert warned == []
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"{not json",
+        b"",
+        b'{"schema": 1, "device": "\xff\xfe"}',  # not UTF-8
+        b"[" * 100_000 + b"]" * 100_000,  # RecursionError in json: it used to crash every GEMM
+        json.dumps(_table({}, schema=99)).encode(),
+    ],
+    ids=["json", "empty", "utf8", "deep", "schema"],
+)
+def test_bad_file_warns_once_naming_it(config_dir, caplog, data):
+    """The warning names the file (it did not for JSON and UTF-8 errors), and the ignored table is
+    cached: a bad file is read and reported once, not at every GEMM."""
+    path = config_dir / f"{tuned.device_slug(DEV)}.json"
+    path.write_bytes(data)
+    with caplog.at_level(logging.WARNING, logger="fp8inductor"):
+        for m in (1, 16, 4096, 1, 16):
+            assert tuned.lookup(DEV, m, 4096, 4096) is None
+    msgs = [r.getMessage() for r in caplog.records]
+    assert len(msgs) == 1 and str(path) in msgs[0] and "ignoring tuned GEMM configs" in msgs[0], msgs
+
+
+def test_bad_entries_are_dropped_and_the_rest_used(config_dir, caplog):
+    """An entry no kernel can launch (or without a finite time) is left out with one warning for the
+    file; the table's other entries are still used."""
+    good, deep = CONFIGS["tiles_16x64"], {**dataclasses.asdict(CONFIGS["tiles_16x64"]), "num_stages": 64}
+    _write(config_dir, _table({"N=4096,K=4096": {"16": {"config": deep, "us": 1.0}, "64": {"config": deep, "us": 1.0}},
+                               "N=1024,K=4096": {"16": _rec(good), "1": {"config": dataclasses.asdict(good)}},
+                               "N=2048": {}}))  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="fp8inductor"):
+        for _ in range(3):
+            assert tuned.lookup(DEV, 16, 1024, 4096) == good
+            assert tuned.lookup(DEV, 1, 1024, 4096) == good  # its own entry had no time: the 16 bucket's
+            assert tuned.lookup(DEV, 16, 4096, 4096) is None
+    dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(dropped) == 1 and "4 bad entries" in dropped[0] and "num_stages must be from 1 to 8" in dropped[0]
+    assert "and 1 more" in dropped[0]  # the first three are spelled out
+
+
+def test_triton_version_of_the_table_is_checked_once(config_dir, caplog, monkeypatch):
+    """A table tuned under another triton is used, with one warning; an entry's own version (written
+    since entries keep it) counts over the header's."""
+    cfg = CONFIGS["tiles_16x64"]
+    monkeypatch.setattr(tuned, "_running_triton", lambda: "3.9.0")
+    _write(config_dir, {**_table({"N=4096,K=4096": {"16": _rec(cfg)}}), "triton": "3.6.0"})
+    with caplog.at_level(logging.WARNING, logger="fp8inductor"):
+        for _ in range(3):
+            assert tuned.lookup(DEV, 16, 4096, 4096) == cfg
+    msgs = [r.getMessage() for r in caplog.records]
+    assert len(msgs) == 1 and "tuned with triton 3.6.0, this is triton 3.9.0" in msgs[0], msgs
+    caplog.clear()
+    tuned.load_table.cache_clear()
+    _write(config_dir, {**_table({"N=4096,K=4096": {"16": {**_rec(cfg), "triton": "3.9.0"}}}), "triton": "3.6.0"})
+    with caplog.at_level(logging.WARNING, logger="fp8inductor"):
+        assert tuned.lookup(DEV, 16, 4096, 4096) == cfg
+    assert caplog.records == []
 
 
 def test_heuristic_regimes():

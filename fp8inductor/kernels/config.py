@@ -9,6 +9,26 @@ from ..reference import ceil_div
 QBLOCK = 128  # scale block: activation group along K, weight block along N and K; also BLOCK_K
 NORM_QUANT_MAX_K = 32768  # rms_norm_quant holds a row in registers: [next_pow2(K / 128), 128] fp32, <= 16 warps
 
+# Upper limits of a Triton GemmConfig, checked when a config is made (so when a tuning table is read):
+# beyond them a kernel fails to compile or launch at the first GEMM (Triton's OutOfResources, or
+# "numel exceeds triton maximum tensor numel"), or a grid index overflows int32.
+MAX_TILE_NUMEL = 1 << 20  # [BLOCK_M, BLOCK_N] accumulator: Triton's largest tensor (TRITON_MAX_TENSOR_NUMEL)
+MAX_STAGES = 8  # the tuner's deepest candidate is 8 (16x32 tiles); deeper never paid in the kernel lab
+MAX_GROUP_M = 64  # grouped tile order: GROUP_M * num_pid_n tiles in int32
+MAX_SPLIT_K = 256  # K / 128 at K = 32768 (fewer are used where K has fewer 128-blocks)
+MAX_CTAS_PER_SM = 32  # resident CTAs per SM on sm_90
+SMEM_LIMIT = 227 * 1024  # bytes of shared memory one CTA may use on sm_90 (H100, H200): 232448
+
+
+def smem_estimate(block_m: int, block_n: int, num_stages: int) -> int:
+    """Shared memory (bytes) of the pipelined operand tiles of one CTA, counted generously: per stage
+    an fp8 [BLOCK_M, 128] activation tile and [BLOCK_N, 128] weight tile and their fp32 scales
+    ([BLOCK_M] activation groups, [ceil(BLOCK_N / 128)] weight blocks). Triton buffers num_stages - 1
+    stages (16x64 tiles with 64 stages: 63 * 10240 = 645120 bytes, its OutOfResources on an H100);
+    the spare stage stands for the epilogue and barriers."""
+    per_stage = (block_m + block_n) * QBLOCK + 4 * (block_m + ceil_div(block_n, QBLOCK))
+    return num_stages * per_stage
+
 
 @dataclasses.dataclass(frozen=True)
 class GemmConfig:
@@ -49,9 +69,21 @@ class GemmConfig:
                 raise ValueError(f"GemmConfig.{name} must be a power of two >= 16, got {v}")
         if not 1 <= self.num_warps <= 32 or self.num_warps & (self.num_warps - 1):
             raise ValueError(f"GemmConfig.num_warps must be a power of two from 1 to 32, got {self.num_warps}")
-        for name in ("num_stages", "group_m", "split_k", "ctas_per_sm"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"GemmConfig.{name} must be >= 1, got {getattr(self, name)}")
+        limits = {"num_stages": MAX_STAGES, "group_m": MAX_GROUP_M, "split_k": MAX_SPLIT_K,
+                  "ctas_per_sm": MAX_CTAS_PER_SM}  # fmt: skip
+        for name, most in limits.items():
+            if not 1 <= getattr(self, name) <= most:
+                raise ValueError(f"GemmConfig.{name} must be from 1 to {most}, got {getattr(self, name)}")
+        if self.block_m * self.block_n > MAX_TILE_NUMEL:
+            raise ValueError(
+                f"GemmConfig tile {self.block_m}x{self.block_n} exceeds Triton's {MAX_TILE_NUMEL} elements per tensor"
+            )
+        smem = smem_estimate(self.block_m, self.block_n, self.num_stages)
+        if smem > SMEM_LIMIT:
+            raise ValueError(
+                f"GemmConfig {self.block_m}x{self.block_n} with {self.num_stages} stages needs about {smem} bytes "
+                f"of shared memory, more than the {SMEM_LIMIT} of a CTA (fewer stages or smaller tiles)"
+            )
 
 
 # The configurations the heuristic below picks from, with the H100 kernel-lab numbers that chose them
