@@ -95,20 +95,25 @@ def _param_names(gm: torch.fx.GraphModule) -> tuple[list[str], str]:
 
 
 def _names_in_calling_model(tensors: list[torch.Tensor]) -> list[str] | None:
-    """The tensors' FQNs in the outermost ``nn.Module`` found as ``self`` on the call stack that
-    holds all of them; None where there is none (or no tensors)."""
+    """The tensors' FQNs in the model being called: the module the innermost ``torch.compile`` wrapper
+    on the call stack wraps, where it holds all of them, else the outermost ``nn.Module`` found as
+    ``self`` on the stack that does (``model.compile()`` leaves no wrapper). None where there is none.
+    """
     if not tensors:
         return None
     modules: list[torch.nn.Module] = []
+    compiled: list[torch.nn.Module] = []
     frame = sys._getframe(1)
     while frame is not None:
         owner = frame.f_locals.get("self")
         if isinstance(owner, torch.nn.Module):
-            owner = getattr(owner, "_orig_mod", owner)  # torch.compile's OptimizedModule wrapper
+            if isinstance(getattr(owner, "_orig_mod", None), torch.nn.Module):  # OptimizedModule
+                owner = owner._orig_mod
+                compiled.append(owner)
             if not any(owner is m for m in modules):
                 modules.append(owner)
         frame = frame.f_back
-    for module in reversed(modules):  # outermost first
+    for module in compiled[:1] + modules[::-1]:  # the compiled model, else outermost first
         fqn = {id(t): name for name, t in module.named_parameters(remove_duplicate=False)}
         for name, t in module.named_buffers(remove_duplicate=False):
             fqn.setdefault(id(t), name)

@@ -283,6 +283,27 @@ def test_names_are_model_paths_across_graph_breaks(options):
     assert {d.module for d in decisions if not d.converted} == skipped
 
 
+def test_names_are_relative_to_the_compiled_model_inside_a_wrapper():
+    """A compiled model called from a module that holds it: names stay relative to the compiled
+    model (``lm_head``, not ``inner.lm_head``), as without the wrapper."""
+
+    class Wrapper(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = compile_fp8(BreakingModel())
+
+        def forward(self, x):
+            return self.inner(x)
+
+    earlier = {id(r) for r in fp8inductor.reports()}
+    with torch.inference_mode():
+        Wrapper()(torch.randn(4, 256))
+    decisions = [d for r in fp8inductor.reports() if id(r) not in earlier for d in r.decisions]
+    names = ["layers.0.down", "layers.0.up", "layers.1.down", "layers.1.up", "lm_head"]
+    assert sorted(d.module for d in decisions) == names
+    assert [d.module for d in decisions if not d.converted] == ["lm_head"]
+
+
 def test_modules_passed_as_arguments_keep_apart():
     """Two modules given to a compiled function: Dynamo names both ``0.weight``; the argument's name
     is put in front, so the skip list and the report tell them apart."""
