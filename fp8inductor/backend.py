@@ -76,8 +76,8 @@ def _param_names(gm: torch.fx.GraphModule) -> tuple[list[str], str]:
     Dynamo names them relative to the frame it traces. After a graph break inside a layer, that
     frame is the layer's ``forward``: its weights read ``down.weight``, and ``modules_to_not_convert``
     entries written as model paths (``model.layers.1.mlp.down_proj``, the default ``lm_head``) would
-    match nothing. So the names are taken from the outermost module on the Python call stack that
-    holds every one of gm's tensors (by identity): the model being called. Where no module holds them
+    match nothing. So the names are taken from the model being called (``_names_in_calling_model``:
+    found on the Python call stack, holding every one of gm's tensors by identity). Where none holds them
     all (modules passed to a compiled function as arguments), Dynamo's names stay; names that two
     arguments share (both ``0.weight``) get the argument's name in front (``dec.0.weight``).
     """
@@ -86,12 +86,20 @@ def _param_names(gm: torch.fx.GraphModule) -> tuple[list[str], str]:
     relative = [to_fqn.get(flat, flat) for flat, _ in named]
     root_names = _names_in_calling_model([t for _, t in named])
     if root_names is not None:
-        prefixes = {full[: len(full) - len(rel)] for full, rel in zip(root_names, relative) if full.endswith(rel)}
-        prefix = prefixes.pop() if len(prefixes) == 1 and len(root_names) == len(relative) else ""
+        # the frame module's path: "layers.1." from "layers.1.down.weight" and "down.weight" (a tied
+        # weight named after its other owner tells nothing; frames of several modules have no one path)
+        pairs = zip(root_names, relative)
+        prefixes = {full[: len(full) - len(rel)] for full, rel in pairs if _ends_with_path(full, rel)}
+        prefix = prefixes.pop() if len(prefixes) == 1 else ""
         return root_names, prefix.rstrip(".")
     if len(set(relative)) < len(relative):
         relative = [_with_argument_name(flat, rel) for (flat, _), rel in zip(named, relative)]
     return relative, ""
+
+
+def _ends_with_path(full: str, tail: str) -> bool:
+    """``layers.1.down.weight`` ends with the path ``down.weight``; ``layers.1.mlp_down.weight`` does not."""
+    return full == tail or full.endswith("." + tail)
 
 
 def _names_in_calling_model(tensors: list[torch.Tensor]) -> list[str] | None:
