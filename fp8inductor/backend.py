@@ -84,7 +84,7 @@ def _param_names(gm: torch.fx.GraphModule) -> tuple[list[str], str]:
     to_fqn = gm.meta.get("dynamo_flat_name_to_original_fqn", {})
     named = list(gm.named_parameters(remove_duplicate=False)) + list(gm.named_buffers(remove_duplicate=False))
     relative = [to_fqn.get(flat, flat) for flat, _ in named]
-    root_names = _names_in_calling_model([t for _, t in named])
+    root_names = _names_in_calling_model([t for _, t in named], relative)
     if root_names is not None:
         # the frame module's path: "layers.1." from "layers.1.down.weight" and "down.weight" (a tied
         # weight named after its other owner tells nothing; frames of several modules have no one path)
@@ -102,10 +102,13 @@ def _ends_with_path(full: str, tail: str) -> bool:
     return full == tail or full.endswith("." + tail)
 
 
-def _names_in_calling_model(tensors: list[torch.Tensor]) -> list[str] | None:
+def _names_in_calling_model(tensors: list[torch.Tensor], relative: list[str]) -> list[str] | None:
     """The tensors' FQNs in the model being called: the module the innermost ``torch.compile`` wrapper
     on the call stack wraps, where it holds all of them, else the outermost ``nn.Module`` found as
     ``self`` on the stack that does (``model.compile()`` leaves no wrapper). None where there is none.
+
+    A tensor registered under several names (a weight shared by two linears) gets the one that ends
+    with its Dynamo name ``relative[i]`` (``2.weight``), else its first.
     """
     if not tensors:
         return None
@@ -122,11 +125,15 @@ def _names_in_calling_model(tensors: list[torch.Tensor]) -> list[str] | None:
                 modules.append(owner)
         frame = frame.f_back
     for module in compiled[:1] + modules[::-1]:  # the compiled model, else outermost first
-        fqn = {id(t): name for name, t in module.named_parameters(remove_duplicate=False)}
-        for name, t in module.named_buffers(remove_duplicate=False):
-            fqn.setdefault(id(t), name)
-        if all(id(t) in fqn for t in tensors):
-            return [fqn[id(t)] for t in tensors]
+        fqns: dict[int, list[str]] = {}
+        named = [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]
+        for name, t in named:
+            fqns.setdefault(id(t), []).append(name)
+        if all(id(t) in fqns for t in tensors):
+            return [
+                next((n for n in fqns[id(t)] if _ends_with_path(n, rel)), fqns[id(t)][0])
+                for t, rel in zip(tensors, relative)
+            ]
     return None
 
 
