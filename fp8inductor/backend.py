@@ -29,7 +29,7 @@ import torch._inductor.config as inductor_config
 
 from . import _compat, lowering  # noqa: F401  (registers the block_linear lowering)
 from .config import split_options
-from .passes import FP8BlockPass, compile_scope
+from .passes import FP8BlockPass, compile_scope, ends_with_path
 from .report import RewriteReport
 
 log = logging.getLogger("fp8inductor")
@@ -89,17 +89,12 @@ def _param_names(gm: torch.fx.GraphModule) -> tuple[list[str], str]:
         # the frame module's path: "layers.1." from "layers.1.down.weight" and "down.weight" (a tied
         # weight named after its other owner tells nothing; frames of several modules have no one path)
         pairs = zip(root_names, relative)
-        prefixes = {full[: len(full) - len(rel)] for full, rel in pairs if _ends_with_path(full, rel)}
+        prefixes = {full[: len(full) - len(rel)] for full, rel in pairs if ends_with_path(full, rel)}
         prefix = prefixes.pop() if len(prefixes) == 1 else ""
         return root_names, prefix.rstrip(".")
     if len(set(relative)) < len(relative):
         relative = [_with_argument_name(flat, rel) for (flat, _), rel in zip(named, relative)]
     return relative, ""
-
-
-def _ends_with_path(full: str, tail: str) -> bool:
-    """``layers.1.down.weight`` ends with the path ``down.weight``; ``layers.1.mlp_down.weight`` does not."""
-    return full == tail or full.endswith("." + tail)
 
 
 def _names_in_calling_model(tensors: list[torch.Tensor], relative: list[str]) -> list[str] | None:
@@ -131,7 +126,7 @@ def _names_in_calling_model(tensors: list[torch.Tensor], relative: list[str]) ->
             fqns.setdefault(id(t), []).append(name)
         if all(id(t) in fqns for t in tensors):
             return [
-                next((n for n in fqns[id(t)] if _ends_with_path(n, rel)), fqns[id(t)][0])
+                next((n for n in fqns[id(t)] if ends_with_path(n, rel)), fqns[id(t)][0])
                 for t, rel in zip(tensors, relative)
             ]
     return None

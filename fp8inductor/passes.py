@@ -232,9 +232,14 @@ def _running_module(stack_path: str | None, owner: str) -> str:
     """The module that runs a matmul: its path from the module stack, or the weight's owner where the
     stack has none or names the same module less fully (``0`` for ``dec.0``: a module passed to a
     compiled function, whose stack paths lack the argument's name)."""
-    if not stack_path or owner == stack_path or owner.endswith("." + stack_path):
+    if not stack_path or ends_with_path(owner, stack_path):
         return owner or (stack_path or "")
     return stack_path
+
+
+def ends_with_path(full: str, tail: str) -> bool:
+    """``layers.1.down.weight`` ends with the path ``down.weight``; ``layers.1.mlp_down.weight`` does not."""
+    return full == tail or full.endswith("." + tail)
 
 
 def _join_path(prefix: str, path: str) -> str:
@@ -655,23 +660,11 @@ class _Rewriter:
                 if v is None or v.dim() < 2:  # a 1-D parameter or buffer (a rotary's inv_freq) is no linear weight
                     continue
                 name = self._weight_name(param)
-                self.scope.report.decisions.append(
-                    LinearDecision(
-                        module=name.rsplit(".", 1)[0]
-                        if "." in name
-                        else (module_path_from_stack(node, self.scope.module_prefix) or ""),
-                        weight=name,
-                        pattern="unmatched",
-                        out_features=0,
-                        in_features=0,
-                        has_bias=False,
-                        converted=False,
-                        reason=f"unsupported form: {node.target}({' <- '.join(chain) or 'param'})",
-                        bytes_before=v.numel() * v.element_size(),
-                        bytes_after=v.numel() * v.element_size(),
-                    )
-                )
-                torch._dynamo.utils.counters["fp8inductor"]["linears_skipped"] += 1
+                owner = name.rsplit(".", 1)[0] if "." in name else None
+                module = owner or module_path_from_stack(node, self.scope.module_prefix)
+                reason = f"unsupported form: {node.target}({' <- '.join(chain) or 'param'})"
+                nbytes = v.numel() * v.element_size()
+                self._record_skipped(module or "", name, "unmatched", 0, 0, False, reason, nbytes)
 
     def _report_subgraph_linears(self) -> None:
         """In a higher-order op's subgraph (a torch.cond branch ...) the weights are operands, not
@@ -683,32 +676,40 @@ class _Rewriter:
             stack = node.meta.get("nn_module_stack")
             if not stack:
                 continue
-            path, module_type = list(stack.values())[-1]
-            type_name = getattr(module_type, "__name__", str(module_type))
-            if not type_name.endswith(("Linear", "Conv1D")):
+            module_type = list(stack.values())[-1][1]
+            if not getattr(module_type, "__name__", str(module_type)).endswith(("Linear", "Conv1D")):
                 continue
             out, x = _val(node), _val(node.args[-2])
             if out is None or x is None or out.dim() != 2:
                 continue
             n, k = int(out.shape[-1]), int(x.shape[-1])
-            nbytes = n * k * out.element_size()
-            module = _join_path(self.scope.module_prefix, normalize_module_path(path))
-            self.scope.report.decisions.append(
-                LinearDecision(
-                    module=module,
-                    weight=f"{module}.weight",
-                    pattern="subgraph",
-                    out_features=n,
-                    in_features=k,
-                    has_bias=node.target == aten.addmm.default,
-                    converted=False,
-                    reason="inside a higher-order op's subgraph (e.g. a torch.cond branch), where the weight "
-                    "is an operand, not a frozen parameter: left in high precision",
-                    bytes_before=nbytes,
-                    bytes_after=nbytes,
-                )
+            module = module_path_from_stack(node, self.scope.module_prefix)
+            reason = (
+                "inside a higher-order op's subgraph (e.g. a torch.cond branch), where the weight is an "
+                "operand, not a frozen parameter: left in high precision"
             )
-            torch._dynamo.utils.counters["fp8inductor"]["linears_skipped"] += 1
+            has_bias, nbytes = node.target == aten.addmm.default, n * k * out.element_size()
+            self._record_skipped(module, f"{module}.weight", "subgraph", n, k, has_bias, reason, nbytes)
+
+    def _record_skipped(
+        self, module: str, weight: str, pattern: str, n: int, k: int, has_bias: bool, reason: str, nbytes: int
+    ) -> None:
+        """A matmul left in high precision that no pattern's match decided on (``_handle`` records those)."""
+        self.scope.report.decisions.append(
+            LinearDecision(
+                module=module,
+                weight=weight,
+                pattern=pattern,
+                out_features=n,
+                in_features=k,
+                has_bias=has_bias,
+                converted=False,
+                reason=reason,
+                bytes_before=nbytes,
+                bytes_after=nbytes,
+            )
+        )
+        torch._dynamo.utils.counters["fp8inductor"]["linears_skipped"] += 1
 
     def _trace_to_param(self, node: fx.Node, depth: int = 0) -> tuple[fx.Node | None, list[str]]:
         """The parameter an unmatched matmul operand is computed from, and the ops in between.
