@@ -191,6 +191,19 @@ class TuneError(Exception):
     """A run that would lose or misread a table: reported as one line, exit status 2."""
 
 
+def read_table(out: Path) -> tuple[dict, list[tuple[str, str | None, str]]]:
+    """The table in ``out`` and its entries no lookup would use (a bad config, no finite time), as
+    (shape key, M bucket or None for the whole key, why), checked by the lookup's own ``parse_table``
+    (schema, entries, configs). An unreadable file or an invalid table raises ValueError naming it."""
+    try:
+        data = json.loads(out.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"{out} is not a readable tuning table ({e})") from e
+    dropped: list[tuple[str, str | None, str]] = []
+    parse_table(data, str(out), dropped)
+    return data, dropped
+
+
 def load_for_run(
     out: Path, device: str, resume: bool, update: bool, overwrite: bool, triton: str | None = None
 ) -> dict:
@@ -210,12 +223,7 @@ def load_for_run(
             "in missing entries, --overwrite replaces the file, --out writes elsewhere"
         )
     try:
-        data = json.loads(out.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as e:  # json.JSONDecodeError is a ValueError
-        raise TuneError(f"{out} is not a readable tuning table ({e}); --overwrite replaces it") from e
-    dropped: list[tuple[str, str | None, str]] = []
-    try:
-        parse_table(data, str(out), dropped)  # the lookup's own validation: schema, entries, configs
+        data, dropped = read_table(out)
     except ValueError as e:
         raise TuneError(f"{e}; --overwrite replaces it") from e
     if data.get("device") != device:
@@ -280,12 +288,10 @@ def merge_from_disk(out: Path, data: dict, mine: set[tuple[str, str]]) -> None:
     if not out.exists():
         return
     try:
-        disk = json.loads(out.read_text(encoding="utf-8"))
-        dropped: list[tuple[str, str | None, str]] = []
-        parse_table(disk, str(out), dropped)
+        disk, dropped = read_table(out)
         if disk.get("device") != data.get("device"):
             raise ValueError(f"tuned on {disk.get('device')!r}")
-    except (OSError, ValueError, RecursionError) as e:
+    except ValueError as e:
         print(f"tune: not merging {out} ({e}): this run's table replaces it", file=sys.stderr)
         return
     _remove_entries(disk["entries"], dropped)
