@@ -175,11 +175,12 @@ def quantize_1x128(x, m, k: int, scale_fmt: str = "float", col_major_scales: boo
         # reduction hint and loops the reduction (x read twice). Same operations, same bits.
         sc = scale([row, g])
         v = _div_by_scale(x_fp32(row, g, r), sc, device)
-        v = ops.minimum(ops.maximum(v, ops.constant(-FP8_MAX, _F32)), ops.constant(FP8_MAX, _F32))
+        lo, hi = ops.constant(-FP8_MAX, _F32), ops.constant(FP8_MAX, _F32)
         if scale_fmt == "ue8m0":  # s == 2**120: codes saturate at +-240 (reference.code_bound)
             top = ops.eq(sc, ops.constant(TOP_SCALE, _F32))
-            top_max = ops.constant(TOP_SCALE_CODE_MAX, _F32)
-            v = ops.where(top, ops.minimum(ops.maximum(v, ops.neg(top_max)), top_max), v)
+            hi = ops.where(top, ops.constant(TOP_SCALE_CODE_MAX, _F32), hi)
+            lo = ops.neg(hi)
+        v = ops.minimum(ops.maximum(v, lo), hi)
         # NaN -> the positive NaN, code 0x7F, as the Triton kernel writes (x86 makes Inf / Inf a
         # negative NaN, 0xFF; the sign of a NaN carries nothing)
         v = ops.where(ops.ne(v, v), ops.constant(float("nan"), _F32), v)
