@@ -46,7 +46,8 @@ fp8_ops = torch.ops.fp8inductor
 
 # Ops between a parameter and a matmul that still make it "a matmul on that parameter" (first argument
 # = the tensor passed on); used only to report unmatched forms: views, casts, copies, parts of it
-# (slices, W.chunk(2)[1] = getitem(split(W)), a row), and einsum's unsqueeze/squeeze.
+# (slices, W.chunk(2)[1] = getitem(split(W)), a row, rows picked by index: a MoE's W_experts[expert_ids]),
+# and einsum's unsqueeze/squeeze.
 _TRACE_DEPTH = 12  # ops followed back from an unmatched matmul's operand to a parameter (_trace_to_param)
 
 _PASS_THROUGH = {
@@ -62,6 +63,7 @@ _PASS_THROUGH = {
     torch.ops.prims.convert_element_type.default,
     aten.slice.Tensor,
     aten.select.int,
+    aten.index.Tensor,
     aten.narrow.default,
     aten.split.Tensor,
     aten.split_with_sizes.default,
@@ -73,7 +75,8 @@ _PASS_THROUGH = {
     aten.squeeze.dims,
 }
 # (W @ vector never reaches the pass as a matmul: Inductor decomposes aten.mv into mul + sum first.)
-_MATMULS = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default}
+# aten._grouped_mm: transformers' MoE experts (``grouped_mm`` experts implementation, 3-D weights [E, N, K]).
+_MATMULS = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default, aten._grouped_mm.default}
 
 # Sibling linears (``FP8BlockConfig.fuse_siblings``) are fused for a static M up to this many rows:
 # there a linear costs mostly its launch and ramp (H100 profile, docs/benchmarks.md), and one GEMM on
