@@ -61,11 +61,26 @@ def quantization_config(model: nn.Module, config: FP8BlockConfig | None = None) 
         "quant_method": "fp8",
         "activation_scheme": "dynamic",
         "weight_block_size": list(config.weight_block_size),
-        "modules_to_not_convert": sorted(kept | default_skip),
+        "modules_to_not_convert": sorted(kept | _high_precision_experts(modules, fp8) | default_skip),
     }
     if config.scale_fmt == "ue8m0":
         qc["scale_fmt"] = "ue8m0"
     return qc
+
+
+def _high_precision_experts(modules: list[tuple[str, nn.Module]], fp8: set[str]) -> set[str]:
+    """MoE expert modules (``*.experts``: transformers 5's 3-D ``gate_up_proj`` / ``down_proj``), which
+    ``quantize_`` leaves in high precision. transformers' FineGrainedFP8 loader turns every module so named
+    into its ``FP8Experts`` unless ``modules_to_not_convert`` lists it: on an FP8 GPU it would read the
+    bf16 expert weights as e4m3 codes beside uninitialized scales (wrong output; only a load report).
+    Not listed where one of their submodules is FP8 (listing would load those codes unscaled)."""
+    return {
+        path
+        for path, mod in modules
+        if path.endswith(".experts")
+        and type(mod).__name__ != "FP8Experts"
+        and not any(p == path or p.startswith(path + ".") for p in fp8)
+    }
 
 
 def save_pretrained(

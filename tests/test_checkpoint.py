@@ -671,6 +671,31 @@ def test_an_fp8_lm_head_is_not_listed_as_kept(tmp_path):
     assert "lm_head.weight_scale_inv" in load_file(tmp_path / "model.safetensors")
 
 
+
+def test_moe_experts_left_in_high_precision_are_listed_as_kept(tmp_path):
+    """transformers' FineGrainedFP8 loader turns every module named ``*.experts`` into its FP8Experts
+    unless ``modules_to_not_convert`` lists it. ``quantize_`` leaves a transformers 5 MoE's experts
+    (3-D gate_up_proj / down_proj) in bf16: unlisted, an FP8 GPU loaded those bf16 weights as e4m3
+    codes beside uninitialized scales (wrong output, no error). The CPU loader dequantizes instead,
+    so the check runs transformers' module replacement with the written list, as its GPU path does."""
+    pytest.importorskip("accelerate")
+    from transformers import FineGrainedFP8Config, MixtralConfig, MixtralForCausalLM
+    from transformers.integrations.finegrained_fp8 import replace_with_fp8_linear
+
+    cfg = MixtralConfig(hidden_size=256, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, vocab_size=512, num_local_experts=4, num_experts_per_tok=2)
+    torch.manual_seed(0)
+    model = MixtralForCausalLM(cfg).to(torch.bfloat16).eval()
+    quantize_(model)
+    save_pretrained(model, tmp_path)
+    kept = json.loads((tmp_path / "config.json").read_text())["quantization_config"]["modules_to_not_convert"]
+    assert {"model.layers.0.mlp.experts", "model.layers.1.mlp.experts"} <= set(kept), kept
+    hf = MixtralForCausalLM(cfg).to(torch.bfloat16)
+    replace_with_fp8_linear(hf, kept, FineGrainedFP8Config(weight_block_size=[128, 128]), pre_quantized=True)
+    converted = {path for path, mod in hf.named_modules() if "FP8" in type(mod).__name__}
+    ours = {path for path, mod in model.named_modules() if isinstance(mod, FP8BlockLinear)}
+    assert converted == ours  # the attention projections; the experts stay as the file holds them
+
 def test_quantize_converts_a_shared_module_at_every_path():
     lin = torch.nn.Linear(256, 256)
     model = torch.nn.Sequential(lin, torch.nn.ReLU(), lin)
