@@ -29,6 +29,7 @@ import torch._inductor.config as inductor_config
 
 from . import _compat, lowering  # noqa: F401  (registers the block_linear lowering)
 from .config import split_options
+from .eligibility import module_classes
 from .passes import FP8BlockPass, compile_scope, ends_with_path
 from .report import RewriteReport
 
@@ -69,9 +70,11 @@ def _warn_reference_path(reason: str) -> None:
     )
 
 
-def _param_names(gm: torch.fx.GraphModule) -> tuple[list[str], str]:
-    """FQNs of gm's parameters then buffers, in AOTAutograd's placeholder order, and the path of the
-    traced frame's module within the model (``""`` for the model itself).
+def _param_names(gm: torch.fx.GraphModule) -> tuple[list[str], str, tuple[str, ...]]:
+    """FQNs of gm's parameters then buffers, in AOTAutograd's placeholder order, the path of the
+    traced frame's module within the model (``""`` for the model itself), and the class names of the
+    modules from the model down to that one (Dynamo's module stacks start below it; empty where the
+    model is not known).
 
     Dynamo names them relative to the frame it traces. After a graph break inside a layer, that
     frame is the layer's ``forward``: its weights read ``down.weight``, and ``modules_to_not_convert``
@@ -84,23 +87,27 @@ def _param_names(gm: torch.fx.GraphModule) -> tuple[list[str], str]:
     to_fqn = gm.meta.get("dynamo_flat_name_to_original_fqn", {})
     named = list(gm.named_parameters(remove_duplicate=False)) + list(gm.named_buffers(remove_duplicate=False))
     relative = [to_fqn.get(flat, flat) for flat, _ in named]
-    root_names = _names_in_calling_model([t for _, t in named], relative)
-    if root_names is not None:
+    found = _names_in_calling_model([t for _, t in named], relative)
+    if found is not None:
+        root_names, model = found
         # the frame module's path: "layers.1." from "layers.1.down.weight" and "down.weight" (a tied
         # weight named after its other owner tells nothing; frames of several modules have no one path)
         pairs = zip(root_names, relative)
         prefixes = {full[: len(full) - len(rel)] for full, rel in pairs if ends_with_path(full, rel)}
-        prefix = prefixes.pop() if len(prefixes) == 1 else ""
-        return root_names, prefix.rstrip(".")
+        prefix = (prefixes.pop() if len(prefixes) == 1 else "").rstrip(".")
+        return root_names, prefix, module_classes(model, prefix)
     if len(set(relative)) < len(relative):
         relative = [_with_argument_name(flat, rel) for (flat, _), rel in zip(named, relative)]
-    return relative, ""
+    return relative, "", ()
 
 
-def _names_in_calling_model(tensors: list[torch.Tensor], relative: list[str]) -> list[str] | None:
-    """The tensors' FQNs in the model being called: the module the innermost ``torch.compile`` wrapper
-    on the call stack wraps, where it holds all of them, else the outermost ``nn.Module`` found as
-    ``self`` on the stack that does (``model.compile()`` leaves no wrapper). None where there is none.
+def _names_in_calling_model(
+    tensors: list[torch.Tensor], relative: list[str]
+) -> tuple[list[str], torch.nn.Module] | None:
+    """The tensors' FQNs in the model being called, and that model: the module the innermost
+    ``torch.compile`` wrapper on the call stack wraps, where it holds all of them, else the outermost
+    ``nn.Module`` found as ``self`` on the stack that does (``model.compile()`` leaves no wrapper).
+    None where there is none.
 
     A tensor registered under several names (a weight shared by two linears) gets the one that ends
     with its Dynamo name ``relative[i]`` (``2.weight``), else its first.
@@ -125,10 +132,11 @@ def _names_in_calling_model(tensors: list[torch.Tensor], relative: list[str]) ->
         for name, t in named:
             fqns.setdefault(id(t), []).append(name)
         if all(id(t) in fqns for t in tensors):
-            return [
+            names = [
                 next((n for n in fqns[id(t)] if ends_with_path(n, rel)), fqns[id(t)][0])
                 for t, rel in zip(tensors, relative)
             ]
+            return names, module
     return None
 
 

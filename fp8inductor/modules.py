@@ -26,7 +26,7 @@ from torch import nn
 
 from . import _compat, ops
 from .config import FP8BlockConfig, matching_entry, split_options
-from .eligibility import skip_reason
+from .eligibility import module_classes, skip_reason
 from .reference import E8M0_DTYPE, FLOAT_DTYPES, FP8_DTYPE, SCALE_FMTS, check_one_device, check_weight_scale, widen_e8m0
 
 log = logging.getLogger("fp8inductor")
@@ -344,7 +344,7 @@ def quantize_(model: nn.Module, config: FP8BlockConfig | Mapping[str, Any] | Non
             read_directly.get(key)
             or _swap_loses_behaviour(module)
             or _kept_in_fp32(paths, keep_fp32)
-            or skip_reason(config, [*paths, owner], n, k, w.dtype, w)
+            or skip_reason(config, [owner, *paths], n, k, w.dtype, w, module_classes(model, paths[-1]))
         )
         if reason is not None:
             skipped.update(dict.fromkeys(paths, reason))

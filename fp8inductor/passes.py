@@ -96,20 +96,25 @@ class CompileScope:
         them as the first placeholders (``named_parameters`` then ``named_buffers``).
     module_prefix: path of the traced frame's module within the model (``layers.1`` when Dynamo
         traces a layer's forward after a graph break), put in front of Dynamo's module paths.
+    module_classes: class names of the modules from the model down to the frame's module, put in
+        front of the classes on Dynamo's module stacks (which start below the frame's module).
     """
 
     config: FP8BlockConfig
     param_names: list[str]
     report: RewriteReport
     module_prefix: str = ""
+    module_classes: tuple[str, ...] = ()
 
 
 _ACTIVE_SCOPE: contextvars.ContextVar[CompileScope | None] = contextvars.ContextVar("fp8block_scope", default=None)
 
 
 @contextlib.contextmanager
-def compile_scope(config: FP8BlockConfig, param_names: list[str], module_prefix: str = "") -> Iterator[CompileScope]:
-    scope = CompileScope(config, param_names, RewriteReport(), module_prefix)
+def compile_scope(
+    config: FP8BlockConfig, param_names: list[str], module_prefix: str = "", module_classes: tuple[str, ...] = ()
+) -> Iterator[CompileScope]:
+    scope = CompileScope(config, param_names, RewriteReport(), module_prefix, module_classes)
     token = _ACTIVE_SCOPE.set(scope)
     try:
         yield scope
@@ -229,6 +234,13 @@ def module_path_from_stack(node: fx.Node, prefix: str = "") -> str | None:
     if not stack:
         return None
     return _join_path(prefix, normalize_module_path(list(stack.values())[-1][0]))
+
+
+def module_classes_from_stack(node: fx.Node) -> list[str]:
+    """Class names of the modules on ``node``'s ``nn_module_stack``, outermost first (Dynamo stores the
+    class itself or its qualified name, by version)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return [getattr(t, "__name__", str(t).rsplit(".", 1)[-1]) for _, t in stack.values()]
 
 
 def _running_module(stack_path: str | None, owner: str) -> str:
@@ -448,7 +460,8 @@ class _Rewriter:
                     "matmul; PyTorch rejects mixed dtypes here in eager mode too (cast the bias)"
                 )
         paths = (module, module_path_from_stack(match.anchor, self.scope.module_prefix))
-        return skip_reason(self.config, paths, n, k, w_val.dtype, self._real_weight(match.weight))
+        classes = [*self.scope.module_classes, *module_classes_from_stack(match.anchor)]
+        return skip_reason(self.config, paths, n, k, w_val.dtype, self._real_weight(match.weight), classes)
 
     # -- rewriting ------------------------------------------------------------------------------
 
@@ -676,11 +689,8 @@ class _Rewriter:
         for node in self.graph.nodes:
             if node.op != "call_function" or node.target not in (aten.mm.default, aten.addmm.default):
                 continue
-            stack = node.meta.get("nn_module_stack")
-            if not stack:
-                continue
-            module_type = list(stack.values())[-1][1]
-            if not getattr(module_type, "__name__", str(module_type)).endswith(("Linear", "Conv1D")):
+            classes = module_classes_from_stack(node)
+            if not classes or not classes[-1].endswith(("Linear", "Conv1D")):
                 continue
             out, x = _val(node), _val(node.args[-2])
             if out is None or x is None or out.dim() != 2:

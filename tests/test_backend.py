@@ -456,7 +456,6 @@ def test_matmuls_on_parts_of_a_parameter_are_reported_unmatched():
         assert rel_err(got, want) < 1e-2
 
 
-
 def test_moe_experts_3d_weights_are_reported_unmatched():
     """transformers' MoE experts keep their weights as 3-D parameters [E, N, K] and run them with
     ``grouped_mm`` (the default experts implementation) or a ``bmm`` of ``W[expert_ids]``
@@ -495,6 +494,84 @@ def test_moe_experts_3d_weights_are_reported_unmatched():
     assert found["batched"].startswith("unsupported form: aten.bmm.default(") and "index" in found["batched"], found
     for got, want in zip(out, eager):  # left in high precision: eager's result
         assert rel_err(got, want) < 1e-2
+
+
+class ToyTopKRouter(nn.Module):
+    """transformers 5's router form (``MixtralTopKRouter``, ``Qwen3MoeTopKRouter``): F.linear on its own weight."""
+
+    def __init__(self, experts=128, k=256):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(experts, k, dtype=BF16) / 16)
+
+    def forward(self, x):
+        return torch.nn.functional.linear(x, self.weight)
+
+
+class ToySparseMoeBlock(nn.Module):
+    """Routers of both forms (a router class; transformers 4's ``nn.Linear`` named ``gate`` in an MoE
+    block), beside an expert-sized linear; 128 experts: large enough to be eligible by size."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate = nn.Linear(256, 128, bias=False, dtype=BF16)
+        self.router = ToyTopKRouter()
+        self.up = nn.Linear(256, 256, bias=False, dtype=BF16)
+
+    def forward(self, x):
+        return self.up(x), self.gate(x), self.router(x)
+
+
+@pytest.mark.parametrize("convert_routers", [False, True])
+def test_moe_routers_stay_in_high_precision_unless_asked(convert_routers):
+    """An FP8 router changes which experts a token gets (a quarter of the tokens' top-8 sets on a
+    random 128-expert Qwen3-MoE); transformers' FP8 loader keeps routers in high precision, and so do
+    the backend and ``quantize_`` unless ``convert_routers``. Before, a router with >= 128 experts
+    was converted."""
+    torch.manual_seed(0)
+    model, x = ToySparseMoeBlock(), torch.randn(4, 256, dtype=BF16)
+    with torch.inference_mode():
+        eager = model(x)
+        out = compile_fp8(model, options={"convert_routers": convert_routers})(x)
+    r = fp8inductor.last_report()
+    decided = {d.module: d for d in r.decisions}
+    assert decided.keys() == {"up", "gate", "router"}, decided.keys()
+    assert decided["up"].converted
+    for name in ("gate", "router"):
+        assert decided[name].converted == convert_routers, decided[name]
+        if not convert_routers:
+            assert decided[name].reason.startswith("MoE router"), decided[name].reason
+    for got, want, fp8 in zip(out, eager, (True, convert_routers, convert_routers)):
+        err = rel_err(got, want)
+        assert (0 < err < 0.1) if fp8 else err == 0, err  # kept: eager's own matmul, bit for bit
+    q = ToySparseMoeBlock()
+    skipped = fp8inductor.quantize_(q, {"convert_routers": convert_routers})
+    assert type(q.up).__name__ == "FP8BlockLinear"
+    assert (type(q.gate).__name__ == "FP8BlockLinear") == convert_routers, skipped
+    if not convert_routers:
+        assert skipped["gate"].startswith("MoE router"), skipped
+
+
+@pytest.mark.parametrize(
+    ("path", "classes", "router"),
+    [
+        ("model.layers.0.mlp.gate", ["MixtralForCausalLM", "MixtralSparseMoeBlock", "MixtralTopKRouter"], True),
+        ("model.layers.0.mlp.gate", ["M", "DeepseekV3MoE", "DeepseekV3TopkRouter"], True),
+        ("model.layers.0.mlp.router", ["M", "GptOssMLP", "GptOssTopKRouter"], True),
+        ("model.layers.0.mlp.gate", ["M", "MoE", "MoEGate"], True),  # DeepSeek's own modeling code
+        ("model.layers.0.block_sparse_moe.gate", ["M", "MixtralSparseMoeBlock", "Linear"], True),  # transformers 4
+        ("model.layers.0.mlp.gate", ["M", "OlmoeSparseMoeBlock", "Linear"], True),
+        ("model.layers.0.mlp.gate_proj", ["M", "MixtralSparseMoeBlock", "Linear"], False),
+        ("model.layers.0.mlp.gate", ["M", "LlamaMLP", "Linear"], False),  # a dense MLP's "gate": not a router
+        ("model.layers.0.mlp.shared_expert_gate", ["M", "Qwen2MoeSparseMoeBlock", "Linear"], False),
+        ("gate", ["Linear"], False),
+        ("", [], False),
+    ],
+)
+def test_is_moe_router(path, classes, router):
+    from fp8inductor.eligibility import is_moe_router
+
+    assert is_moe_router(path, classes) == router
+
 
 def test_nonfinite_weight_is_skipped_with_reason():
     m = nn.Linear(256, 256).to(BF16)
