@@ -680,7 +680,8 @@ class _Rewriter:
                 module = owner or module_path_from_stack(node, self.scope.module_prefix)
                 reason = f"unsupported form: {node.target}({' <- '.join(chain) or 'param'})"
                 nbytes = v.numel() * v.element_size()
-                self._record_skipped(module or "", name, "unmatched", 0, 0, False, reason, nbytes)
+                shape = tuple(d if isinstance(d, int) else -1 for d in v.shape)  # -1: a symbolic size
+                self._record_skipped(module or "", name, "unmatched", 0, 0, False, reason, nbytes, shape)
 
     def _report_subgraph_linears(self) -> None:
         """In a higher-order op's subgraph (a torch.cond branch ...) the weights are operands, not
@@ -705,7 +706,16 @@ class _Rewriter:
             self._record_skipped(module, f"{module}.weight", "subgraph", n, k, has_bias, reason, nbytes)
 
     def _record_skipped(
-        self, module: str, weight: str, pattern: str, n: int, k: int, has_bias: bool, reason: str, nbytes: int
+        self,
+        module: str,
+        weight: str,
+        pattern: str,
+        n: int,
+        k: int,
+        has_bias: bool,
+        reason: str,
+        nbytes: int,
+        weight_shape: tuple[int, ...] = (),
     ) -> None:
         """A matmul left in high precision that no pattern's match decided on (``_handle`` records those)."""
         self.scope.report.decisions.append(
@@ -720,6 +730,7 @@ class _Rewriter:
                 reason=reason,
                 bytes_before=nbytes,
                 bytes_after=nbytes,
+                weight_shape=weight_shape,
             )
         )
         torch._dynamo.utils.counters["fp8inductor"]["linears_skipped"] += 1

@@ -22,6 +22,8 @@ class LinearDecision:
         bytes_before / bytes_after: weight storage in the compiled graph (after: FP8 + fp32 scales).
         weight_layout: how the matmul reads the weight: "NK" (``x @ W.T``, Linear), "KN" (``x @ W``,
             Conv1D), "" for an unmatched form. A weight read both ways has one FP8 copy per layout.
+        weight_shape: the parameter's shape, for unmatched forms (whose N and K are unknown, 0:
+            e.g. an MoE's 3-D experts [E, 2I, H]); empty otherwise.
     """
 
     module: str
@@ -35,6 +37,7 @@ class LinearDecision:
     bytes_before: int
     bytes_after: int
     weight_layout: str = ""
+    weight_shape: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass
@@ -91,9 +94,12 @@ class RewriteReport:
             status = "fp8 " if d.converted else "skip"
             why = "" if d.converted else f"  ({d.reason})"
             bias = "+bias" if d.has_bias else ""
-            lines.append(
-                f"  [{status}] {d.module or d.weight:<48} {d.pattern:<9} [{d.out_features}x{d.in_features}]{bias}{why}"
-            )
+            if d.weight_shape:  # unmatched: the parameter itself (a module may hold several), its whole shape
+                name, dims = d.weight, d.weight_shape
+            else:
+                name, dims = d.module or d.weight, (d.out_features, d.in_features)
+            shape = "x".join(map(str, dims))
+            lines.append(f"  [{status}] {name:<48} {d.pattern:<9} [{shape}]{bias}{why}")
         return "\n".join(lines)
 
 

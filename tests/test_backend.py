@@ -492,6 +492,8 @@ def test_moe_experts_3d_weights_are_reported_unmatched():
     assert found.keys() == {"grouped", "batched"}, [(d.weight, d.reason) for d in r.skipped]
     assert found["grouped"].startswith("unsupported form: aten._grouped_mm.default("), found
     assert found["batched"].startswith("unsupported form: aten.bmm.default(") and "index" in found["batched"], found
+    assert {d.weight_shape for d in r.skipped} == {(4, 256, 256)}  # the parameters' shapes, not N = K = 0
+    assert "  [skip] grouped " in str(r) and "unmatched [4x256x256]" in str(r), str(r)
     for got, want in zip(out, eager):  # left in high precision: eager's result
         assert rel_err(got, want) < 1e-2
 
