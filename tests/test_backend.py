@@ -553,6 +553,28 @@ def test_moe_routers_stay_in_high_precision_unless_asked(convert_routers):
         assert skipped["gate"].startswith("MoE router"), skipped
 
 
+def test_quantize_lists_moe_experts_left_in_high_precision():
+    """``quantize_`` has no FP8 form for 3-D expert weights; its {path: reason} says they stay."""
+
+    class Experts(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gate_up_proj = nn.Parameter(torch.randn(4, 512, 256, dtype=BF16))
+            self.down_proj = nn.Parameter(torch.randn(4, 256, 256, dtype=BF16))
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.experts, self.proj = Experts(), nn.Linear(256, 256, dtype=BF16)
+
+    model = Block()
+    skipped = fp8inductor.quantize_(model)
+    assert type(model.proj).__name__ == "FP8BlockLinear"
+    assert skipped.keys() == {"experts"}, skipped
+    assert "gate_up_proj [4, 512, 256]" in skipped["experts"] and "down_proj [4, 256, 256]" in skipped["experts"]
+    assert model.experts.gate_up_proj.dtype == BF16
+
+
 @pytest.mark.parametrize(
     ("path", "classes", "router"),
     [
