@@ -59,12 +59,13 @@ _ROUTER_CLASS_ENDINGS = ("router", "moegate", "topkgating")
 
 def is_moe_router(path: str | None, module_classes: Sequence[str]) -> bool:
     """Whether the matmul of module ``path`` (class names from the root, innermost last) is a
-    Mixture-of-Experts router: a module of a router class, or a module named ``gate`` or ``router``
-    directly inside an MoE block (a class name containing "moe": transformers 4's ``nn.Linear`` gate
-    of ``MixtralSparseMoeBlock``, ``Qwen3MoeSparseMoeBlock``, ...)."""
+    Mixture-of-Experts router: a module of a router class or directly inside one (the ``classifier``
+    linear of ``SwitchTransformersTop1Router``, ``NllbMoeTop2Router``), or a module named ``gate`` or
+    ``router`` directly inside an MoE block (a class name containing "moe": transformers 4's
+    ``nn.Linear`` gate of ``MixtralSparseMoeBlock``, ``Qwen3MoeSparseMoeBlock``, ...)."""
     if not module_classes:
         return False
-    if module_classes[-1].lower().endswith(_ROUTER_CLASS_ENDINGS):
+    if any(c.lower().endswith(_ROUTER_CLASS_ENDINGS) for c in module_classes[-2:]):
         return True
     name = path.rsplit(".", 1)[-1] if path else ""
     return name in ("gate", "router") and len(module_classes) >= 2 and "moe" in module_classes[-2].lower()

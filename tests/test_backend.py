@@ -584,6 +584,7 @@ def test_quantize_lists_moe_experts_left_in_high_precision():
         ("model.layers.0.mlp.gate", ["M", "MoE", "MoEGate"], True),  # DeepSeek's own modeling code
         ("model.layers.0.block_sparse_moe.gate", ["M", "MixtralSparseMoeBlock", "Linear"], True),  # transformers 4
         ("model.layers.0.mlp.gate", ["M", "OlmoeSparseMoeBlock", "Linear"], True),
+        ("encoder.block.1.layer.1.mlp.router.classifier", ["M", "SwitchTransformersTop1Router", "Linear"], True),
         ("model.layers.0.mlp.gate_proj", ["M", "MixtralSparseMoeBlock", "Linear"], False),
         ("model.layers.0.mlp.gate", ["M", "LlamaMLP", "Linear"], False),  # a dense MLP's "gate": not a router
         ("model.layers.0.mlp.shared_expert_gate", ["M", "Qwen2MoeSparseMoeBlock", "Linear"], False),
