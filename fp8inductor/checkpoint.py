@@ -77,7 +77,7 @@ def _high_precision_experts(modules: list[tuple[str, nn.Module]], fp8: set[str])
     return {
         path
         for path, mod in modules
-        if path.endswith(".experts")
+        if path.rsplit(".", 1)[-1] == "experts"
         and type(mod).__name__ != "FP8Experts"
         and not any(p == path or p.startswith(path + ".") for p in fp8)
     }
@@ -344,7 +344,13 @@ def _check_high_precision(model: nn.Module, ckpt: _Checkpoint, fp8_prefixes: set
         if tensor.dtype == FP8_DTYPE and key.endswith(".weight"):
             raise CheckpointError(f"{ckpt.where(key)}: FP8 tensor {key} has no weight_scale_inv")
         if key not in expected:
-            raise CheckpointError(f"{ckpt.where(key)}: unexpected tensor {key}")
+            moe = (
+                " (a Mixture-of-Experts checkpoint with per-expert tensors: load_quantized_ cannot map them onto "
+                "3-D expert parameters; docs/checkpoints.md)"
+                if ".experts." in key
+                else ""
+            )
+            raise CheckpointError(f"{ckpt.where(key)}: unexpected tensor {key}{moe}")
         want = expected[key]
         if tuple(tensor.shape) != tuple(want.shape):
             raise CheckpointError(

@@ -51,7 +51,9 @@ class FP8BlockConfig:
         convert_routers: also convert Mixture-of-Experts routers (``eligibility.is_moe_router``).
             Off by default: transformers' FP8 loader and the FP8 checkpoints keep routers in high
             precision, and an FP8 router changes which experts a token gets (a quarter of the
-            tokens' top-8 sets on a random 128-expert Qwen3-MoE).
+            tokens' top-8 sets on a random 128-expert Qwen3-MoE). ``quantize_`` converts only routers
+            that are ``nn.Linear`` modules (transformers 4's); transformers 5's router modules are no
+            linears, so with this option the backend converts them and ``quantize_`` leaves them.
     """
 
     weight_block_size: tuple[int, int] = (128, 128)

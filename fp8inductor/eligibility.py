@@ -59,16 +59,20 @@ _ROUTER_CLASS_ENDINGS = ("router", "moegate", "topkgating")
 
 def is_moe_router(path: str | None, module_classes: Sequence[str]) -> bool:
     """Whether the matmul of module ``path`` (class names from the root, innermost last) is a
-    Mixture-of-Experts router: a module of a router class or directly inside one (the ``classifier``
-    linear of ``SwitchTransformersTop1Router``, ``NllbMoeTop2Router``), or a module named ``gate`` or
-    ``router`` directly inside an MoE block (a class name containing "moe": transformers 4's
-    ``nn.Linear`` gate of ``MixtralSparseMoeBlock``, ``Qwen3MoeSparseMoeBlock``, ...)."""
-    if not module_classes:
-        return False
-    if any(c.lower().endswith(_ROUTER_CLASS_ENDINGS) for c in module_classes[-2:]):
-        return True
+    Mixture-of-Experts router: a module of a router class or anywhere inside one below the MoE block
+    (the ``classifier`` of ``SwitchTransformersTop1Router``, ``ZayaRouter``'s MLP; ``HunYuanMoEV1Gate``'s
+    ``wg``: an MoE class ending in "gate"), or a module named ``gate`` or ``router`` directly inside
+    an MoE block (a class name containing "moe": transformers 4's ``nn.Linear`` gate of
+    ``MixtralSparseMoeBlock``, ``Qwen3MoeSparseMoeBlock``, ...). A non-MoE class named like a router
+    (``GraniteDoclingDensityRouter``) counts too: its linears stay in high precision (speed only)."""
+    lowered = [c.lower() for c in module_classes]
+    for cls in reversed(lowered):  # from the module up to the nearest MoE block
+        if cls.endswith(_ROUTER_CLASS_ENDINGS) or ("moe" in cls and cls.endswith("gate")):
+            return True
+        if "moe" in cls:
+            break
     name = path.rsplit(".", 1)[-1] if path else ""
-    return name in ("gate", "router") and len(module_classes) >= 2 and "moe" in module_classes[-2].lower()
+    return name in ("gate", "router") and len(lowered) >= 2 and "moe" in lowered[-2]
 
 
 def module_classes(model: torch.nn.Module, path: str) -> tuple[str, ...]:

@@ -365,8 +365,8 @@ def _unconverted_3d_experts(model: nn.Module) -> dict[str, str]:
     FP8 grouped GEMM here, so they stay in high precision; listed so the caller sees it."""
     found = {}
     for path, module in model.named_modules():
-        if path.rsplit(".", 1)[-1] != "experts":
-            continue
+        if path.rsplit(".", 1)[-1] != "experts" or any(p.dtype == FP8_DTYPE for p in module.parameters()):
+            continue  # (transformers' FP8Experts: FP8 already, its 3-D float32 scales are no weights)
         shapes = [
             f"{name} {list(p.shape)}"
             for name, p in module.named_parameters(recurse=False)

@@ -573,6 +573,11 @@ def test_quantize_lists_moe_experts_left_in_high_precision():
     assert skipped.keys() == {"experts"}, skipped
     assert "gate_up_proj [4, 512, 256]" in skipped["experts"] and "down_proj [4, 256, 256]" in skipped["experts"]
     assert model.experts.gate_up_proj.dtype == BF16
+    # transformers' FP8Experts: FP8 already (its 3-D float32 scales are no high-precision weights)
+    model.experts.gate_up_proj.data = model.experts.gate_up_proj.data.to(torch.float8_e4m3fn)
+    model.experts.down_proj.data = model.experts.down_proj.data.to(torch.float8_e4m3fn)
+    model.experts.gate_up_proj_scale_inv = nn.Parameter(torch.ones(4, 4, 2), requires_grad=False)
+    assert fp8inductor.quantize_(model) == {}
 
 
 @pytest.mark.parametrize(
@@ -585,6 +590,9 @@ def test_quantize_lists_moe_experts_left_in_high_precision():
         ("model.layers.0.block_sparse_moe.gate", ["M", "MixtralSparseMoeBlock", "Linear"], True),  # transformers 4
         ("model.layers.0.mlp.gate", ["M", "OlmoeSparseMoeBlock", "Linear"], True),
         ("encoder.block.1.layer.1.mlp.router.classifier", ["M", "SwitchTransformersTop1Router", "Linear"], True),
+        ("model.layers.0.mlp.gate.wg", ["M", "HunYuanMoEV1Moe", "HunYuanMoEV1Gate", "Linear"], True),
+        ("model.layers.0.mlp.gate.router_mlp.fc1", ["M", "ZayaMoE", "ZayaRouter", "ZayaRouterMLP", "Linear"], True),
+        ("model.layers.0.mlp.experts.0.w1", ["TextRouter", "MixtralSparseMoeBlock", "Linear"], False),  # stops at the MoE block
         ("model.layers.0.mlp.gate_proj", ["M", "MixtralSparseMoeBlock", "Linear"], False),
         ("model.layers.0.mlp.gate", ["M", "LlamaMLP", "Linear"], False),  # a dense MLP's "gate": not a router
         ("model.layers.0.mlp.shared_expert_gate", ["M", "Qwen2MoeSparseMoeBlock", "Linear"], False),

@@ -128,7 +128,9 @@ KEY = "model.layers.0.mlp.up_proj"
          rf"{KEY}.weight_scale_inv has shape \(4, 2\), expected \(4, 1\)"),
         (lambda t: t.__setitem__("model.layers.0.mlp.extra.weight_scale_inv", torch.ones(1, 1)),
          "has no model.layers.0.mlp.extra.weight"),
-        (lambda t: t.__setitem__("model.bogus", torch.ones(3)), "unexpected tensor model.bogus"),
+        (lambda t: t.__setitem__("model.bogus", torch.ones(3)), "unexpected tensor model.bogus$"),
+        (lambda t: t.__setitem__("model.layers.0.mlp.experts.0.w1.weight", torch.ones(3)),
+         "unexpected tensor model.layers.0.mlp.experts.0.w1.weight .a Mixture-of-Experts checkpoint"),
         (lambda t: t.pop("model.norm.weight"), "missing tensor model.norm.weight"),
     ],
 )

@@ -65,7 +65,15 @@ def test_cli_usage():
 
 
 @pytest.mark.parametrize(
-    "bad", [["--tokens", "0"], ["--prompt-len", "-1"], ["--hidden", "32"], ["--hidden", "200"], ["--layers", "x"]]
+    "bad",
+    [
+        ["--tokens", "0"],
+        ["--prompt-len", "-1"],
+        ["--hidden", "32"],
+        ["--hidden", "200"],
+        ["--layers", "x"],
+        ["--vocab", "1"],
+    ],
 )
 def test_demo_rejects_bad_sizes(bad):
     cmd = [sys.executable, "-m", "fp8inductor", "demo", *bad]
