@@ -370,7 +370,7 @@ def _unconverted_3d_experts(model: nn.Module) -> dict[str, str]:
         shapes = [
             f"{name} {list(p.shape)}"
             for name, p in module.named_parameters(recurse=False)
-            if p.dim() == 3 and p.dtype in FLOAT_DTYPES  # not transformers' FP8Experts' float8 codes
+            if p.dim() == 3 and p.dtype in FLOAT_DTYPES
         ]
         if shapes:
             found[path] = f"MoE experts as 3-D parameters ({', '.join(shapes)}): not converted, no FP8 grouped GEMM"
