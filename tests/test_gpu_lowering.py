@@ -222,3 +222,48 @@ def test_norm_fusion_lowers_to_one_kernel_and_matches_the_ops(lead, cublas_on, f
         y_want = torch.ops.fp8inductor.quantized_block_linear(xq, xs, wq, ws, None, torch.bfloat16)
     torch.testing.assert_close(h, h_want, rtol=0, atol=0)
     torch.testing.assert_close(y, y_want, rtol=0, atol=0)
+
+
+def test_mlp_chunking_runs_each_chunk_on_cublas_and_writes_codes_in_place():
+    """``mlp_chunk_rows`` at a Llama-3-8B prefill size (gate/up and down on cuBLAS): one gate/up
+    ``_scaled_mm`` per chunk (its scales made (1, C)-strided from the norm kernel's column-major
+    [M, G]: cuBLAS reads no other layout), one persistent quantization kernel per chunk writing
+    straight into the down GEMM's [M, I/128, 128] codes, and the unchunked graph's result up to the
+    GEMM's accumulation order (cuBLAS may pick another algorithm for C rows)."""
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
+
+    from fp8inductor.kernels import block_gemm
+    from fp8inductor.testing import rel_err
+
+    hidden, inter, m, chunk = 4096, 14336, 2048, 512
+    dev = torch.device("cuda")
+    for rows, n, k in ((chunk, 2 * inter, hidden), (m, hidden, inter)):
+        if block_gemm.static_choice(dev, rows, n, k, torch.bfloat16, None).kind != "cublas":
+            pytest.skip(f"the shipped table does not run {rows}x{n}x{k} on cuBLAS here")
+
+    class MlpHalf(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = LlamaRMSNorm(hidden, eps=1e-5)
+            self.mlp = LlamaMLP(LlamaConfig(hidden_size=hidden, intermediate_size=inter))
+
+        def forward(self, r):
+            return r + self.mlp(self.norm(r))
+
+    torch.manual_seed(0)
+    model = MlpHalf().to(dev, torch.bfloat16).eval()
+    r = torch.randn(1, m, hidden, device=dev, dtype=torch.bfloat16)
+    y_chunked, code = _compile_and_code(model, r, mlp_chunk_rows=chunk)
+    torch._dynamo.reset()
+    y_plain, plain_code = _compile_and_code(model, r)
+    chunks = m // chunk
+    assert code.count("aten._scaled_mm.default(") == chunks + 1, code
+    assert plain_code.count("aten._scaled_mm.default(") == 2, plain_code
+    fp8_buffers = re.findall(r"= empty_strided_cuda\((\(.*?\)), .*float8_e4m3fn\)", code)
+    assert fp8_buffers == [f"({m}, {inter // 128}, 128)"], code
+    assert len(re.findall(r"@triton_heuristics\.persistent_reduction\(", code)) == chunks, code
+    with torch.inference_mode():
+        eager = model(r)
+    assert rel_err(y_chunked - r, y_plain - r) < 1e-2
+    assert rel_err(y_chunked - r, eager - r) < 0.08
