@@ -48,12 +48,6 @@ class FP8BlockConfig:
             read, and the residual add in front of it, run as one kernel that also quantizes the
             normalized activation (``fp8inductor.norm_fusion``); the linears take the quantized
             activation. Numerics: the norm's own bf16 roundings, as eager (docs/numerics.md).
-        mlp_chunk_rows: 0 (off), or C: a gated MLP (``down(act(gate(x)) * up(x))``) whose fused gate/up
-            GEMM has a static M above C rows runs gate/up, the activation product and down_proj's
-            input quantization in chunks of C rows, one chunk after the other, before one down GEMM
-            on the concatenated codes (``fp8inductor.mlp_chunking``): each chunk's bf16 gate/up
-            output (C x 2 x intermediate x 2 bytes) can then still be in L2 when the quantization
-            reads it. Same codes and scales as unchunked; the gate/up GEMM runs C rows at a time.
         convert_routers: also convert Mixture-of-Experts routers (``eligibility.is_moe_router``).
             Off by default: transformers' FP8 loader and the FP8 checkpoints keep routers in high
             precision, and an FP8 router changes which experts a token gets (a quarter of the
@@ -71,7 +65,6 @@ class FP8BlockConfig:
     gemm_lowering: str = "template"
     fuse_siblings: bool = True
     fuse_norms: bool = True
-    mlp_chunk_rows: int = 0
     convert_routers: bool = False
 
     def __post_init__(self) -> None:
@@ -103,8 +96,6 @@ class FP8BlockConfig:
         for name in ("fuse_siblings", "fuse_norms", "convert_routers"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        if not isinstance(self.mlp_chunk_rows, int) or isinstance(self.mlp_chunk_rows, bool) or self.mlp_chunk_rows < 0:
-            raise ValueError(f"mlp_chunk_rows must be an int >= 0 (0: off), got {self.mlp_chunk_rows!r}")
         if self.gemm_lowering not in GEMM_LOWERINGS:
             raise ValueError(f"gemm_lowering must be one of {GEMM_LOWERINGS}, got {self.gemm_lowering!r}")
 

@@ -368,8 +368,8 @@ def _as_rows(xq, xs, m: int, k: int):
         if last == m and _row_stride(sizes, lead_strides) == 1:
             return xq2, L.lowerings[aten.as_strided.default](xs, [m, g], [1, m], _static_int(layout.offset))
     xs2 = L.lowerings[aten.view.default](xs, [m, g])
-    # exactly (1, M): a row slice of column-major scales (mlp_chunking's chunks) is ordered
-    # column-major too, but steps by the full buffer's M, which cuBLAS does not read
+    # exactly (1, M), what cuBLAS reads: a row slice of column-major scales is ordered column-major
+    # too, but steps by the full buffer's M
     return xq2, ir.ExternKernel.require_exact_strides(xs2, [1, m])
 
 

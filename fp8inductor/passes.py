@@ -390,10 +390,6 @@ class _Rewriter:
             from .norm_fusion import fuse_norms
 
             fuse_norms(self)
-        if self.config.mlp_chunk_rows:
-            from .mlp_chunking import chunk_gated_mlps
-
-            chunk_gated_mlps(self)
         self.graph.lint()
 
     def _match(self, node: fx.Node) -> LinearMatch | None:
