@@ -60,21 +60,12 @@ class MlpHalf(nn.Module):
         return r + self.mlp(self.norm(r))
 
 
-def kernel_us(fn, calls: int = 20) -> tuple[float, dict[str, float]]:
-    """GPU kernel time per call (us) and the 8 largest kernels' times, by torch.profiler."""
-    from torch.profiler import ProfilerActivity, profile
+def kernel_us(fn) -> tuple[float, dict[str, float]]:
+    """GPU kernel time per call (us) and the 8 largest kernels' times (quant_fusion_lab's profile)."""
+    from quant_fusion_lab import kernel_us_per_kernel  # this directory: sys.path[0]
 
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(calls):
-            fn()
-        torch.cuda.synchronize()
-    per_kernel: dict[str, float] = {}
-    for e in prof.events():
-        if e.device_type == torch.autograd.DeviceType.CUDA:
-            per_kernel[e.name[:70]] = per_kernel.get(e.name[:70], 0.0) + e.device_time / calls
-    return sum(per_kernel.values()), dict(sorted(per_kernel.items(), key=lambda kv: -kv[1])[:8])
+    total, per_kernel = kernel_us_per_kernel(fn)
+    return total, dict(sorted(((n[:70], t) for n, t in per_kernel.items()), key=lambda kv: -kv[1])[:8])
 
 
 def main() -> None:

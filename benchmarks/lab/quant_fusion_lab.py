@@ -91,6 +91,12 @@ def cases(dev):
 
 def kernel_us(fn, calls: int = 20) -> tuple[float, list[str]]:
     """GPU kernel time per call (us) and the kernel names of one call, by torch.profiler."""
+    total, per_kernel = kernel_us_per_kernel(fn, calls)
+    return total, sorted(per_kernel)
+
+
+def kernel_us_per_kernel(fn, calls: int = 20) -> tuple[float, dict[str, float]]:
+    """GPU kernel time per call (us), in all and per kernel name, by torch.profiler."""
     from torch.profiler import ProfilerActivity, profile
 
     fn()
@@ -99,9 +105,11 @@ def kernel_us(fn, calls: int = 20) -> tuple[float, list[str]]:
         for _ in range(calls):
             fn()
         torch.cuda.synchronize()
-    events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    total = sum(e.device_time for e in events)
-    return total / calls, sorted({e.name for e in events})
+    per_kernel: dict[str, float] = {}
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            per_kernel[e.name] = per_kernel.get(e.name, 0.0) + e.device_time / calls
+    return sum(per_kernel.values()), per_kernel
 
 
 def main() -> None:
