@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .config import FP8BlockConfig
-from .modules import FP8BlockLinear, _linear_weight_nk, _swap_module, is_transformers_fp8_linear
+from .modules import FP8BlockLinear, _linear_weight_nk, _swap_module, is_transformers_fp8_linear, unwrap_compiled
 from .reference import E8M0_DTYPE, FLOAT_DTYPES, FP8_DTYPE, SCALE_FMTS, ceil_div, widen_e8m0
 
 SCALE_SUFFIX = ".weight_scale_inv"
@@ -45,9 +46,10 @@ class CheckpointDtypeError(CheckpointError, TypeError):
 
 
 def quantization_config(model: nn.Module, config: FP8BlockConfig | None = None) -> dict:
-    """The ``quantization_config`` of ``model`` as converted by ``quantize_`` (SPEC section 3)."""
+    """The ``quantization_config`` of ``model`` (or of the model in its ``torch.compile`` wrapper) as
+    converted by ``quantize_`` (SPEC section 3)."""
     config = config or FP8BlockConfig()
-    modules = list(model.named_modules(remove_duplicate=False))
+    modules = list(unwrap_compiled(model).named_modules(remove_duplicate=False))
     kept = {
         path
         for path, mod in modules
@@ -93,7 +95,18 @@ def save_pretrained(
     cannot load: those shapes mismatch, and a square one would be read transposed and without its
     scales, with no error. That is a ``ValueError`` naming them, unless ``transformers_loadable`` is
     False: then the file is written for ``load_quantized_``, which reads it exactly.
+
+    FP8 layers whose N or K is not a multiple of 128 (a partial last block, as DeepSeek-V3's
+    576-row ``kv_a_proj_with_mqa``) are written in the same format, and transformers' FP8-GPU loader
+    and ``load_quantized_`` read them exactly; transformers' dequantizing CPU loader (5.x) infers the
+    block size from the scale grid and reads them wrong or refuses them: a warning names them.
+
+    A model with a tied output embedding whose ``lm_head`` became FP8 is no longer tied (the FP8
+    ``lm_head`` has weights of its own): the saved config says ``tie_word_embeddings: false``, else
+    transformers would tie the bf16 embedding to the FP8 codes on loading.
+    ``model`` may be the ``torch.compile`` wrapper.
     """
+    model = unwrap_compiled(model)
     fp8 = [m for m in model.modules() if isinstance(m, FP8BlockLinear)]
     if not fp8:
         raise ValueError("save_pretrained: the model has no FP8BlockLinear modules; call fp8inductor.quantize_ first")
@@ -112,8 +125,40 @@ def save_pretrained(
     fmts = {m.scale_fmt for m in fp8}
     if len(fmts) > 1:
         raise ValueError(f"save_pretrained: mixed scale formats {sorted(fmts)}")
+    ragged = [
+        path
+        for path, m in model.named_modules()
+        if isinstance(m, FP8BlockLinear) and (m.out_features % 128 or m.in_features % 128)
+    ]
+    if ragged and transformers_loadable:
+        shown = ", ".join(ragged[:4]) + (f" and {len(ragged) - 4} more" if len(ragged) > 4 else "")
+        warnings.warn(
+            f"save_pretrained: {shown} have N or K not a multiple of 128 (a partial last weight block). "
+            "transformers' FP8-GPU loader and fp8inductor.checkpoint.load_quantized_ read them exactly; "
+            "transformers' dequantizing CPU loader infers the block size from the scale grid and reads "
+            "them wrong or refuses the file.",
+            stacklevel=2,
+        )
     model.config.quantization_config = quantization_config(model, FP8BlockConfig(scale_fmt=fmts.pop()))
-    model.save_pretrained(str(path), safe_serialization=True)
+    untied = [c for c in _tie_configs(model.config) if _output_embedding_is_fp8(model)]
+    for c in untied:
+        c.tie_word_embeddings = False
+    try:
+        model.save_pretrained(str(path), safe_serialization=True)
+    finally:
+        for c in untied:
+            c.tie_word_embeddings = True
+
+
+def _tie_configs(config) -> list:
+    """The configs (the model's, its text config) that ask for tied input and output embeddings."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return [c for c in {id(config): config, id(text): text}.values() if getattr(c, "tie_word_embeddings", False)]
+
+
+def _output_embedding_is_fp8(model: nn.Module) -> bool:
+    get = getattr(model, "get_output_embeddings", None)
+    return isinstance(get() if callable(get) else None, FP8BlockLinear)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,14 +181,33 @@ class _Checkpoint:
 
 
 def _safetensors_files(path: Path) -> list[Path]:
+    """The checkpoint's files, as transformers picks them in a directory: those the shard index
+    (``model.safetensors.index.json``) names, else ``model.safetensors``, else every ``*.safetensors``
+    (other files beside a checkpoint, a stale unsharded copy or an adapter, are not read)."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint file or directory")
-    files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
+    files = _indexed_files(path) if path.is_dir() else [path]
     if files:
         return files
     if any(path.glob("*.bin")) or any(path.glob("*.pt")):
         raise CheckpointError(f"{path}: only safetensors checkpoints are read (no pickle)")
     raise FileNotFoundError(f"{path}: no .safetensors files")
+
+
+def _indexed_files(directory: Path) -> list[Path]:
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            names = sorted(set(weight_map.values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"{index}: not a safetensors shard index ({type(e).__name__}: {e})") from e
+        missing = [n for n in names if not isinstance(n, str) or not (directory / n).is_file()]
+        if missing:
+            raise CheckpointError(f"{index}: names shard files that are not there: {missing[:4]}")
+        return [directory / n for n in names]
+    single = directory / "model.safetensors"
+    return [single] if single.is_file() else sorted(directory.glob("*.safetensors"))
 
 
 def _read_file(file: Path) -> dict[str, torch.Tensor]:
@@ -379,8 +443,10 @@ def load_quantized_(model: nn.Module, path: str | Path) -> list[str]:
     modules are replaced too). The FP8 bytes and scales are used as stored (never requantized);
     ue8m0 scales stored as float8_e8m0fnu are widened to float32 exactly. Malformed checkpoints
     raise ``CheckpointError`` (see the module docstring) before the model is changed; so does a
-    model with meta-device tensors outside the modules that become FP8 (ValueError).
+    model with meta-device tensors outside the modules that become FP8 (ValueError). ``model`` may
+    be the ``torch.compile`` wrapper.
     """
+    model = unwrap_compiled(model)
     ckpt = _read_checkpoint(Path(path))
     prefixes = sorted(k[: -len(SCALE_SUFFIX)] for k in ckpt.tensors if k.endswith(SCALE_SUFFIX))
     new_modules = {prefix: _plan_fp8_module(model, ckpt, prefix) for prefix in prefixes}

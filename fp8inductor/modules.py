@@ -275,7 +275,7 @@ def convert_transformers_fp8_(model: nn.Module, scale_fmt: str | None = None) ->
     ValueError/TypeError naming the module path, and the model is left unchanged.
     ``FP8GroupedLinear``, ``FP8Experts`` and ``FP8Embedding`` are not converted.
     """
-    model = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule wraps the model
+    model = unwrap_compiled(model)
     _check_not_a_root_linear(model, "convert_transformers_fp8_")
     swaps, skipped = _plan_transformers_fp8(model, None, scale_fmt)
     for path, reason in skipped.items():
@@ -313,7 +313,7 @@ def quantize_(model: nn.Module, config: FP8BlockConfig | Mapping[str, Any] | Non
     ValueError. ``config``: an ``FP8BlockConfig`` or a ``torch.compile`` ``options`` dict.
     """
     config = _as_config(config)
-    model = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule: its model (it kept calling the old)
+    model = unwrap_compiled(model)  # (the wrapper keeps calling the model it holds: swaps there take effect)
     _check_not_a_root_linear(model, "quantize_")
     fp8_swaps, skipped = _plan_transformers_fp8(model, config, None)
     # A module reachable by several paths (shared) is one linear: converted at every path, or skipped
@@ -443,6 +443,12 @@ def _weights_read_directly(model: nn.Module) -> dict[int, str]:
     return found
 
 
+def unwrap_compiled(model: nn.Module) -> nn.Module:
+    """The model inside ``torch.compile``'s wrapper (an ``OptimizedModule``), else ``model`` itself."""
+    inner = getattr(model, "_orig_mod", None)
+    return inner if isinstance(inner, nn.Module) else model
+
+
 def _check_not_a_root_linear(model: nn.Module, who: str) -> None:
     """The in-place converters replace submodules; a model that is itself a linear has no parent to
     put the replacement in."""
@@ -471,7 +477,7 @@ def release_bf16_weights(
     compiled with (``modules_to_not_convert``, ``scale_fmt``); Inductor options in it are ignored.
     ``model`` may be the ``torch.compile`` wrapper. Returns ``quantize_``'s {path: skip reason}.
     """
-    model = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule wraps the model
+    model = unwrap_compiled(model)
     skipped = quantize_(model, _as_config(config))
     reset()
     return skipped

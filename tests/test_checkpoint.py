@@ -901,3 +901,91 @@ def test_fp8_module_and_quantize_reject_bad_bias_devices_and_lazy_weights():
     lazy = torch.nn.Sequential(torch.nn.LazyLinear(256))
     with pytest.raises(ValueError, match="not initialized"):
         quantize_(lazy)
+
+
+def test_save_and_load_through_the_torch_compile_wrapper(tmp_path):
+    """``save_pretrained(torch.compile(model))`` writes what the model itself would: module paths
+    without the wrapper's ``_orig_mod.`` (with it, ``lm_head`` read as not FP8 and was listed as kept:
+    transformers would load its e4m3 codes unscaled). ``load_quantized_`` takes the wrapper too."""
+    torch.manual_seed(0)
+    model, inputs, _ = zoo.llama(torch.bfloat16)
+    quantize_(model, fp8inductor.FP8BlockConfig(modules_to_not_convert=("self_attn",)))
+    save_pretrained(model, tmp_path / "plain")
+    save_pretrained(torch.compile(model), tmp_path / "wrapped")
+    qc = {d: json.loads((tmp_path / d / "config.json").read_text())["quantization_config"] for d in ("plain", "wrapped")}
+    assert qc["wrapped"] == qc["plain"]
+    assert "lm_head" not in qc["plain"]["modules_to_not_convert"]  # an FP8 lm_head (not in the skip list)
+    assert not any("_orig_mod" in p for p in qc["wrapped"]["modules_to_not_convert"])
+    loaded = _fresh("llama")
+    load_quantized_(torch.compile(loaded), tmp_path / "wrapped")
+    with torch.inference_mode():
+        assert torch.equal(zoo.main_output(loaded(**inputs)), zoo.main_output(model(**inputs)))
+
+
+def test_layers_with_a_partial_last_block_warn_and_load_exactly_with_load_quantized_(tmp_path):
+    """N or K not a multiple of 128: the DeepSeek format's partial last block. transformers' CPU
+    loader (5.x) takes rows // scale_rows as the block size and misreads such a weight: a warning
+    names the layers; ``load_quantized_`` reads every byte."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(hidden_size=192, intermediate_size=384, num_hidden_layers=1, num_attention_heads=3,
+                      num_key_value_heads=3, head_dim=64, vocab_size=512)  # fmt: skip
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
+    quantize_(model)
+    with pytest.warns(UserWarning, match=r"model\.layers\.0\.self_attn\.q_proj, .* not a multiple of 128"):
+        save_pretrained(model, tmp_path)
+    torch.manual_seed(1)
+    loaded = LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
+    load_quantized_(loaded, tmp_path)
+    got = loaded.state_dict()
+    for key, t in model.state_dict().items():
+        if t.dtype == torch.float8_e4m3fn:
+            assert_fp8_equal(got[key], t, key)
+        else:
+            assert torch.equal(got[key], t), key
+
+
+def test_tied_embeddings_with_an_fp8_lm_head_are_saved_untied(tmp_path):
+    """quantize_ with lm_head converted unties it from the bf16 embedding. The saved config must say
+    so: with ``tie_word_embeddings: true`` transformers ties the two on loading (on an FP8 GPU it
+    failed, comparing bf16 with e4m3). The live model's config is left as it was."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=1, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=512, tie_word_embeddings=True)  # fmt: skip
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
+    quantize_(model, fp8inductor.FP8BlockConfig(modules_to_not_convert=()))
+    save_pretrained(model, tmp_path / "fp8_head")
+    assert json.loads((tmp_path / "fp8_head" / "config.json").read_text())["tie_word_embeddings"] is False
+    assert model.config.tie_word_embeddings is True
+    torch.manual_seed(1)
+    loaded = LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
+    load_quantized_(loaded, tmp_path / "fp8_head")
+    assert isinstance(loaded.lm_head, FP8BlockLinear)
+    assert_fp8_equal(loaded.lm_head.weight, model.lm_head.weight)
+    assert torch.equal(loaded.model.embed_tokens.weight, model.model.embed_tokens.weight)
+    # lm_head kept in bf16: still tied, and saved as tied
+    torch.manual_seed(0)
+    tied = LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
+    quantize_(tied)
+    save_pretrained(tied, tmp_path / "bf16_head")
+    assert json.loads((tmp_path / "bf16_head" / "config.json").read_text())["tie_word_embeddings"] is True
+
+
+def test_load_reads_the_files_the_shard_index_names(tmp_path):
+    """A directory holding a sharded checkpoint and a stale unsharded copy (transformers leaves it
+    when re-saving sharded): the index says which files are the checkpoint, as for transformers."""
+    model, inputs, _ = _saved(tmp_path)
+    model.save_pretrained(tmp_path, max_shard_size="300KB")  # shards + index beside model.safetensors
+    assert (tmp_path / "model.safetensors.index.json").is_file() and (tmp_path / "model.safetensors").is_file()
+    loaded = _fresh("llama")
+    load_quantized_(loaded, tmp_path)
+    with torch.inference_mode():
+        assert torch.equal(zoo.main_output(loaded(**inputs)), zoo.main_output(model(**inputs)))
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    index["weight_map"]["lm_head.weight"] = "model-missing.safetensors"
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(fp8inductor.checkpoint.CheckpointError, match="model-missing.safetensors"):
+        load_quantized_(_fresh("llama"), tmp_path)
