@@ -400,8 +400,25 @@ class _Rewriter:
             w = m.kwargs["w"]
             if not isinstance(w, fx.Node) or not self._is_frozen_weight(w):
                 continue  # activation @ activation, or a weight in a form we do not handle
+            if self._is_constant(m.kwargs["x"]):
+                continue  # weight @ weight (a LoRA product B @ A): freezing folds it in high precision
             return LinearMatch(pattern, node, m.kwargs["x"], w, m.kwargs.get("bias"))
         return None
+
+    def _is_constant(self, node, budget: int = 32) -> bool:
+        """node is computed from frozen weights (and literals) alone, within ``budget`` nodes."""
+        todo, seen = [node], set()
+        while todo:
+            cur = todo.pop()
+            if not isinstance(cur, fx.Node) or cur in seen:
+                continue
+            seen.add(cur)
+            if len(seen) > budget or cur.op not in ("placeholder", "get_attr", "call_function"):
+                return False
+            if cur.op == "placeholder" and not self._is_frozen_weight(cur):
+                return False
+            todo.extend(cur.all_input_nodes)
+        return True
 
     def _handle(self, match: LinearMatch) -> bool:
         """Record the decision for this match; True if it converts (rewritten later by ``run``)."""

@@ -1220,3 +1220,29 @@ def test_mixed_dtype_linear_is_a_clear_error(case):
             lin(x)  # eager
         with pytest.raises(Exception, match="rejects mixed dtypes here in eager mode too"):
             compile_fp8(lin)(x)
+
+
+def test_a_weight_times_weight_product_is_not_quantized_as_an_activation():
+    """``F.linear(x, W + B @ A)`` (a merged LoRA): ``B @ A`` is a matmul against a parameter whose
+    "activation" B is a parameter too. Quantizing B as an activation put FP8 error into a constant
+    that freezing folds in high precision; it stays unconverted (and out of the report), and the
+    linear against W + B @ A, which the pass cannot trace to a parameter, stays high precision."""
+
+    class MergedLora(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.W = nn.Parameter(torch.randn(256, 256) * 0.05)
+            self.B = nn.Parameter(torch.randn(256, 128) * 0.05)
+            self.A = nn.Parameter(torch.randn(128, 256) * 0.05)
+
+        def forward(self, x):
+            return nn.functional.linear(x, self.W + self.B @ self.A)
+
+    model = MergedLora().eval()
+    x = torch.randn(8, 256)
+    with torch.inference_mode():
+        want = model(x)
+        got = torch.compile(model, backend="fp8block")(x)
+    report = fp8inductor.last_report()
+    assert not any(d.converted for d in report.decisions), report.decisions
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
