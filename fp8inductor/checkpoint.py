@@ -107,40 +107,34 @@ def save_pretrained(
     ``model`` may be the ``torch.compile`` wrapper.
     """
     model = unwrap_compiled(model)
-    fp8 = [m for m in model.modules() if isinstance(m, FP8BlockLinear)]
+    fp8 = {path: m for path, m in model.named_modules() if isinstance(m, FP8BlockLinear)}
     if not fp8:
         raise ValueError("save_pretrained: the model has no FP8BlockLinear modules; call fp8inductor.quantize_ first")
     if not hasattr(model, "save_pretrained") or not hasattr(model, "config"):
         raise TypeError("save_pretrained: expected a transformers PreTrainedModel")
-    conv1d = [path for path, m in model.named_modules() if isinstance(m, FP8BlockLinear) and m.replaces == "Conv1D"]
+    conv1d = [path for path, m in fp8.items() if m.replaces == "Conv1D"]
     if conv1d and transformers_loadable:
-        shown = ", ".join(conv1d[:4]) + (f" and {len(conv1d) - 4} more" if len(conv1d) > 4 else "")
         raise ValueError(
-            f"save_pretrained: {shown} replaced GPT-2 Conv1D layers, which transformers' FineGrainedFP8 loader "
-            "does not convert (it would fail on their shapes, or read a square one transposed and unscaled "
+            f"save_pretrained: {_some(conv1d)} replaced GPT-2 Conv1D layers, which transformers' FineGrainedFP8 "
+            "loader does not convert (it would fail on their shapes, or read a square one transposed and unscaled "
             "without an error). Pass transformers_loadable=False to write a checkpoint for "
             "fp8inductor.checkpoint.load_quantized_ (read exactly), or quantize_ with these modules in "
             "modules_to_not_convert."
         )
-    fmts = {m.scale_fmt for m in fp8}
+    fmts = {m.scale_fmt for m in fp8.values()}
     if len(fmts) > 1:
         raise ValueError(f"save_pretrained: mixed scale formats {sorted(fmts)}")
-    ragged = [
-        path
-        for path, m in model.named_modules()
-        if isinstance(m, FP8BlockLinear) and (m.out_features % 128 or m.in_features % 128)
-    ]
+    ragged = [path for path, m in fp8.items() if m.out_features % 128 or m.in_features % 128]
     if ragged and transformers_loadable:
-        shown = ", ".join(ragged[:4]) + (f" and {len(ragged) - 4} more" if len(ragged) > 4 else "")
         warnings.warn(
-            f"save_pretrained: {shown} have N or K not a multiple of 128 (a partial last weight block). "
+            f"save_pretrained: {_some(ragged)} have N or K not a multiple of 128 (a partial last weight block). "
             "transformers' FP8-GPU loader and fp8inductor.checkpoint.load_quantized_ read them exactly; "
             "transformers' dequantizing CPU loader infers the block size from the scale grid and reads "
             "them wrong or refuses the file.",
             stacklevel=2,
         )
     model.config.quantization_config = quantization_config(model, FP8BlockConfig(scale_fmt=fmts.pop()))
-    untied = [c for c in _tie_configs(model.config) if _output_embedding_is_fp8(model)]
+    untied = _tie_configs(model.config) if _output_embedding_is_fp8(model) else []
     for c in untied:
         c.tie_word_embeddings = False
     try:
@@ -148,6 +142,11 @@ def save_pretrained(
     finally:
         for c in untied:
             c.tie_word_embeddings = True
+
+
+def _some(paths: list[str]) -> str:
+    """The first four paths, then how many more."""
+    return ", ".join(paths[:4]) + (f" and {len(paths) - 4} more" if len(paths) > 4 else "")
 
 
 def _tie_configs(config) -> list:
