@@ -48,6 +48,10 @@ class FP8BlockConfig:
             read, and the residual add in front of it, run as one kernel that also quantizes the
             normalized activation (``fp8inductor.norm_fusion``); the linears take the quantized
             activation. Numerics: the norm's own bf16 roundings, as eager (docs/numerics.md).
+        trig_tables_once: a sin/cos table that several kernels read (a rotary embedding's, shared by
+            every layer) is computed into a buffer once per forward, where Inductor would evaluate
+            sin/cos again for every element of every reader (``fp8inductor.trig_tables``). Same
+            values; it is no FP8 matter, and plain ``torch.compile`` does not do it.
         convert_routers: also convert Mixture-of-Experts routers (``eligibility.is_moe_router``).
             Off by default: transformers' FP8 loader and the FP8 checkpoints keep routers in high
             precision, and an FP8 router changes which experts a token gets (a quarter of the
@@ -65,6 +69,7 @@ class FP8BlockConfig:
     gemm_lowering: str = "template"
     fuse_siblings: bool = True
     fuse_norms: bool = True
+    trig_tables_once: bool = True
     convert_routers: bool = False
 
     def __post_init__(self) -> None:
@@ -93,7 +98,7 @@ class FP8BlockConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
-        for name in ("fuse_siblings", "fuse_norms", "convert_routers"):
+        for name in ("fuse_siblings", "fuse_norms", "trig_tables_once", "convert_routers"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.gemm_lowering not in GEMM_LOWERINGS:

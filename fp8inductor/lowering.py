@@ -406,6 +406,13 @@ def lower_quantize_activation(x, group_size: int = 128, scale_fmt: str = "float"
     return view(q, [*lead, k]), view(s, [*lead, k // QBLOCK])
 
 
+@L.register_lowering(ops.realize, type_promotion_kind=None)
+def lower_realize(x):
+    """x -> x, computed into a buffer of its own (once) instead of inlined into every reader."""
+    x.realize()
+    return x
+
+
 def _fallback(*args):
     return L.fallback_handler(ops.block_linear, add_to_fallback_set=False)(*args)
 

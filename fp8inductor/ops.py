@@ -8,6 +8,7 @@
 | ``block_gemm(xq, xs, wq, ws, out_dtype)`` | quantized xq [..., K], xs -> y [..., N] (Triton) |
 | ``rms_norm_quant(x, residual, weight, eps, scale_fmt, tickets)`` | x [..., K] -> (x + residual, q [..., K] fp8, s [..., K/128], t [tickets] int32 zeros) |
 | ``quantized_block_linear(xq, xs, wq, ws, bias, out_dtype, tickets)`` | quantized xq [..., K], xs -> y [..., N] + bias |
+| ``realize(x)`` | x -> the same values, computed once into a buffer (``trig_tables``) |
 
 Each op has a fake (meta) implementation, a CPU implementation (``fp8inductor.reference``) and a
 CUDA implementation (the Triton kernels in ``fp8inductor.kernels``; on GPUs without FP8 support,
@@ -486,9 +487,31 @@ def _on_2d(gemm, xq, xs, wq, ws, bias, out_dtype):
     return y.reshape(*lead, wq.shape[0])
 
 
+# ---------------------------------------------------------------------------------------------
+# realize: a value Inductor must compute into a buffer once rather than inline into its readers
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op(f"{_NS}::realize", mutates_args=())
+def realize_op(x: torch.Tensor) -> torch.Tensor:
+    """x (any shape, dtype, strides) -> a copy with the same values and strides.
+
+    Inductor lowers it to no kernel of its own: it realizes x into a buffer, which its readers then
+    load (``lowering.lower_realize``; inserted by ``trig_tables``). Eager (a custom op may not
+    return its input) and constant folding run this copy.
+    """
+    return x.clone()
+
+
+@realize_op.register_fake
+def _(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
 quantize_activation = torch.ops.fp8inductor.quantize_activation.default
 quantize_weight = torch.ops.fp8inductor.quantize_weight.default
 block_linear = torch.ops.fp8inductor.block_linear.default
 block_gemm = torch.ops.fp8inductor.block_gemm.default
 rms_norm_quant = torch.ops.fp8inductor.rms_norm_quant.default
 quantized_block_linear = torch.ops.fp8inductor.quantized_block_linear.default
+realize = torch.ops.fp8inductor.realize.default

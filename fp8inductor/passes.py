@@ -171,6 +171,10 @@ class FP8BlockPass(CustomGraphPass):
         if scope is None:  # used outside the backend (e.g. set by hand in inductor config)
             scope = CompileScope(self.config, [], RewriteReport())
         _Rewriter(graph, self.config, scope).run()
+        if self.config.trig_tables_once:
+            from .trig_tables import realize_trig_tables
+
+            realize_trig_tables(graph)
 
     def uuid(self) -> bytes:
         # FP8INDUCTOR_CUBLAS, FP8INDUCTOR_QUANT_IR and FP8INDUCTOR_PDL change the lowering's choices:

@@ -1,0 +1,160 @@
+"""``fp8inductor.trig_tables``: a sin/cos table read by several kernels is computed once, on the CPU.
+
+Inductor's CPU code names every ``cos``/``sin`` it evaluates (``.cos()`` on a vector, ``std::cos``
+on a scalar), so the generated code shows whether each reader evaluates the table again. Values:
+the table rounded to the activation dtype once, as eager rounds it (Inductor inlining keeps it fp32).
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from torch import nn
+from torch._dynamo.utils import counters
+from torch._inductor.utils import run_and_get_code
+
+import fp8inductor
+from fp8inductor import trig_tables
+from fp8inductor.testing import rel_err
+
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
+_TRIG_CALL = re.compile(r"\.(cos|sin)\(\)|std::(cos|sin)\(")
+
+
+class Rope(nn.Module):
+    """q, k [B, H, S, D] rotated by one cos/sin table [S, D] (transformers' Llama form)."""
+
+    def __init__(self, dim: int = 64):
+        super().__init__()
+        self.register_buffer("inv_freq", 1.0 / (10000 ** (torch.arange(0, dim, 2).float() / dim)), persistent=False)
+
+    @staticmethod
+    def _rotate_half(x):
+        x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2 :]
+        return torch.cat((-x2, x1), dim=-1)
+
+    def forward(self, q, k, positions):
+        freqs = positions.float()[:, None] * self.inv_freq[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = (emb.cos() * 1.0).to(q.dtype), (emb.sin() * 1.0).to(q.dtype)
+        q = q * cos + self._rotate_half(q) * sin
+        k = k * cos + self._rotate_half(k) * sin
+        return q, k
+
+
+class SinActivation(nn.Module):
+    """A sin with one reader of its own size: nothing is evaluated twice."""
+
+    def forward(self, x):
+        return torch.sin(x) * 2.0 + x
+
+
+def _compile(model, *args, **options):
+    compiled = torch.compile(model, backend="fp8block", options=options or None)
+    with torch.inference_mode():
+        out, code = run_and_get_code(compiled, *args)
+    return out, "\n".join(code)
+
+
+def _rope_inputs(heads: int, seq: int, dim: int = 64):
+    """q with ``heads`` heads, k with a quarter of them (GQA: two loops of their own in the code)."""
+    torch.manual_seed(0)
+    q = torch.randn(1, heads, seq, dim, dtype=torch.bfloat16)
+    k = torch.randn(1, heads // 4, seq, dim, dtype=torch.bfloat16)
+    return q, k, torch.arange(seq) + 7
+
+
+def test_shared_table_is_computed_once_and_nearer_eager():
+    args = _rope_inputs(heads=16, seq=1024)  # readers: 1M + 256K elements of a 64K table
+    model = Rope()
+    (q_on, k_on), code_on = _compile(model, *args)
+    assert counters["fp8inductor"]["trig_tables_realized"] == 2
+    counters.clear()
+    (q_off, k_off), code_off = _compile(model, *args, trig_tables_once=False)
+    assert counters["fp8inductor"]["trig_tables_realized"] == 0
+    # one loop evaluates each table (one cos, one sin call) instead of each reader evaluating it again
+    assert len(_TRIG_CALL.findall(code_on)) == 2, _TRIG_CALL.findall(code_on)
+    assert len(_TRIG_CALL.findall(code_off)) > 2
+    with torch.inference_mode():
+        q_eager, k_eager = model(*args)
+    # Not bit-identical to the inlined version: Inductor keeps an inlined table in fp32 where eager
+    # (and a realized table) rounds it to bf16, so the realized one is the nearer to eager. Eager
+    # rounds q * cos, rotate_half(q) * sin and their sum to bf16 where Inductor rounds once: each
+    # rounding is within 2**-9 relative, measured 2.7e-3 (on) and 3.1e-3 (off) here.
+    for on, off, eager in ((q_on, q_off, q_eager), (k_on, k_off, k_eager)):
+        assert rel_err(on, eager) <= rel_err(off, eager) < 4e-3
+
+
+def test_small_static_readers_and_lone_sin_stay_inlined():
+    """A decode-sized rotation (readers below ``MIN_RECOMPUTED`` elements) and a sin activation read
+    once keep Inductor's inlining: a buffer of their own would cost a launch and save nothing."""
+    args = _rope_inputs(heads=4, seq=8)
+    assert (4 + 1) * 8 * 64 < trig_tables.MIN_RECOMPUTED
+    _compile(Rope(), *args)
+    x = torch.randn(4096, 512, dtype=torch.bfloat16)
+    out, _ = _compile(SinActivation(), x)
+    assert counters["fp8inductor"]["trig_tables_realized"] == 0
+    torch.testing.assert_close(out, torch.sin(x) * 2.0 + x, rtol=2e-2, atol=2e-2)
+
+
+def test_symbolic_shapes_realize_a_table_with_several_readers():
+    model = Rope()
+    compiled = torch.compile(model, backend="fp8block")
+    with torch.inference_mode():
+        for seq in (40, 97):
+            q, k, pos = _rope_inputs(heads=4, seq=seq)
+            for t in (q, k):
+                torch._dynamo.mark_dynamic(t, 2)
+            torch._dynamo.mark_dynamic(pos, 0)
+            got, want = compiled(q, k, pos), model(q, k, pos)
+            for g, w in zip(got, want, strict=True):
+                torch.testing.assert_close(g, w, rtol=2e-2, atol=2e-2)
+    assert counters["fp8inductor"]["trig_tables_realized"] == 2
+    assert counters["stats"]["unique_graphs"] == 1
+
+
+def test_llama_tables_once_and_logits_as_accurate():
+    """transformers' Llama: its rotary embedding's cos and sin tables, read by every layer's q and k,
+    are computed once per forward; the logits are as accurate as without the pass."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=300,
+    )  # fmt: skip
+    model = LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
+    ids = torch.randint(0, 300, (1, 2048))  # the q/k readers: 1.6M elements of each 128K table
+    on, code_on = _compile(model, ids)
+    assert counters["fp8inductor"]["trig_tables_realized"] == 2
+    off, code_off = _compile(model, ids, trig_tables_once=False)
+    assert len(_TRIG_CALL.findall(code_on)) == 2 < len(_TRIG_CALL.findall(code_off))
+    with torch.inference_mode():
+        eager = model(ids).logits
+    # the FP8 linears (the CPU reference) quantize q/k-dependent activations that differ by bf16
+    # roundings (first test); the logits are as near eager's as without the pass
+    assert rel_err(on.logits, eager) < 1.25 * rel_err(off.logits, eager) + 1e-3
+
+
+def test_option_is_validated():
+    with pytest.raises(TypeError, match="trig_tables_once must be a bool"):
+        fp8inductor.FP8BlockConfig(trig_tables_once=1)
+
+
+@pytest.mark.gpu
+def test_gpu_triton_kernels_evaluate_the_table_once():
+    """On the GPU: one Triton kernel evaluates each table (``cos(``/``sin(`` once in the code); the
+    readers load it. Without the pass each reader's kernel evaluates it again."""
+    q, k, pos = (t.cuda() for t in _rope_inputs(heads=32, seq=2048, dim=128))
+    model = Rope(dim=128).cuda()
+    (q_on, k_on), code_on = _compile(model, q, k, pos)
+    (q_off, k_off), code_off = _compile(model, q, k, pos, trig_tables_once=False)
+    gpu_trig = re.compile(r"\b(cos|sin)\(")
+    assert len(gpu_trig.findall(code_on)) == 2, gpu_trig.findall(code_on)
+    assert len(gpu_trig.findall(code_off)) > 2
+    with torch.inference_mode():
+        q_eager, k_eager = model(q, k, pos)
+    for on, off, eager in ((q_on, q_off, q_eager), (k_on, k_off, k_eager)):
+        assert rel_err(on, eager) <= rel_err(off, eager) < 4e-3
