@@ -273,17 +273,18 @@ def model_shape(args: argparse.Namespace) -> ModelShape:
 
 
 def parse_fp8_options(text: str) -> dict[str, Any]:
-    """--fp8-options: a JSON object of FP8BlockConfig fields, checked against the config here."""
+    """--fp8-options: a JSON object of FP8BlockConfig fields and Inductor config keys (what
+    ``torch.compile(backend="fp8block", options=...)`` takes), checked here as the backend checks it."""
     try:
         options = json.loads(text)
     except json.JSONDecodeError as exc:
         raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
     if not isinstance(options, dict):
         raise argparse.ArgumentTypeError(f"a JSON object of FP8BlockConfig fields, got {text!r}")
-    from fp8inductor.config import FP8BlockConfig
+    from fp8inductor.config import split_options
 
     try:
-        FP8BlockConfig(**options)
+        split_options(options)
     except (TypeError, ValueError) as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return options
@@ -708,10 +709,10 @@ class RowRunner:
                 from fp8inductor.modules import quantize_
 
                 quantize = getattr(sys.modules.get("fp8inductor"), "quantize_", None) or quantize_
-                from fp8inductor.config import FP8BlockConfig
+                from fp8inductor.config import split_options
 
                 qoptions = self.fp8_config_options()
-                qconfig = FP8BlockConfig(**qoptions) if qoptions else None
+                qconfig = split_options(qoptions)[0] if qoptions else None  # its FP8BlockConfig fields
                 skipped = quantize(self.model, qconfig)
                 self.sync()
                 info["quantize_s"] = time.perf_counter() - t0
@@ -1103,7 +1104,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--fp8-options",
         type=parse_fp8_options,
         default={},
-        help='JSON object of FP8BlockConfig options for every fp8block row, the quantize_ rows\' config too '
+        help='JSON object of FP8BlockConfig options (and Inductor config keys) for every fp8block row, the '
+        'quantize_ rows\' config too '
         '(e.g. \'{"gemm_lowering": "extern"}\'; a row\'s own lm_head setting wins); recorded in the meta, and '
         "--merge refuses a file made with other options (or another FP8INDUCTOR_PDL)",
     )

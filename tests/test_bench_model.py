@@ -348,7 +348,16 @@ def test_fp8_options_are_checked_and_guard_merges():
     import argparse
 
     assert bench_model.parse_fp8_options('{"gemm_lowering": "extern"}') == {"gemm_lowering": "extern"}
-    for bad in ("[1]", "{not json", '{"gemm_lowering": "bogus"}', '{"no_such_field": 1}'):
+    # Inductor config keys too, as the backend's options take them (type-checked)
+    assert bench_model.parse_fp8_options('{"coordinate_descent_tuning": true}') == {"coordinate_descent_tuning": True}
+    for bad in (
+        "[1]",
+        "{not json",
+        '{"gemm_lowering": "bogus"}',
+        '{"no_such_field": 1}',
+        '{"coordinate_descent_tuning": "yes"}',
+        '{"freezing": false}',
+    ):
         with pytest.raises(argparse.ArgumentTypeError):
             bench_model.parse_fp8_options(bad)
     meta = {"layers": 2, "quick": True, "shapes": {}, "runs": []}
