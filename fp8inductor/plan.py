@@ -47,9 +47,13 @@ class _StopAfterCodegen(Exception):
 
 
 def plan_triton_kernels(
-    fn: Callable[..., Any], *args: Any, backend: str = "fp8block", force_cublas: bool = True
+    fn: Callable[..., Any],
+    *args: Any,
+    backend: str = "fp8block",
+    force_cublas: bool = True,
+    options: dict[str, Any] | None = None,
 ) -> tuple[list[KernelPlan], str]:
-    """Compile ``fn(*args)`` (CPU tensors, inference mode) with ``backend`` and return the plan of
+    """Compile ``fn(*args)`` (CPU tensors, inference mode) with ``backend`` (and its ``options``) and return the plan of
     every Triton kernel and the generated wrapper code. Caches are off and Dynamo is reset first
     (``torch._dynamo.reset()``: earlier compiled functions recompile), so each call plans afresh."""
     from torch._inductor import config as inductor_config
@@ -124,7 +128,7 @@ def plan_triton_kernels(
         patch(torch.inference_mode())
         torch._dynamo.reset()
         try:
-            torch.compile(fn, backend=backend)(*args)
+            torch.compile(fn, backend=backend, options=options)(*args)
         except Exception as exc:
             if "_StopAfterCodegen" not in f"{type(exc).__name__}: {exc}" and not isinstance(exc, _StopAfterCodegen):
                 raise

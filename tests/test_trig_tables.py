@@ -7,6 +7,7 @@ the table rounded to the activation dtype once, as eager rounds it (Inductor inl
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -85,6 +86,33 @@ def test_shared_table_is_computed_once_and_nearer_eager():
     # rounding is within 2**-9 relative, measured 2.7e-3 (on) and 3.1e-3 (off) here.
     for on, off, eager in ((q_on, q_off, q_eager), (k_on, k_off, k_eager)):
         assert rel_err(on, eager) <= rel_err(off, eager) < 4e-3
+
+
+def _elements(plan) -> int:
+    """A kernel's pointwise elements: the product of its non-reduction numels (torch 2.11 tiles the
+    table's kernel as y x x = 2048 x 128; 2.13 as one x = 262144)."""
+    return math.prod(n for key, n in plan.numels.items() if not key.startswith("r"))
+
+
+def test_triton_plan_computes_the_tables_in_one_table_sized_kernel():
+    """The GPU's codegen (Inductor's Triton plan, made on the CPU: ``fp8inductor.plan``) at Llama-3-8B
+    prefill sizes: one kernel of the table's size evaluates cos and sin and writes both tables, which
+    the q and k kernels then read; without the pass the cos/sin are in the q and k kernels themselves."""
+    from fp8inductor.plan import plan_triton_kernels
+
+    q, k, pos = _rope_inputs(heads=32, seq=2048, dim=128)
+    table = 2048 * 128
+    trig_kernel = re.compile(r"(triton_\w*(?:cos|sin)\w*)\.run\(")
+    plans, code = plan_triton_kernels(Rope(dim=128), q, k, pos, options={"trig_tables_once": True})
+    assert len(set(trig_kernel.findall(code))) == 1, code
+    writers = [p for p in plans if _elements(p) == table]
+    assert len(writers) == 1 and writers[0].write_bytes == (table * 2, table * 2), plans
+    readers = [p for p in plans if _elements(p) in (q.numel(), k.numel())]
+    assert len(readers) == 2 and all(p.read_bytes.count(table * 2) == 2 for p in readers), plans
+
+    plans, code = plan_triton_kernels(Rope(dim=128), q, k, pos, options={"trig_tables_once": False})
+    assert len(set(trig_kernel.findall(code))) == 2, code  # the q kernel's and the k kernel's
+    assert not [p for p in plans if _elements(p) == table], plans
 
 
 def test_small_static_readers_and_lone_sin_stay_inlined():
