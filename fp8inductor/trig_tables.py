@@ -18,13 +18,16 @@ a layer take ~69 us, where their bytes would take ~25 us at the copy rate.
 This pass marks such a table to be computed into a buffer once: it ends each chain
 ``cos|sin -> (pointwise ops of the same shape, one reader each)`` with ``fp8inductor::realize``,
 whose lowering realizes its input (``lowering.lower_realize``) and whose eager kernel copies it.
-The values are the same bits: the table is computed by the same expression, in the same dtype, once.
+Values: the table is stored in its own dtype (bf16 for RoPE), rounded as eager rounds it, where the
+inlined readers kept it in fp32 (Inductor skips intermediate roundings), so results move by bf16
+roundings and the realized ones are the nearer to eager (tests/test_trig_tables.py).
 
-Left alone: chains whose readers are not larger than the table itself in total (nothing is
-recomputed more than once per element), which covers a lone ``torch.sin`` activation, and chains
-whose readers together take fewer than ``MIN_RECOMPUTED`` elements where the shapes are static
-(decode: one token's table; a buffer of its own would cost a launch and save nothing measurable).
-Where a shape is symbolic, a table with two readers or more counts as large.
+Left alone: tables that no reader broadcasts (readers of the table's own size, as a ``torch.sin``
+activation has: a buffer would add a write and a read of the table, where inlined readers only read
+its input), and, where the shapes are static, tables whose readers together take fewer than
+``MIN_RECOMPUTED`` elements (decode: one token's table; a buffer of its own would cost a launch and
+save nothing measurable). Where a shape is symbolic, a reader whose element count is another
+expression than the table's counts as a broadcast, and the readers as many.
 """
 
 from __future__ import annotations
@@ -72,11 +75,17 @@ MIN_RECOMPUTED = 1 << 20  # elements; a static total below this is left inlined 
 
 def _numel(node: fx.Node) -> int | None:
     """The static element count of ``node``'s value; None for a symbolic one or a non-tensor."""
+    n = _numel_expr(node)
+    return n if isinstance(n, int) else None
+
+
+def _numel_expr(node: fx.Node):
+    """``node``'s element count: an int, a sympy expression where symbolic, None for a non-tensor."""
     val = node.meta.get("val")
     if not isinstance(val, torch.Tensor):
         return None
     n = val.numel()
-    return n if isinstance(n, int) else None
+    return n if isinstance(n, int) else n.node.expr
 
 
 def _tail(node: fx.Node) -> fx.Node:
@@ -101,12 +110,19 @@ def _readers(node: fx.Node, depth: int = 0) -> list[fx.Node]:
 
 
 def _worth_realizing(table: fx.Node) -> bool:
+    """A reader computes over more elements than the table has (it broadcasts the table: each table
+    element is evaluated again per broadcast copy), and the readers' elements are many (static) or
+    may be (symbolic). Readers of the table's own size gain nothing: a buffer of the table adds a
+    write and a read of it, where the inlined readers only read the table's input."""
     readers = _readers(table)
-    size, counts = _numel(table), [_numel(r) for r in readers]
-    if size is None or None in counts:  # symbolic (dynamic shapes): may be prefill-sized; shared?
-        return len(readers) > 1
-    recomputed = sum(counts)
-    return recomputed > size and recomputed >= MIN_RECOMPUTED
+    size, counts = _numel_expr(table), [_numel_expr(r) for r in readers]
+    if size is None or not counts or None in counts:
+        return False
+    if isinstance(size, int) and all(isinstance(c, int) for c in counts):
+        return max(counts) > size and sum(counts) >= MIN_RECOMPUTED
+    # symbolic (dynamic shapes): a reader whose element count is another expression than the
+    # table's broadcasts it (the RoPE readers: heads x S x D of an S x D table); may be prefill-sized
+    return any(c != size for c in counts)
 
 
 def realize_trig_tables(graph: fx.Graph) -> int:

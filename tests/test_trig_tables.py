@@ -46,10 +46,12 @@ class Rope(nn.Module):
 
 
 class SinActivation(nn.Module):
-    """A sin with one reader of its own size: nothing is evaluated twice."""
+    """A sin read by two readers of its own size: no reader broadcasts it (a buffer would add a
+    write and a read where the inlined readers only read x)."""
 
     def forward(self, x):
-        return torch.sin(x) * 2.0 + x
+        y = torch.sin(x) * 2.0
+        return y + x, y * x
 
 
 def _compile(model, *args, **options):
@@ -116,15 +118,18 @@ def test_triton_plan_computes_the_tables_in_one_table_sized_kernel():
 
 
 def test_small_static_readers_and_lone_sin_stay_inlined():
-    """A decode-sized rotation (readers below ``MIN_RECOMPUTED`` elements) and a sin activation read
-    once keep Inductor's inlining: a buffer of their own would cost a launch and save nothing."""
+    """A decode-sized rotation (readers below ``MIN_RECOMPUTED`` elements) and a sin whose readers
+    have its own size (static and symbolic) keep Inductor's inlining."""
     args = _rope_inputs(heads=4, seq=8)
     assert (4 + 1) * 8 * 64 < trig_tables.MIN_RECOMPUTED
     _compile(Rope(), *args)
     x = torch.randn(4096, 512, dtype=torch.bfloat16)
     out, _ = _compile(SinActivation(), x)
+    torch.testing.assert_close(out, SinActivation()(x), rtol=2e-2, atol=2e-2)
+    torch._dynamo.mark_dynamic(x, 0)
+    with torch.inference_mode():
+        torch.compile(SinActivation(), backend="fp8block")(x)
     assert counters["fp8inductor"]["trig_tables_realized"] == 0
-    torch.testing.assert_close(out, torch.sin(x) * 2.0 + x, rtol=2e-2, atol=2e-2)
 
 
 def test_symbolic_shapes_realize_a_table_with_several_readers():
