@@ -73,12 +73,6 @@ _VIEWS = {
 MIN_RECOMPUTED = 1 << 20  # elements; a static total below this is left inlined (decode)
 
 
-def _numel(node: fx.Node) -> int | None:
-    """The static element count of ``node``'s value; None for a symbolic one or a non-tensor."""
-    n = _numel_expr(node)
-    return n if isinstance(n, int) else None
-
-
 def _numel_expr(node: fx.Node):
     """``node``'s element count: an int, a sympy expression where symbolic, None for a non-tensor."""
     val = node.meta.get("val")
@@ -92,7 +86,8 @@ def _tail(node: fx.Node) -> fx.Node:
     """The last node of ``node``'s chain of same-shape pointwise ops with one reader each."""
     while len(node.users) == 1:
         (user,) = node.users
-        if user.op != "call_function" or user.target not in _SAME_SHAPE or _numel(user) != _numel(node):
+        size = _numel_expr(node)
+        if user.op != "call_function" or user.target not in _SAME_SHAPE or size is None or _numel_expr(user) != size:
             break
         node = user
     return node

@@ -54,6 +54,14 @@ class SinActivation(nn.Module):
         return y + x, y * x
 
 
+class OneReader(nn.Module):
+    """A cos table [S, D] that one reader broadcasts over heads: q [B, H, S, D] * table."""
+
+    def forward(self, q, positions):
+        table = torch.cos(positions.float()[:, None] * torch.arange(1, q.shape[-1] + 1)[None, :]).to(q.dtype)
+        return q * table
+
+
 def _compile(model, *args, **options):
     compiled = torch.compile(model, backend="fp8block", options=options or None)
     with torch.inference_mode():
@@ -146,6 +154,15 @@ def test_symbolic_shapes_realize_a_table_with_several_readers():
                 torch.testing.assert_close(g, w, rtol=2e-2, atol=2e-2)
     assert counters["fp8inductor"]["trig_tables_realized"] == 2
     assert counters["stats"]["unique_graphs"] == 1
+    # one broadcasting reader: the chain ends at the table (same symbolic size), not in the reader
+    counters.clear()
+    q, _, pos = _rope_inputs(heads=4, seq=40)
+    torch._dynamo.mark_dynamic(q, 2)
+    torch._dynamo.mark_dynamic(pos, 0)
+    with torch.inference_mode():
+        got = torch.compile(OneReader(), backend="fp8block")(q, pos)
+    torch.testing.assert_close(got, OneReader()(q, pos), rtol=2e-2, atol=2e-2)
+    assert counters["fp8inductor"]["trig_tables_realized"] == 1
 
 
 def test_llama_tables_once_and_logits_as_accurate():
