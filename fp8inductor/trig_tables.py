@@ -26,8 +26,8 @@ Left alone: tables that no reader broadcasts (readers of the table's own size, a
 activation has: a buffer would add a write and a read of the table, where inlined readers only read
 its input), and, where the shapes are static, tables whose readers together take fewer than
 ``MIN_RECOMPUTED`` elements (decode: one token's table; a buffer of its own would cost a launch and
-save nothing measurable). Where a shape is symbolic, a reader whose element count is another
-expression than the table's counts as a broadcast, and the readers as many.
+save nothing measurable). Where a shape is symbolic, a reader whose element count is the table's
+times a number > 1 or a product of sizes counts as a broadcast, and the readers as many.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import operator
 
+import sympy
 import torch
 from torch import fx
 
@@ -68,6 +69,9 @@ _VIEWS = {
     aten.permute.default,
     aten.transpose.int,
     aten.alias.default,
+    aten.split.Tensor,  # these three give a list, whose getitems read the table
+    aten.split_with_sizes.default,
+    aten.unbind.int,
     operator.getitem,
 }
 MIN_RECOMPUTED = 1 << 20  # elements; a static total below this is left inlined (decode)
@@ -115,9 +119,18 @@ def _worth_realizing(table: fx.Node) -> bool:
         return False
     if isinstance(size, int) and all(isinstance(c, int) for c in counts):
         return max(counts) > size and sum(counts) >= MIN_RECOMPUTED
-    # symbolic (dynamic shapes): a reader whose element count is another expression than the
-    # table's broadcasts it (the RoPE readers: heads x S x D of an S x D table); may be prefill-sized
-    return any(c != size for c in counts)
+    # symbolic (dynamic shapes): a reader whose element count is the table's times a factor that is
+    # a number > 1 or a product of sizes (the RoPE readers: B x H x S x D of an S x D table; may be
+    # prefill-sized). A reader of fewer elements (a slice: a factor 1/S) or as many does not count.
+    return any(_broadcast_factor(sympy.simplify(sympy.sympify(c) / size)) for c in counts)
+
+
+def _broadcast_factor(ratio) -> bool:
+    """``ratio`` (a reader's elements / the table's) is a number > 1, or grows with sizes (size
+    symbols in its numerator only: ``s0 / 2`` for a reader of half the table's width over s0 heads)."""
+    if ratio.is_number:
+        return bool(ratio > 1)
+    return sympy.fraction(ratio)[1].is_number
 
 
 def realize_trig_tables(graph: fx.Graph) -> int:

@@ -11,6 +11,7 @@ import math
 import re
 
 import pytest
+import sympy
 import torch
 from torch import nn
 from torch._dynamo.utils import counters
@@ -208,3 +209,51 @@ def test_gpu_triton_kernels_evaluate_the_table_once():
         q_eager, k_eager = model(q, k, pos)
     for on, off, eager in ((q_on, q_off, q_eager), (k_on, k_off, k_eager)):
         assert rel_err(on, eager) <= rel_err(off, eager) < 4e-3
+
+
+class LastRow(nn.Module):
+    """Only the last position's row of an [S, D] table is read (a slice: fewer elements than the table)."""
+
+    def forward(self, q, positions):
+        # arguments up to ~6.6 rad: Inductor's vectorized cos/sin and ATen's agree closely there
+        freqs = positions.float()[:, None] * torch.linspace(0, 1e-4, q.shape[-1])[None, :]
+        return q * freqs.cos()[-1:] + q * freqs.sin()[-1:]
+
+
+class SplitReader(nn.Module):
+    """The table read through ``split``: each half broadcast over heads."""
+
+    def forward(self, q, positions):
+        freqs = positions.float()[:, None] * torch.linspace(0, 1e-3, q.shape[-1])[None, :]  # <= ~1 rad
+        c1, c2 = freqs.cos().split(q.shape[-1] // 2, -1)
+        half = q.shape[-1] // 2
+        return torch.cat((q[..., :half] * c1, q[..., half:] * c2), -1)
+
+
+@pytest.mark.parametrize("dynamic", [None, True], ids=["static", "dynamic"])
+def test_slice_readers_stay_and_split_readers_count(dynamic):
+    """A reader of one row of a 64K-row table computes 64 elements, not the table's 4M: the table
+    stays inlined (dynamic too, where the ratio is 1/S). A table read through ``split`` (a list whose
+    getitems are the views) is realized."""
+    torch.manual_seed(0)
+    q, pos = torch.randn(8, 1, 64), torch.arange(65536)
+    with torch.inference_mode():
+        got = torch.compile(LastRow(), backend="fp8block", dynamic=dynamic)(q, pos)
+    torch.testing.assert_close(got, LastRow()(q, pos), rtol=1e-5, atol=1e-5)
+    assert counters["fp8inductor"]["trig_tables_realized"] == 0
+    q, pos = torch.randn(16, 1024, 64), torch.arange(1024)
+    with torch.inference_mode():
+        got = torch.compile(SplitReader(), backend="fp8block", dynamic=dynamic)(q, pos)
+    torch.testing.assert_close(got, SplitReader()(q, pos), rtol=1e-5, atol=1e-5)
+    assert counters["fp8inductor"]["trig_tables_realized"] == 1
+
+
+def test_broadcast_factor_of_symbolic_counts():
+    s0, s1 = sympy.symbols("s0 s1", positive=True, integer=True)
+    assert trig_tables._broadcast_factor(sympy.Integer(32))
+    assert not trig_tables._broadcast_factor(sympy.Integer(1))
+    assert not trig_tables._broadcast_factor(sympy.Rational(1, 2))
+    assert trig_tables._broadcast_factor(32 * s0)  # B x H x S x D over S x D
+    assert trig_tables._broadcast_factor(s0 / 2)  # half the width over s0 heads
+    assert not trig_tables._broadcast_factor(1 / s1)  # one row of an s1-row table
+    assert not trig_tables._broadcast_factor(s0 / s1)
