@@ -39,6 +39,8 @@ import sympy
 import torch
 from torch import fx
 
+from .passes import _val
+
 aten = torch.ops.aten
 prims = torch.ops.prims
 log = logging.getLogger("fp8inductor")
@@ -79,8 +81,8 @@ MIN_RECOMPUTED = 1 << 20  # elements; a static total below this is left inlined 
 
 def _numel_expr(node: fx.Node):
     """``node``'s element count: an int, a sympy expression where symbolic, None for a non-tensor."""
-    val = node.meta.get("val")
-    if not isinstance(val, torch.Tensor):
+    val = _val(node)
+    if val is None:
         return None
     n = val.numel()
     return n if isinstance(n, int) else n.node.expr
@@ -141,7 +143,7 @@ def realize_trig_tables(graph: fx.Graph) -> int:
         if node.op != "call_function" or node.target not in _TRIG:
             continue
         table = _tail(node)
-        if table in done or not isinstance(table.meta.get("val"), torch.Tensor) or not _worth_realizing(table):
+        if table in done or not _worth_realizing(table):  # (no tensor value: size None, not worth it)
             continue
         with graph.inserting_after(table):
             once = graph.call_function(realize, (table,))
