@@ -264,11 +264,25 @@ def parse_decode_batches(text: str) -> tuple[int, ...]:
     return batches
 
 
+def parse_prefill_shapes(text: str) -> tuple[tuple[int, int], ...]:
+    """--prefill-shapes: a comma list of distinct BATCHxLENGTH, e.g. "1x2048,8x512" or "1x2047"."""
+    try:
+        shapes = tuple(tuple(int(v) for v in item.lower().split("x")) for item in text.split(",") if item.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a comma list of BATCHxLENGTH, got {text!r}") from None
+    if not shapes or any(len(s) != 2 or min(s) < 1 for s in shapes) or len(set(shapes)) != len(shapes):
+        raise argparse.ArgumentTypeError(f"a comma list of distinct positive BATCHxLENGTH, got {text!r}")
+    return shapes
+
+
 def model_shape(args: argparse.Namespace) -> ModelShape:
-    """The shape this run measures: Llama-3-8B's (or --quick's), with --decode-batches applied."""
+    """The shape this run measures: Llama-3-8B's (or --quick's), with --decode-batches and
+    --prefill-shapes applied."""
     shape = QUICK if args.quick else LLAMA3_8B
     if args.decode_batches is not None:
         shape = dataclasses.replace(shape, decode_batches=args.decode_batches)
+    if getattr(args, "prefill_shapes", None) is not None:
+        shape = dataclasses.replace(shape, prefill_shapes=args.prefill_shapes)
     return shape
 
 
@@ -964,6 +978,8 @@ def child_command(args: argparse.Namespace, row: str, row_out: Path) -> list[str
         cmd.append("--quick")
     if args.decode_batches is not None:
         cmd += ["--decode-batches", ",".join(map(str, args.decode_batches))]
+    if args.prefill_shapes is not None:
+        cmd += ["--prefill-shapes", ",".join(f"{b}x{t}" for b, t in args.prefill_shapes)]
     if args.profile_decode:
         cmd.append("--profile-decode")
     if args.profile_prefill:
@@ -1066,6 +1082,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help=f"comma list of decode batch sizes (default {','.join(map(str, LLAMA3_8B.decode_batches))}; "
         f"--quick: {','.join(map(str, QUICK.decode_batches))})",
+    )
+    ap.add_argument(
+        "--prefill-shapes",
+        type=parse_prefill_shapes,
+        default=None,
+        help="comma list of prefill BATCHxLENGTH (default "
+        f"{','.join(f'{b}x{t}' for b, t in LLAMA3_8B.prefill_shapes)}; e.g. 1x2047: a length cuBLAS pads)",
     )
     ap.add_argument("--out", default=str(DEFAULT_OUT), help=f"JSON to write (default {DEFAULT_OUT})")
     ap.add_argument(

@@ -339,14 +339,26 @@ def _cublas_linear(x, wq, ws, bias, scale_fmt: str, lead: list[int], n: int, k: 
         return None
     if not all(_dense(t) for t in (wq, ws, bias) if t is not None):
         return None
-    make = functools.partial(quant_ir.quantize_1x128, x, m, k, scale_fmt, col_major_scales=True)
-    xq, xs = _shared_quantization("ir-col-major", scale_fmt, make)
-    return _scaled_mm(xq, xs, wq, ws, bias, x.get_dtype(), lead, n)
+    from .kernels import cublas
+
+    # cuBLAS takes M % 4 == 0 only: otherwise the quantization runs over x padded with zero rows (the
+    # pad is a masked load inside the quantization kernel) and the product's first M rows are kept
+    mp = cublas.padded_rows(m)
+    if mp == m:
+        make = functools.partial(quant_ir.quantize_1x128, x, m, k, scale_fmt, col_major_scales=True)
+        xq, xs = _shared_quantization("ir-col-major", scale_fmt, make)
+        return _scaled_mm(xq, xs, wq, ws, bias, x.get_dtype(), lead, n)
+    x_rows = L.lowerings[aten.constant_pad_nd.default](L.lowerings[aten.view.default](x, [m, k]), [0, 0, 0, mp - m], 0.0)
+    make = functools.partial(quant_ir.quantize_1x128, x_rows, mp, k, scale_fmt, col_major_scales=True)
+    xq, xs = _shared_quantization(f"ir-col-major-rows{mp}", scale_fmt, make)
+    y = _scaled_mm(xq, xs, wq, ws, bias, x.get_dtype(), [mp], n)  # [Mp, N]
+    y = L.lowerings[aten.slice.Tensor](y, 0, 0, m)
+    return L.lowerings[aten.view.default](y, [*lead, n])
 
 
 def _scaled_mm(xq, xs, wq, ws, bias, out_dtype: torch.dtype, lead: list[int], n: int):
     """``aten._scaled_mm(xq, wq.t(), xs, ws.t(), bias, out_dtype)`` viewed as [*lead, N].
-    xq: [M, K] fp8 contiguous; xs: [M, K/128] fp32 with strides (1, M), as cuBLAS reads it."""
+    xq: [M, K] fp8 contiguous, M % 4 == 0; xs: [M, K/128] fp32 with strides (1, M), as cuBLAS reads it."""
     permute = L.lowerings[aten.permute.default]
     scaled_mm = L.fallback_handler(aten._scaled_mm.default, add_to_fallback_set=False)
     y = scaled_mm(xq, permute(wq, [1, 0]), xs, permute(ws, [1, 0]), bias, None, out_dtype, False)
@@ -503,11 +515,14 @@ def lower_quantized_block_linear(xq, xs, wq, ws, bias, out_dtype: torch.dtype, t
     if m == 0 or n == 0:
         return fallback()
     try:
+        from .kernels import cublas
         from .kernels.block_gemm import static_choice
 
         picked = static_choice(device, m, n, k, out_dtype, None if bias is None else bias.get_dtype())
         if _op_overlaps_producer(device, m, picked):
             return fallback()
+        if picked.kind == "cublas" and m % cublas.ROW_ALIGN:
+            return fallback()  # the op pads the rows for cuBLAS (kernels/cublas.py: block_gemm)
         if picked.kind == "cublas" and all(_dense(t) for t in (wq, ws, bias) if t is not None):
             return _scaled_mm(*_as_rows(xq, xs, m, k), wq, ws, bias, out_dtype, lead_ints, n)
         acc = _gemm(lambda: (xq, xs), wq, ws, lead_ints, n, k, picked)

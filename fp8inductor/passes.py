@@ -177,13 +177,14 @@ class FP8BlockPass(CustomGraphPass):
             realize_trig_tables(graph)
 
     def uuid(self) -> bytes:
-        # FP8INDUCTOR_CUBLAS, FP8INDUCTOR_QUANT_IR and FP8INDUCTOR_PDL change the lowering's choices:
-        # part of the key too.
+        # FP8INDUCTOR_CUBLAS(_PAD_ROWS), FP8INDUCTOR_QUANT_IR and FP8INDUCTOR_PDL change the
+        # lowering's choices: part of the key too.
         from . import quant_ir
         from .kernels import cublas, pdl
 
         switches = (
             (b"|cublas" if cublas.enabled() else b"|no-cublas")
+            + (b"|cublas-pad-rows" if cublas.pad_rows_enabled() else b"|no-cublas-pad-rows")
             + (b"|quant-ir" if quant_ir.enabled() else b"|no-quant-ir")
             + (b"|pdl" if pdl.env_enabled() else b"|no-pdl")
         )

@@ -716,6 +716,9 @@ def test_pass_uuid_depends_on_config_and_sources(monkeypatch):
     monkeypatch.setenv("FP8INDUCTOR_PDL", "0")  # the lowering then keeps decode-size tiles GEMMs on templates
     assert a.uuid() != with_cublas
     monkeypatch.delenv("FP8INDUCTOR_PDL")
+    monkeypatch.setenv("FP8INDUCTOR_CUBLAS_PAD_ROWS", "0")  # M % 4 != 0 then runs the Triton kernels
+    assert a.uuid() != with_cublas
+    monkeypatch.delenv("FP8INDUCTOR_CUBLAS_PAD_ROWS")
     assert a.uuid() == with_cublas
     from fp8inductor import passes
 

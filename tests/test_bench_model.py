@@ -137,6 +137,22 @@ def test_decode_batches_option():
             bench_model.parse_decode_batches(bad)
 
 
+def test_prefill_shapes_option():
+    import argparse
+
+    assert bench_model.model_shape(bench_model.parse_args([])).prefill_shapes == ((1, 2048), (8, 512))
+    args = bench_model.parse_args(["--prefill-shapes", "1x2047,8X511"])
+    assert bench_model.model_shape(args).prefill_shapes == ((1, 2047), (8, 511))
+    cmd = bench_model.child_command(args, "fp8block", Path("row.json"))
+    assert cmd[cmd.index("--prefill-shapes") + 1] == "1x2047,8x511"
+    assert bench_model.run_meta(args, ["fp8block"], bench_model.model_shape(args))["shapes"]["prefill"] == [
+        [1, 2047], [8, 511]
+    ]  # fmt: skip
+    for bad in ("0x5", "1x2,1x2", "1x", "2048", "", "ax3"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            bench_model.parse_prefill_shapes(bad)
+
+
 def test_merge_keeps_old_rows_and_replaces_rerun_rows():
     old = _sample()
     new = _report({"compile_bf16": _row("compile_bf16", dict.fromkeys(KEYS, 1.0), (1.0, 1.0))})

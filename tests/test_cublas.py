@@ -35,13 +35,12 @@ REJECTED = {
     "K/128=3 (silently wrong)": (16, 2112, 384),
     "K/128=5 (silently wrong)": (256, 256, 640),
     "K/128=33 (silently wrong)": (128, 1024, 4112),
-    "M=5 (NOT_SUPPORTED)": (5, 4096, 4096),
-    "M=2047 (NOT_SUPPORTED)": (2047, 4096, 4096),
-    "M=1": (1, 4096, 4096),
     "N=1000 (rejected by torch)": (128, 1000, 512),
     "K%16 (rejected by torch)": (128, 4096, 4008),
     "M=0": (0, 4096, 4096),
 }
+# M % 4 != 0: CUBLAS_STATUS_NOT_SUPPORTED as called, so block_gemm pads the rows to a multiple of 4
+ROWS_PADDED = {"M=1": (1, 4096, 4096), "M=5": (5, 4096, 4096), "M=127": (127, 2112, 7168), "M=2047": (2047, 4096, 4096)}
 
 
 @pytest.mark.parametrize("mnk", ADMITTED, ids=lambda s: "x".join(map(str, s)))
@@ -53,6 +52,62 @@ def test_shape_ok_admits_measured_good_cases(mnk, out_dtype):
 @pytest.mark.parametrize("why", list(REJECTED))
 def test_shape_ok_rejects_measured_bad_cases(why):
     assert not cublas.shape_ok(*REJECTED[why], BF16, None)
+
+
+@pytest.mark.parametrize("why", list(ROWS_PADDED))
+def test_rows_not_a_multiple_of_4_are_admitted_padded(monkeypatch, why):
+    """cuBLAS itself refuses M % 4 != 0 (shape_ok of the raw call), but admits/usable judge the call
+    block_gemm makes, with M rounded up to a multiple of 4."""
+    m, n, k = ROWS_PADDED[why]
+    assert not cublas.shape_ok(m, n, k, BF16, None)
+    assert cublas.padded_rows(m) % 4 == 0 and 0 <= cublas.padded_rows(m) - m < 4
+    assert cublas.shape_ok(cublas.padded_rows(m), n, k, BF16, None)
+    monkeypatch.setattr(cublas, "device_supported", lambda device: True)
+    assert cublas.admits(torch.device("cpu"), m, n, k, BF16, None)
+    assert not cublas.admits(torch.device("cpu"), 0, n, k, BF16, None)
+    assert not cublas.admits(torch.device("cpu"), m, n, 384, BF16, None)  # K/128 = 3 stays refused
+    monkeypatch.setenv("FP8INDUCTOR_CUBLAS_PAD_ROWS", "0")  # the A/B switch: the raw condition again
+    assert not cublas.admits(torch.device("cpu"), m, n, k, BF16, None)
+    assert cublas.admits(torch.device("cpu"), cublas.padded_rows(m), n, k, BF16, None)
+
+
+def _fake_scaled_mm(calls: list):
+    """torch._scaled_mm as cuBLAS blockwise behaves on the H100, on CPU tensors: M % 4 != 0 raises,
+    scales must be column-major [M, G] (strides (1, M)); else the block-scaled product."""
+
+    def scaled_mm(xq, wq_t, xs, ws_t, bias=None, out_dtype=BF16):
+        m = xq.shape[0]
+        calls.append((m, xs.stride()))
+        if m % 4:
+            raise RuntimeError("CUBLAS_STATUS_NOT_SUPPORTED (stand-in)")
+        assert xq.is_contiguous() and xs.stride() == (1, m)
+        return block_gemm_ref(xq, xs, wq_t.t(), ws_t.t(), bias, out_dtype)
+
+    return scaled_mm
+
+
+@pytest.mark.parametrize("m", [1, 3, 5, 127, 130])
+@pytest.mark.parametrize("col_major", [False, True])
+def test_block_gemm_pads_rows_to_a_multiple_of_4(monkeypatch, m, col_major):
+    """M % 4 != 0: cuBLAS is called with zero rows appended (scale 0) and the first M rows come back,
+    equal to the reference of the M rows (a stand-in _scaled_mm that refuses M % 4, as cuBLAS does)."""
+    calls = []
+    monkeypatch.setattr(torch, "_scaled_mm", _fake_scaled_mm(calls))
+    n, k = 256, 640 + 128 * 3  # K/128 = 8
+    g = torch.Generator().manual_seed(m)
+    xq, xs = quantize_activation_ref(torch.randn(m, k, generator=g) * 4, 128)
+    if col_major:
+        xs = xs.t().contiguous().t()
+    wq, ws = quantize_weight_ref(torch.randn(n, k, generator=g), (128, 128))
+    y = cublas.block_gemm(xq, xs, wq, ws, None, BF16)
+    mp = cublas.padded_rows(m)
+    assert calls == [(mp, (1, mp))]
+    assert y.shape == (m, n) and y.is_contiguous() and y.dtype == BF16
+    torch.testing.assert_close(y, block_gemm_ref(xq, xs, wq, ws, None, BF16), rtol=0, atol=0)
+    padded_q, padded_s = cublas.pad_rows(xq, xs, mp)
+    assert padded_q.shape == (mp, k) and padded_q.dtype == xq.dtype and padded_s.stride() == (1, mp)
+    assert not padded_q[m:].view(torch.uint8).any() and not padded_s[m:].any()
+    assert torch.equal(padded_q[:m].view(torch.uint8), xq.view(torch.uint8)) and torch.equal(padded_s[:m], xs)
 
 
 def test_shape_ok_bias_rules():
@@ -101,7 +156,7 @@ def test_cublas_config_round_trips_through_a_tuning_table():
     "tuned_cfg,tma_ok,cublas_ok,want",
     [
         (CUBLAS, True, True, CUBLAS),
-        (CUBLAS, True, False, CONFIGS["tma_128x128"]),  # e.g. M % 4 != 0: the heuristic's Triton kernel
+        (CUBLAS, True, False, CONFIGS["tma_128x128"]),  # e.g. K/128 % 4 != 0: the heuristic's Triton kernel
         (CONFIGS["tma_64x128"], True, True, CONFIGS["tma_64x128"]),  # the table knows better than the heuristic
         (CONFIGS["tma_64x128"], False, True, CUBLAS),  # TMA impossible: the heuristic, which admits cuBLAS
     ],
@@ -271,6 +326,19 @@ def test_cublas_matches_reference(mnk, out_dtype, with_bias):
 
 
 @gpu
+@pytest.mark.parametrize("why", list(ROWS_PADDED))
+@pytest.mark.parametrize("with_bias", [False, True], ids=["nobias", "bias"])
+def test_cublas_pads_rows_and_matches_reference(why, with_bias):
+    """M % 4 != 0 on the real cuBLAS: the padded call, forced and by default (the op's linear too)."""
+    _needs_hopper()
+    m, n, k = ROWS_PADDED[why]
+    xq, xs, wq, ws = _operands(m, n, k, seed=m + 5)
+    bias = torch.randn(n, generator=torch.Generator().manual_seed(4)).to(BF16).cuda() if with_bias else None
+    assert cublas.usable(xq, wq, ws, bias, BF16)
+    _check(bg.fp8_block_gemm(xq, xs, wq, ws, bias, BF16, config=CUBLAS), xq, xs, wq, ws, bias, BF16)
+
+
+@gpu
 @pytest.mark.parametrize("why", [w for w in REJECTED if "M=0" not in w])
 def test_rejected_shapes_run_the_triton_kernels(monkeypatch, why):
     """Where cuBLAS is wrong or unsupported the guard says no: forcing it is an error, and the
@@ -369,10 +437,12 @@ def test_cublas_linear_captures_in_a_cuda_graph():
 
 @gpu
 @pytest.mark.usefixtures("fresh_dynamo")
-def test_compiled_linear_lowers_to_scaled_mm_where_cublas_is_picked(monkeypatch):
+@pytest.mark.parametrize("m", [512, 510])
+def test_compiled_linear_lowers_to_scaled_mm_where_cublas_is_picked(monkeypatch, m):
     """The lowering turns a cuBLAS-picked linear into the IR activation quantization (``quant_ir``,
     an Inductor kernel) and one aten ``_scaled_mm`` call (no template, no custom op left); with
-    cuBLAS off, the same linear becomes a template. Both match the eager op."""
+    cuBLAS off, the same linear becomes a template. Both match the eager op. M = 510: cuBLAS
+    multiplies 512 rows (the quantization pads them) and the first 510 come back."""
     _needs_hopper()
     from torch._inductor.utils import run_and_get_code
 
@@ -380,7 +450,7 @@ def test_compiled_linear_lowers_to_scaled_mm_where_cublas_is_picked(monkeypatch)
 
     torch.manual_seed(0)
     lin = nn.Linear(1024, 2048, bias=True, device="cuda", dtype=BF16)
-    x = torch.randn(512, 1024, device="cuda", dtype=BF16)
+    x = torch.randn(m, 1024, device="cuda", dtype=BF16)
     holder = nn.Sequential(nn.Linear(1024, 2048, bias=True, device="cuda", dtype=BF16))
     holder[0].load_state_dict(lin.state_dict())
     quantize_(holder)
@@ -396,6 +466,7 @@ def test_compiled_linear_lowers_to_scaled_mm_where_cublas_is_picked(monkeypatch)
         torch.testing.assert_close(y.float(), want.float(), rtol=tol, atol=tol * want.abs().max().item())
     assert "@triton_heuristics.template(" not in codes["1"] and not _op_calls(codes["1"]), codes["1"]
     assert codes["1"].count("aten._scaled_mm.default(") == 1, codes["1"]
+    assert "reinterpret_tensor(buf" in codes["1"] and f"({cublas.padded_rows(m)}, 1024)" in codes["1"], codes["1"]
     assert "@triton_heuristics.template(" in codes["0"] and "_scaled_mm" not in codes["0"]
 
 

@@ -10,6 +10,8 @@ chain in fp32, so the reference is fed the fp32 producer); where the IR cannot s
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -216,6 +218,21 @@ def _triton_kernel_plans(fn, *args):
 def _quant_plans(plans):
     """The kernels reducing over 128-element groups: the activation quantizations."""
     return [p for p in plans if p.reduction and p.numels.get("r0_") == 128]
+
+
+@pytest.mark.usefixtures("fresh_dynamo")
+def test_rows_not_a_multiple_of_4_are_padded_inside_the_quantization():
+    """cuBLAS takes M % 4 == 0 only: a 130-row activation is quantized as 132 rows (the two pad rows
+    are a masked load inside the one quantization kernel, no copy of x), cuBLAS multiplies 132 rows,
+    and the graph returns a view of the first 130 (no copy of the product)."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(512, 1024, bias=False).to(torch.bfloat16)
+    plans, code = _triton_kernel_plans(lin, torch.randn(1, 130, 512, dtype=torch.bfloat16))
+    assert code.count("aten._scaled_mm.default(") == 1 and "fp8inductor.block_linear.default(" not in code, code
+    assert re.search(r"_scaled_mm\.default\(reinterpret_tensor\(buf\d+, \(132, 512\)", code), code
+    assert re.search(r"empty_strided_\w+\(\(132, 4\), \(1, 132\)", code), code  # column-major scales
+    assert re.search(r"return \(reinterpret_tensor\(buf\d+, \(1, 130, 1024\)", code), code
+    assert len(plans) == 1 and plans[0].persistent and plans[0].numels == {"x": 132 * 4, "r0_": 128}, plans
 
 
 @pytest.mark.usefixtures("fresh_dynamo")

@@ -24,6 +24,7 @@ project's gemm tolerance; timed with triton.testing.do_bench (median) against cu
 (torch._scaled_mm) and the shipped Triton TMA kernel, weights rotated over copies beyond L2.
 """
 
+# ruff: noqa: B023  (the timed closures run within their loop iteration)
 from __future__ import annotations
 
 import argparse
@@ -197,9 +198,8 @@ SHAPES = [  # (M, N, K): the kernel issue's M >= 512 suite members
 
 def compile_only() -> int:
     """Compile every config for sm_90 behind a fake driver (benchmarks/lab/compile_check.py's)."""
-    from triton.runtime.jit import KernelInterface
-
     import compile_check as cc  # benchmarks/lab
+    from triton.runtime.jit import KernelInterface
 
     triton.runtime.driver.set_active(cc.FakeCudaDriver())
     KernelInterface.__getitem__ = cc._warmup_getitem

@@ -11,7 +11,7 @@ torch 2.11.0+cu130, 2026-11-25, 320 shapes x 6 variants against the float32 refe
 | condition | if broken |
 |---|---|
 | ``ceil(K / 128) % 4 == 0`` | **silently wrong** (relative error 0.06 to inf, NaN) at K/128 = 3, 5, 9, 33: cuBLAS reads the 128x128 scales with a leading dimension rounded up to 4, torch's check passes the unrounded one (torch's ``_scaled_mm_v2`` asks for the padded layout) |
-| ``M % 4 == 0`` | CUBLAS_STATUS_NOT_SUPPORTED (M = 1, 2, 5, 17, 33, 127, 129, 2047) |
+| ``M % 4 == 0`` | CUBLAS_STATUS_NOT_SUPPORTED (M = 1, 2, 5, 17, 33, 127, 129, 2047): ``block_gemm`` pads the rows |
 | ``N % 16 == 0``, ``K % 16 == 0`` | rejected by torch |
 | bias only with a bf16/fp16 output, in that dtype | rejected by torch ("Bias is not supported when out_dtype is set to Float32") |
 | compute capability 9.x | torch raises NotImplementedError elsewhere |
@@ -21,6 +21,15 @@ multiple of 128 with ceil(K/128) % 4 == 0, e.g. 4000; bf16, fp16 and fp32 output
 agreed with the reference to 1.7e-3 or better (the output rounding). ``usable`` admits only those, on
 a torch built with CUDA >= 12.9 (torch raises NotImplementedError on older cuBLAS); should cuBLAS still
 raise, ``block_gemm._gemm`` falls back to the Triton kernels with one warning.
+
+Rows. cuBLAS takes M % 4 == 0 only; any other M (a prompt of 2047 tokens) is run as the next
+multiple of 4 (``padded_rows``): ``block_gemm`` appends up to 3 zero rows to the quantized
+activation (scale 0) and returns the first M rows of the product. Rows of a GEMM are independent,
+so the M rows are those of an M-row product; the cost is one copy of xq and of its scales (M x K
+bytes; at M = 2047, K = 4096, ~6 us against a ~60 us GEMM). ``admits`` and ``usable`` judge the
+padded call. Without it such M ran the Triton kernels, 0.70x cuBLAS blockwise at M >= 2048
+(docs/benchmarks.md). The Inductor lowering pads the unquantized activation instead
+(``lowering._cublas_linear``), so its quantization writes the padded rows itself.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import logging
 import os
 
 import torch
+import torch.nn.functional as F
 
 from ..reference import FP8_DTYPE, ceil_div
 from .config import QBLOCK
@@ -63,8 +73,24 @@ def device_supported(device: torch.device) -> bool:
     return torch.cuda.get_device_capability(device)[0] == 9
 
 
+ROW_ALIGN = 4  # cuBLAS blockwise takes M % 4 == 0 only
+
+
+def padded_rows(m: int) -> int:
+    """The rows cuBLAS is called with for an M-row product: M rounded up to a multiple of 4."""
+    return ceil_div(m, ROW_ALIGN) * ROW_ALIGN
+
+
+def pad_rows_enabled() -> bool:
+    """M % 4 != 0 may run on cuBLAS, padded, unless ``FP8INDUCTOR_CUBLAS_PAD_ROWS=0`` (A/B runs: then
+    such M run the Triton kernels, as before the padding; read on every call, part of the pass's
+    cache key)."""
+    return os.environ.get("FP8INDUCTOR_CUBLAS_PAD_ROWS", "1") != "0"
+
+
 def shape_ok(m: int, n: int, k: int, out_dtype: torch.dtype, bias_dtype: torch.dtype | None) -> bool:
-    """The measured conditions of the module docstring, on sizes and dtypes alone (the lowering's test)."""
+    """The measured conditions of the module docstring for a call of M rows as cuBLAS gets it, on
+    sizes and dtypes alone (M % 4 included: callers pass ``padded_rows(m)`` where they pad)."""
     if m <= 0 or n <= 0 or k <= 0:
         return False
     if m % 4 or n % 16 or k % 16 or ceil_div(k, QBLOCK) % 4:
@@ -77,9 +103,13 @@ def shape_ok(m: int, n: int, k: int, out_dtype: torch.dtype, bias_dtype: torch.d
 def admits(
     device: torch.device, m: int, n: int, k: int, out_dtype: torch.dtype, bias_dtype: torch.dtype | None
 ) -> bool:
-    """cuBLAS is on, the device and build support it, and ``shape_ok``: the part of ``usable`` that
-    sizes and dtypes decide (what compile-time decisions can know; ``block_gemm.static_choice``)."""
-    return enabled() and device_supported(device) and shape_ok(m, n, k, out_dtype, bias_dtype)
+    """cuBLAS is on, the device and build support it, and ``shape_ok`` for the padded call (``m``
+    rounded up to a multiple of 4, as ``block_gemm`` runs it): the part of ``usable`` that sizes and
+    dtypes decide (what compile-time decisions can know; ``block_gemm.static_choice``)."""
+    if m <= 0:
+        return False
+    rows = padded_rows(m) if pad_rows_enabled() else m
+    return enabled() and device_supported(device) and shape_ok(rows, n, k, out_dtype, bias_dtype)
 
 
 def _aligned_rows(t: torch.Tensor) -> bool:
@@ -133,12 +163,26 @@ def block_gemm(
         bias: [N] in ``out_dtype`` (bf16/fp16) or None.
         out_dtype: bfloat16, float16 or float32.
     Returns:
-        y: [M, N] ``out_dtype``, contiguous.
+        y: [M, N] ``out_dtype``, contiguous (with M % 4 != 0: the first M rows of the padded
+        product, a view at offset 0 of a [padded_rows(M), N] buffer).
     """
     m = xq.shape[0]
-    if xs.stride() != (1, m):
+    mp = padded_rows(m)
+    if mp != m:
+        xq, xs = pad_rows(xq, xs, mp)
+    elif xs.stride() != (1, m):
         xs = xs.t().contiguous().t()  # [M, K/128], strides (1, M)
-    return torch._scaled_mm(xq, wq.t(), xs, ws.t(), bias=bias, out_dtype=out_dtype)
+    y = torch._scaled_mm(xq, wq.t(), xs, ws.t(), bias=bias, out_dtype=out_dtype)
+    return y[:m] if mp != m else y
+
+
+def pad_rows(xq: torch.Tensor, xs: torch.Tensor, mp: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(xq [M, K] fp8, xs [M, G] fp32 any strides) -> (xq [Mp, K] contiguous, rows M.. zero codes;
+    xs [Mp, G] strides (1, Mp), rows M.. scale 0): one copy kernel each."""
+    pad = mp - xq.shape[0]
+    xq_p = F.pad(xq.view(torch.uint8), (0, 0, 0, pad)).view(xq.dtype)  # fp8 zero = byte 0
+    xs_p = F.pad(xs.t(), (0, pad)).t()  # [G, Mp] contiguous, seen as [Mp, G]
+    return xq_p, xs_p
 
 
 @functools.cache
