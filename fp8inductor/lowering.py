@@ -348,7 +348,9 @@ def _cublas_linear(x, wq, ws, bias, scale_fmt: str, lead: list[int], n: int, k: 
         make = functools.partial(quant_ir.quantize_1x128, x, m, k, scale_fmt, col_major_scales=True)
         xq, xs = _shared_quantization("ir-col-major", scale_fmt, make)
         return _scaled_mm(xq, xs, wq, ws, bias, x.get_dtype(), lead, n)
-    x_rows = L.lowerings[aten.constant_pad_nd.default](L.lowerings[aten.view.default](x, [m, k]), [0, 0, 0, mp - m], 0.0)
+    x_rows = L.lowerings[aten.constant_pad_nd.default](
+        L.lowerings[aten.view.default](x, [m, k]), [0, 0, 0, mp - m], 0.0
+    )
     make = functools.partial(quant_ir.quantize_1x128, x_rows, mp, k, scale_fmt, col_major_scales=True)
     xq, xs = _shared_quantization(f"ir-col-major-rows{mp}", scale_fmt, make)
     y = _scaled_mm(xq, xs, wq, ws, bias, x.get_dtype(), [mp], n)  # [Mp, N]
