@@ -110,6 +110,43 @@ def test_block_gemm_pads_rows_to_a_multiple_of_4(monkeypatch, m, col_major):
     assert torch.equal(padded_q[:m].view(torch.uint8), xq.view(torch.uint8)) and torch.equal(padded_s[:m], xs)
 
 
+@pytest.mark.parametrize("m,rows", [(5, 8), (130, 132), (0, 4), (7, 7)])
+def test_act_quant_writes_the_padded_rows(m, rows):
+    """act_quant_1x128(rows=...) writes rows M.. as quantized zeros (code 0, a finite positive scale)
+    and rows < M as without padding: cuBLAS's padded operand with no copy."""
+    k = 640
+    x = (torch.randn(m, k, generator=torch.Generator().manual_seed(m)) * 3).bfloat16()
+    q, s = act_quant_1x128(x.to(DEVICE), col_major_scales=True, rows=rows)
+    assert q.shape == (rows, k) and q.is_contiguous() and s.shape == (rows, 5) and s.stride() == (1, rows)
+    ref_q, ref_s = quantize_activation_ref(x, 128)
+    assert_fp8_equal(q[:m], ref_q)
+    assert_scales_equal(s[:m].contiguous(), ref_s)
+    assert not q[m:].view(torch.uint8).any()
+    assert torch.isfinite(s[m:]).all() and (s[m:] > 0).all()
+    with pytest.raises(ValueError, match="fewer than"):
+        act_quant_1x128(x.to(DEVICE), rows=m - 1)
+
+
+def test_linear_on_cublas_quantizes_straight_into_the_padded_rows(monkeypatch):
+    """fp8_block_linear at M % 4 != 0 picking cuBLAS: the quant kernel writes the padded operand
+    (no pad copy in block_gemm), cuBLAS sees 132 rows, the caller gets the 130 it asked for."""
+    calls = []
+    monkeypatch.setattr(torch, "_scaled_mm", _fake_scaled_mm(calls))
+    monkeypatch.setattr(cublas, "device_supported", lambda device: True)
+    monkeypatch.setattr(tuned, "lookup", lambda name, m, n, k: CUBLAS)
+    copies = []
+    real_pad = cublas.pad_rows
+    monkeypatch.setattr(cublas, "pad_rows", lambda *a: copies.append(a) or real_pad(*a))
+    m, n, k = 130, 256, 512
+    x = (torch.randn(m, k, generator=torch.Generator().manual_seed(3)) * 2).bfloat16()
+    wq, ws = quantize_weight_ref(torch.randn(n, k) * 0.05, (128, 128))
+    y = bg.fp8_block_linear(x, wq, ws)
+    assert calls == [(132, (1, 132))] and not copies
+    assert y.shape == (m, n) and y.is_contiguous()
+    xq, xs = quantize_activation_ref(x, 128)
+    torch.testing.assert_close(y, block_gemm_ref(xq, xs, wq, ws, None, BF16), rtol=0, atol=0)
+
+
 def test_shape_ok_bias_rules():
     m, n, k = 128, 4096, 4096
     assert cublas.shape_ok(m, n, k, BF16, BF16) and cublas.shape_ok(m, n, k, FP16, FP16)
@@ -336,6 +373,29 @@ def test_cublas_pads_rows_and_matches_reference(why, with_bias):
     bias = torch.randn(n, generator=torch.Generator().manual_seed(4)).to(BF16).cuda() if with_bias else None
     assert cublas.usable(xq, wq, ws, bias, BF16)
     _check(bg.fp8_block_gemm(xq, xs, wq, ws, bias, BF16, config=CUBLAS), xq, xs, wq, ws, bias, BF16)
+
+
+@gpu
+@pytest.mark.usefixtures("fresh_dynamo")
+def test_padded_rows_through_the_op_under_cuda_graphs(monkeypatch):
+    """A symbolic M runs the op, which for M % 4 != 0 returns a view of cuBLAS's padded product:
+    the same values plainly compiled and replayed from a CUDA graph (mode="reduce-overhead")."""
+    _needs_hopper()
+    monkeypatch.setattr(tuned, "lookup", lambda name, m, n, k: CUBLAS)
+    seen = []
+    real = cublas.block_gemm
+    monkeypatch.setattr(cublas, "block_gemm", lambda xq, *rest: seen.append(xq.shape[0]) or real(xq, *rest))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1024, 2048), nn.SiLU(), nn.Linear(2048, 1024)).to("cuda", BF16)
+    x = torch.randn(301, 1024, device="cuda", dtype=BF16)
+    with torch.inference_mode():
+        y = torch.compile(model, backend="fp8block", dynamic=True)(x).clone()
+        torch._dynamo.reset()
+        f = torch.compile(model, backend="fp8block", mode="reduce-overhead", dynamic=True)
+        for _ in range(3):  # warm-up, record, replay
+            y_graph = f(x).clone()
+    assert seen and set(seen) == {304}, seen  # quantized straight into 304 rows
+    assert y.shape == (301, 1024) and torch.equal(y, y_graph)
 
 
 @gpu

@@ -121,10 +121,11 @@ def _fp32_to_e4m3_rne(x):
 @triton.jit
 def _act_quant_1x128_kernel(
     x_ptr,  # [M, K] bf16/fp16/fp32 activations, strides (stride_xm, stride_xk)
-    q_ptr,  # [M, K] float8e4nv codes (out), contiguous
-    s_ptr,  # [M, ceil(K/128)] fp32 scales (multipliers: x ~= q * s) (out), strides (stride_sm, stride_sg)
+    q_ptr,  # [M_OUT, K] float8e4nv codes (out), contiguous
+    s_ptr,  # [M_OUT, ceil(K/128)] fp32 scales (multipliers: x ~= q * s) (out), strides (stride_sm, stride_sg)
     zero_ptr,  # [n_zero] int32 (out: all zero), contiguous; unused unless ZERO
     M,
+    M_OUT,  # rows written, >= M: rows M.. are quantized zeros (code 0; cuBLAS's padded rows)
     K,
     stride_xm,
     stride_xk,
@@ -152,11 +153,13 @@ def _act_quant_1x128_kernel(
                 tl.store(zero_ptr + offs_z, tl.zeros((1024,), dtype=tl.int32), mask=offs_z < n_zero)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_k = pid_g * GROUPS * GROUP + tl.arange(0, GROUPS * GROUP)
-    mask_m = offs_m < M
-    mask = mask_m[:, None] & (offs_k < K)[None, :]
+    mask_k = (offs_k < K)[None, :]
+    mask_m = offs_m < M_OUT  # the rows written
+    mask = mask_m[:, None] & mask_k
     rows = offs_m.to(tl.int64)  # M * K may exceed 2**31
     x_ptrs = x_ptr + rows[:, None] * stride_xm + offs_k.to(tl.int64)[None, :] * stride_xk
-    v = _upcast_fp32(tl.load(x_ptrs, mask=mask, other=0.0))  # padding is 0: never raises the amax
+    # padding is 0 (never raises the amax); rows M .. M_OUT-1 read nothing and quantize zeros
+    v = _upcast_fp32(tl.load(x_ptrs, mask=(offs_m < M)[:, None] & mask_k, other=0.0))
     v = tl.reshape(v, (BLOCK_M, GROUPS, GROUP))
 
     amax = tl.max(tl.abs(v), axis=2)  # [BLOCK_M, GROUPS]
@@ -185,6 +188,7 @@ def act_quant_1x128(
     config: tuple[int, int, int] | None = None,
     zero: torch.Tensor | None = None,
     col_major_scales: bool = False,
+    rows: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize activations per token in groups of 128 along K.
 
@@ -197,9 +201,11 @@ def act_quant_1x128(
             clearing them costs no launch of its own.
         col_major_scales: write s column-major, strides (1, M): the layout cuBLAS blockwise reads
             (``kernels/cublas.py``); same values.
+        rows: write this many rows (>= M; default M): rows M.. quantize zeros (codes 0, the scale
+            of an all-zero group), as cuBLAS's row padding needs (``cublas.padded_rows``), without a copy.
     Returns:
-        q: [M, K] float8_e4m3fn, contiguous.
-        s: [M, ceil(K / 128)] float32, contiguous or (``col_major_scales``) strides (1, M); a
+        q: [rows, K] float8_e4m3fn, contiguous.
+        s: [rows, ceil(K / 128)] float32, contiguous or (``col_major_scales``) strides (1, rows); a
             multiplier: x ~= q * s.
     Bit-exact with ``quantize_activation_ref(x, 128, scale_fmt)`` (up to the sign of zero codes).
     """
@@ -209,20 +215,23 @@ def act_quant_1x128(
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"act_quant_1x128: x must be float32, float16 or bfloat16, got {x.dtype}")
     m, k = x.shape
+    m_out = m if rows is None else rows
+    if m_out < m:
+        raise ValueError(f"act_quant_1x128: rows={rows} is fewer than x's {m} rows")
     num_groups = ceil_div(k, GROUP_K)
-    q = torch.empty((m, k), dtype=FP8_DTYPE, device=x.device)
+    q = torch.empty((m_out, k), dtype=FP8_DTYPE, device=x.device)
     if col_major_scales:
-        s = torch.empty((num_groups, m), dtype=torch.float32, device=x.device).t()  # [M, G], strides (1, M)
+        s = torch.empty((num_groups, m_out), dtype=torch.float32, device=x.device).t()  # [M, G], strides (1, M)
     else:
-        s = torch.empty((m, num_groups), dtype=torch.float32, device=x.device)
+        s = torch.empty((m_out, num_groups), dtype=torch.float32, device=x.device)
     if zero is not None and (zero.dtype != torch.int32 or not zero.is_contiguous() or zero.device != x.device):
         raise ValueError("act_quant_1x128: zero must be a contiguous int32 tensor on x's device")
-    if m == 0 or k == 0:
+    if m_out == 0 or k == 0:
         if zero is not None:
             zero.zero_()
         return q, s
     block_m, groups, num_warps = config or ACT_QUANT_CONFIG
-    grid = (triton.cdiv(m, block_m), triton.cdiv(num_groups, groups))
+    grid = (triton.cdiv(m_out, block_m), triton.cdiv(num_groups, groups))
     pdl = pdl_enabled(x.device, m)
     _act_quant_1x128_kernel[grid](
         x,
@@ -230,6 +239,7 @@ def act_quant_1x128(
         s,
         s if zero is None else zero,
         m,
+        m_out,
         k,
         x.stride(0),
         x.stride(1),

@@ -613,7 +613,10 @@ def fp8_block_linear(
             config = _default_config(x.device, m, n, k, _tma_ok_weight(wq, x.dtype), cublas_ok)
         if config.kind == "splitk":
             tickets = torch.empty((_split_plan(config, m, n, k)[2],), dtype=torch.int32, device=x.device)
-    # cuBLAS reads the activation scales column-major: the quant kernel writes them so (no copy).
+    # cuBLAS reads the activation scales column-major: the quant kernel writes them so (no copy),
+    # and for M % 4 != 0 it writes the zero rows cuBLAS is padded with (cublas.padded_rows)
     col_major = config is not None and config.kind == "cublas"
-    xq, xs = act_quant_1x128(x, scale_fmt, zero=tickets, col_major_scales=col_major)
-    return _gemm(xq, xs, wq, ws, bias, x.dtype, config, tickets, forced=forced)
+    rows = cublas.padded_rows(m) if col_major and m > 0 else m
+    xq, xs = act_quant_1x128(x, scale_fmt, zero=tickets, col_major_scales=col_major, rows=rows)
+    y = _gemm(xq, xs, wq, ws, bias, x.dtype, config, tickets, forced=forced)
+    return y[:m] if rows != m else y  # the first M rows: a view at offset 0, contiguous
