@@ -115,10 +115,12 @@ def _gluon_fp8_gemm_kernel(
     nxt = STAGES - 1
     ok = nxt < nkb
     mbarrier.expect(bars.index(STAGES - 1), stage_bytes, pred=ok)
-    tma.async_copy_global_to_shared(x_desc, [off_m, nxt * BLOCK_K], bars.index(STAGES - 1),
-                                    a_bufs.index(STAGES - 1), pred=ok)
-    tma.async_copy_global_to_shared(w_desc, [off_n, nxt * BLOCK_K], bars.index(STAGES - 1),
-                                    b_bufs.index(STAGES - 1), pred=ok)
+    tma.async_copy_global_to_shared(
+        x_desc, [off_m, nxt * BLOCK_K], bars.index(STAGES - 1), a_bufs.index(STAGES - 1), pred=ok
+    )
+    tma.async_copy_global_to_shared(
+        w_desc, [off_n, nxt * BLOCK_K], bars.index(STAGES - 1), b_bufs.index(STAGES - 1), pred=ok
+    )
     mbarrier.wait(bars.index(0), 0)
     prev = warpgroup_mma(a_bufs.index(0), b_bufs.index(0).permute((1, 0)), zero, use_acc=False, is_async=True)
     s_prev = gl.load(xs_rows) * gl.load(ws_row)  # [BLOCK_M] scale of block 0
@@ -152,6 +154,114 @@ def _gluon_fp8_gemm_kernel(
     tma.store_wait(pendings=0)
 
 
+# ----------------------------------------------------------------------------------------------
+# Warp-specialized variant: a 1-warp TMA producer and the consumer warpgroup(s), per-stage
+# ready/empty mbarriers instead of CTA-wide bar.sync (the first kernel's loop had four per K block)
+# ----------------------------------------------------------------------------------------------
+
+
+@gluon.jit
+def _ws_loader(x_desc, w_desc, a_bufs, b_bufs, ready, empty, off_m, off_n, nkb):
+    """Producer (1 warp): K block kb into stage kb % STAGES once the consumers released it."""
+    STAGES: gl.constexpr = a_bufs.type.shape[0]
+    BLOCK_K: gl.constexpr = x_desc.block_type.shape[1]
+    for kb in range(nkb):
+        s = kb % STAGES
+        # a fresh mbarrier counts as having completed the phase before 0: the first lap passes
+        mbarrier.wait(empty.index(s), ((kb // STAGES) & 1) ^ 1)
+        mbarrier.expect(ready.index(s), x_desc.block_type.nbytes + w_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(x_desc, [off_m, kb * BLOCK_K], ready.index(s), a_bufs.index(s))
+        tma.async_copy_global_to_shared(w_desc, [off_n, kb * BLOCK_K], ready.index(s), b_bufs.index(s))
+
+
+@gluon.jit
+def _ws_consumer(y_desc, a_bufs, b_bufs, ready, empty, xs_rows, ws_row, stride_xsk, stride_wsk, off_m, off_n, nkb,
+                 num_warps: gl.constexpr):  # fmt: skip
+    """MMA + promotion (num_warps warps): block kb's wgmma runs while block kb-1 is promoted; a stage
+    is released (empty arrive) once its wgmma is known complete."""
+    STAGES: gl.constexpr = a_bufs.type.shape[0]
+    BLOCK_M: gl.constexpr = y_desc.block_type.shape[0]
+    BLOCK_N: gl.constexpr = y_desc.block_type.shape[1]
+    mma_layout: gl.constexpr = gl.NVMMADistributedLayout(
+        version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, BLOCK_N, 32]
+    )
+    acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, mma_layout)
+    zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, mma_layout)
+    mbarrier.wait(ready.index(0), 0)
+    prev = warpgroup_mma(a_bufs.index(0), b_bufs.index(0).permute((1, 0)), zero, use_acc=False, is_async=True)
+    s_prev = gl.load(xs_rows) * gl.load(ws_row)
+    for kb in range(1, nkb):
+        s = kb % STAGES
+        mbarrier.wait(ready.index(s), (kb // STAGES) & 1)
+        cur = warpgroup_mma(a_bufs.index(s), b_bufs.index(s).permute((1, 0)), zero, use_acc=False, is_async=True)
+        s_cur = gl.load(xs_rows + kb * stride_xsk) * gl.load(ws_row + kb * stride_wsk)
+        done = warpgroup_mma_wait(num_outstanding=1, deps=(prev,))
+        mbarrier.arrive(empty.index((kb - 1) % STAGES), count=1)
+        acc += done * s_prev[:, None]
+        prev = cur
+        s_prev = s_cur
+    done = warpgroup_mma_wait(num_outstanding=0, deps=(prev,))
+    acc += done * s_prev[:, None]
+    y_smem = gl.allocate_shared_memory(y_desc.dtype, [BLOCK_M, BLOCK_N], y_desc.layout)
+    y_smem.store(acc.to(y_desc.dtype))
+    fence_async_shared()
+    tma.async_copy_shared_to_global(y_desc, [off_m, off_n], y_smem)
+    tma.store_wait(pendings=0)
+
+
+@gluon.jit
+def _gluon_fp8_gemm_ws_kernel(
+    x_desc, w_desc, y_desc, xs_ptr, ws_ptr, M, N, K,
+    stride_xsm, stride_xsk, stride_wsn, stride_wsk,
+    STAGES: gl.constexpr, GROUP_M: gl.constexpr, LOADER_REGS: gl.constexpr, num_warps: gl.constexpr,
+):  # fmt: skip
+    """The kernel above, warp-specialized (same operands and layouts)."""
+    BLOCK_M: gl.constexpr = y_desc.block_type.shape[0]
+    BLOCK_N: gl.constexpr = y_desc.block_type.shape[1]
+    BLOCK_K: gl.constexpr = x_desc.block_type.shape[1]
+    gl.static_assert(BLOCK_K == 128)
+    gl.static_assert(128 % BLOCK_N == 0)
+    pid = gl.program_id(0)
+    num_pid_m = gl.cdiv(M, BLOCK_M)
+    num_pid_n = gl.cdiv(N, BLOCK_N)
+    num_in_group = GROUP_M * num_pid_n
+    first_m = (pid // num_in_group) * GROUP_M
+    group_size_m = gl.minimum(num_pid_m - first_m, GROUP_M)
+    pid_m = first_m + ((pid % num_in_group) % group_size_m)
+    pid_n = (pid % num_in_group) // group_size_m
+    off_m = pid_m * BLOCK_M
+    off_n = pid_n * BLOCK_N
+    nkb = gl.cdiv(K, BLOCK_K)
+
+    a_bufs = gl.allocate_shared_memory(x_desc.dtype, [STAGES, BLOCK_M, BLOCK_K], x_desc.layout)
+    b_bufs = gl.allocate_shared_memory(w_desc.dtype, [STAGES, BLOCK_N, BLOCK_K], w_desc.layout)
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(STAGES):
+        mbarrier.init(ready.index(i), count=1)
+        mbarrier.init(empty.index(i), count=1)
+
+    mma_layout: gl.constexpr = gl.NVMMADistributedLayout(
+        version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, BLOCK_N, 32]
+    )
+    offs_m = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, mma_layout))
+    xs_rows = xs_ptr + gl.where(offs_m < M, offs_m, 0).to(gl.int64) * stride_xsm
+    ws_row = ws_ptr + (off_n // 128) * stride_wsn
+
+    gl.warp_specialize(
+        [
+            (_ws_consumer, (y_desc, a_bufs, b_bufs, ready, empty, xs_rows, ws_row, stride_xsk, stride_wsk,
+                            off_m, off_n, nkb, num_warps)),
+            (_ws_loader, (x_desc, w_desc, a_bufs, b_bufs, ready, empty, off_m, off_n, nkb)),
+        ],
+        [1],
+        [LOADER_REGS],
+    )  # fmt: skip
+
+
+def gluon_fp8_gemm_ws(xq, xs, wq, ws, block_m=128, block_n=128, stages=5, num_warps=8, group_m=8, loader_regs=40):
+    """``gluon_fp8_gemm`` with the warp-specialized kernel (same arguments and result)."""
+    return gluon_fp8_gemm(xq, xs, wq, ws, block_m, block_n, stages, num_warps, group_m, ws_loader_regs=loader_regs)
 
 
 def gluon_fp8_gemm(
@@ -164,31 +274,44 @@ def gluon_fp8_gemm(
     stages: int = 5,
     num_warps: int = 8,
     group_m: int = 8,
+    ws_loader_regs: int | None = None,
 ) -> torch.Tensor:
-    """y [M, N] bf16 = the block-scaled product (see module docstring)."""
+    """y [M, N] bf16 = the block-scaled product (see module docstring); ``ws_loader_regs``: run the
+    warp-specialized kernel, its producer warp limited to that many registers."""
     m, k = xq.shape
     n = wq.shape[0]
     if k % 16 or n % 8 or not xq.is_contiguous() or not wq.is_contiguous():
         raise ValueError(f"TMA needs K % 16 == 0, N % 8 == 0 and contiguous operands (M={m} N={n} K={k})")
     y = torch.empty(m, n, dtype=torch.bfloat16, device=xq.device)
     f8 = gl.float8e4nv
-    x_desc = TensorDescriptor.from_tensor(xq, [block_m, QBLOCK], gl.NVMMASharedLayout.get_default_for([block_m, QBLOCK], f8))
-    w_desc = TensorDescriptor.from_tensor(wq, [block_n, QBLOCK], gl.NVMMASharedLayout.get_default_for([block_n, QBLOCK], f8))
+    x_desc = TensorDescriptor.from_tensor(
+        xq, [block_m, QBLOCK], gl.NVMMASharedLayout.get_default_for([block_m, QBLOCK], f8)
+    )
+    w_desc = TensorDescriptor.from_tensor(
+        wq, [block_n, QBLOCK], gl.NVMMASharedLayout.get_default_for([block_n, QBLOCK], f8)
+    )
     y_desc = TensorDescriptor.from_tensor(
         y, [block_m, block_n], gl.NVMMASharedLayout.get_default_for([block_m, block_n], gl.bfloat16)
     )
     grid = (triton.cdiv(m, block_m) * triton.cdiv(n, block_n),)
-    _gluon_fp8_gemm_kernel[grid](
-        x_desc, w_desc, y_desc, xs, ws, m, n, k,
-        xs.stride(0), xs.stride(1), ws.stride(0), ws.stride(1),
-        STAGES=stages, GROUP_M=group_m, num_warps=num_warps,
-    )  # fmt: skip
+    strides = (xs.stride(0), xs.stride(1), ws.stride(0), ws.stride(1))
+    if ws_loader_regs is None:
+        _gluon_fp8_gemm_kernel[grid](
+            x_desc, w_desc, y_desc, xs, ws, m, n, k, *strides, STAGES=stages, GROUP_M=group_m, num_warps=num_warps,
+        )  # fmt: skip
+    else:
+        _gluon_fp8_gemm_ws_kernel[grid](
+            x_desc, w_desc, y_desc, xs, ws, m, n, k, *strides,
+            STAGES=stages, GROUP_M=group_m, LOADER_REGS=ws_loader_regs, num_warps=num_warps,
+        )  # fmt: skip
     return y
 
 
 # (block_m, block_n, stages, num_warps): 128x128 with 8 warps = two consumer warpgroups, 1 CTA/SM;
 # 64x128 with 4 warps = one warpgroup, 2 CTAs/SM (one's epilogue under the other's main loop).
 CONFIGS = [(128, 128, 4, 8), (128, 128, 5, 8), (128, 128, 6, 8), (64, 128, 3, 4), (64, 128, 4, 4)]
+# warp-specialized (block_m, block_n, stages, consumer warps): plus one producer warp
+WS_CONFIGS = [(128, 128, 4, 8), (128, 128, 5, 8), (128, 128, 6, 8)]  # 64x128: 255 regs, 1 CTA/SM (compile check)
 SHAPES = [  # (M, N, K): the kernel issue's M >= 512 suite members
     (4096, 4096, 4096), (2048, 6144, 4096), (2048, 4096, 4096), (2048, 28672, 4096), (2048, 4096, 14336),
     (2048, 7168, 16384), (2048, 24576, 1536), (2048, 2112, 7168), (8192, 4096, 14336), (8192, 6144, 4096),
@@ -209,10 +332,13 @@ def compile_only() -> int:
     xq, xs = quantize_activation_ref(torch.randn(256, 1024, generator=g))
     wq, ws = quantize_weight_ref(torch.randn(512, 1024, generator=g))
     bad = 0
-    for cfg in CONFIGS:
+    for cfg, ws_kernel in [(c, False) for c in CONFIGS] + [(c, True) for c in WS_CONFIGS]:
         cc.COMPILED.clear()
         try:
-            gluon_fp8_gemm(xq, xs, wq, ws, *cfg)
+            if ws_kernel:
+                gluon_fp8_gemm_ws(xq, xs, wq, ws, *cfg)
+            else:
+                gluon_fp8_gemm(xq, xs, wq, ws, *cfg)
         except Exception as exc:  # noqa: BLE001
             bad += 1
             print(cfg, "COMPILE FAIL", type(exc).__name__, str(exc)[:2000])
@@ -220,7 +346,7 @@ def compile_only() -> int:
         for name, kern, dt in cc.COMPILED:
             print(cfg, name, f"{dt:.1f}s shared {kern.metadata.shared}", cc.resources(kern), flush=True)
             ptx = kern.asm["ptx"]
-            Path(f"/tmp/gluon_{'_'.join(map(str, cfg))}.ptx").write_text(ptx)
+            Path(f"/tmp/gluon_{'ws_' if ws_kernel else ''}{'_'.join(map(str, cfg))}.ptx").write_text(ptx)
     return 1 if bad else 0
 
 
@@ -279,6 +405,8 @@ def main(argv=None) -> int:
         }
         for cfg in CONFIGS:
             cands["gluon_" + "x".join(map(str, cfg))] = lambda w, s, cfg=cfg: gluon_fp8_gemm(xq, xs, w, s, *cfg)
+        for cfg in WS_CONFIGS:
+            cands["gluon_ws_" + "x".join(map(str, cfg))] = lambda w, s, cfg=cfg: gluon_fp8_gemm_ws(xq, xs, w, s, *cfg)
         for name, fn in cands.items():
             try:
                 y = fn(wq, ws).double()
