@@ -53,6 +53,28 @@ QBLOCK = 128
 
 
 @gluon.jit
+def _tile_offsets(M, N, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, GROUP_M: gl.constexpr):
+    """This program's output tile (off_m, off_n), grouped order: GROUP_M row tiles sweep the columns together."""
+    pid = gl.program_id(0)
+    num_pid_m = gl.cdiv(M, BLOCK_M)
+    num_pid_n = gl.cdiv(N, BLOCK_N)
+    num_in_group = GROUP_M * num_pid_n
+    first_m = (pid // num_in_group) * GROUP_M
+    group_size_m = gl.minimum(num_pid_m - first_m, GROUP_M)
+    pid_m = first_m + ((pid % num_in_group) % group_size_m)
+    pid_n = (pid % num_in_group) // group_size_m
+    return pid_m * BLOCK_M, pid_n * BLOCK_N
+
+
+@gluon.jit
+def _scale_rows(xs_ptr, ws_ptr, off_m, off_n, M, stride_xsm, stride_wsn, BLOCK_M: gl.constexpr, layout: gl.constexpr):
+    """Scale pointers at K block 0: xs rows [BLOCK_M] (rows past M read row 0, never stored) in
+    ``layout``, and the tile's one weight-scale row (BLOCK_N divides 128)."""
+    offs_m = off_m + gl.arange(0, BLOCK_M, layout=layout)
+    return xs_ptr + gl.where(offs_m < M, offs_m, 0).to(gl.int64) * stride_xsm, ws_ptr + (off_n // 128) * stride_wsn
+
+
+@gluon.jit
 def _gluon_fp8_gemm_kernel(
     x_desc,  # TMA over xq [M, K] fp8, block [BLOCK_M, 128]
     w_desc,  # TMA over wq [N, K] fp8, block [BLOCK_N, 128]
@@ -71,17 +93,7 @@ def _gluon_fp8_gemm_kernel(
     gl.static_assert(BLOCK_K == 128)
     gl.static_assert(128 % BLOCK_N == 0)
 
-    # grouped tile order (GROUP_M row tiles sweep the columns together)
-    pid = gl.program_id(0)
-    num_pid_m = gl.cdiv(M, BLOCK_M)
-    num_pid_n = gl.cdiv(N, BLOCK_N)
-    num_in_group = GROUP_M * num_pid_n
-    first_m = (pid // num_in_group) * GROUP_M
-    group_size_m = gl.minimum(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + ((pid % num_in_group) % group_size_m)
-    pid_n = (pid % num_in_group) // group_size_m
-    off_m = pid_m * BLOCK_M
-    off_n = pid_n * BLOCK_N
+    off_m, off_n = _tile_offsets(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     nkb = gl.cdiv(K, BLOCK_K)
 
     mma_layout: gl.constexpr = gl.NVMMADistributedLayout(
@@ -103,10 +115,7 @@ def _gluon_fp8_gemm_kernel(
         tma.async_copy_global_to_shared(x_desc, [off_m, i * BLOCK_K], bars.index(i), a_bufs.index(i), pred=ok)
         tma.async_copy_global_to_shared(w_desc, [off_n, i * BLOCK_K], bars.index(i), b_bufs.index(i), pred=ok)
 
-    # scale pointers: rows past M read row 0 (never stored); one weight scale per tile (BLOCK_N | 128)
-    offs_m = off_m + gl.arange(0, BLOCK_M, layout=row_layout)
-    xs_rows = xs_ptr + gl.where(offs_m < M, offs_m, 0).to(gl.int64) * stride_xsm
-    ws_row = ws_ptr + (off_n // 128) * stride_wsn
+    xs_rows, ws_row = _scale_rows(xs_ptr, ws_ptr, off_m, off_n, M, stride_xsm, stride_wsn, BLOCK_M, row_layout)
 
     acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, mma_layout)
     zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, mma_layout)
@@ -221,16 +230,7 @@ def _gluon_fp8_gemm_ws_kernel(
     BLOCK_K: gl.constexpr = x_desc.block_type.shape[1]
     gl.static_assert(BLOCK_K == 128)
     gl.static_assert(128 % BLOCK_N == 0)
-    pid = gl.program_id(0)
-    num_pid_m = gl.cdiv(M, BLOCK_M)
-    num_pid_n = gl.cdiv(N, BLOCK_N)
-    num_in_group = GROUP_M * num_pid_n
-    first_m = (pid // num_in_group) * GROUP_M
-    group_size_m = gl.minimum(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + ((pid % num_in_group) % group_size_m)
-    pid_n = (pid % num_in_group) // group_size_m
-    off_m = pid_m * BLOCK_M
-    off_n = pid_n * BLOCK_N
+    off_m, off_n = _tile_offsets(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     nkb = gl.cdiv(K, BLOCK_K)
 
     a_bufs = gl.allocate_shared_memory(x_desc.dtype, [STAGES, BLOCK_M, BLOCK_K], x_desc.layout)
@@ -244,9 +244,8 @@ def _gluon_fp8_gemm_ws_kernel(
     mma_layout: gl.constexpr = gl.NVMMADistributedLayout(
         version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, BLOCK_N, 32]
     )
-    offs_m = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, mma_layout))
-    xs_rows = xs_ptr + gl.where(offs_m < M, offs_m, 0).to(gl.int64) * stride_xsm
-    ws_row = ws_ptr + (off_n // 128) * stride_wsn
+    row_layout: gl.constexpr = gl.SliceLayout(1, mma_layout)
+    xs_rows, ws_row = _scale_rows(xs_ptr, ws_ptr, off_m, off_n, M, stride_xsm, stride_wsn, BLOCK_M, row_layout)
 
     gl.warp_specialize(
         [
