@@ -75,6 +75,17 @@ def _scale_rows(xs_ptr, ws_ptr, off_m, off_n, M, stride_xsm, stride_wsn, BLOCK_M
 
 
 @gluon.jit
+def _store_tile(y_desc, acc, off_m, off_n):
+    """acc [BLOCK_M, BLOCK_N] fp32 -> y's tile at (off_m, off_n) in y's dtype, through shared memory
+    and a TMA store (rows/columns past M/N are dropped by the TMA unit)."""
+    y_smem = gl.allocate_shared_memory(y_desc.dtype, y_desc.block_type.shape, y_desc.layout)
+    y_smem.store(acc.to(y_desc.dtype))
+    fence_async_shared()
+    tma.async_copy_shared_to_global(y_desc, [off_m, off_n], y_smem)
+    tma.store_wait(pendings=0)
+
+
+@gluon.jit
 def _gluon_fp8_gemm_kernel(
     x_desc,  # TMA over xq [M, K] fp8, block [BLOCK_M, 128]
     w_desc,  # TMA over wq [N, K] fp8, block [BLOCK_N, 128]
@@ -156,11 +167,7 @@ def _gluon_fp8_gemm_kernel(
 
     for i in gl.static_range(STAGES):
         mbarrier.invalidate(bars.index(i))
-    y_smem = gl.allocate_shared_memory(y_desc.dtype, [BLOCK_M, BLOCK_N], y_desc.layout)
-    y_smem.store(acc.to(y_desc.dtype))
-    fence_async_shared()
-    tma.async_copy_shared_to_global(y_desc, [off_m, off_n], y_smem)
-    tma.store_wait(pendings=0)
+    _store_tile(y_desc, acc, off_m, off_n)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -211,11 +218,7 @@ def _ws_consumer(y_desc, a_bufs, b_bufs, ready, empty, xs_rows, ws_row, stride_x
         s_prev = s_cur
     done = warpgroup_mma_wait(num_outstanding=0, deps=(prev,))
     acc += done * s_prev[:, None]
-    y_smem = gl.allocate_shared_memory(y_desc.dtype, [BLOCK_M, BLOCK_N], y_desc.layout)
-    y_smem.store(acc.to(y_desc.dtype))
-    fence_async_shared()
-    tma.async_copy_shared_to_global(y_desc, [off_m, off_n], y_smem)
-    tma.store_wait(pendings=0)
+    _store_tile(y_desc, acc, off_m, off_n)
 
 
 @gluon.jit
