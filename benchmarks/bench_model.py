@@ -281,7 +281,7 @@ def model_shape(args: argparse.Namespace) -> ModelShape:
     shape = QUICK if args.quick else LLAMA3_8B
     if args.decode_batches is not None:
         shape = dataclasses.replace(shape, decode_batches=args.decode_batches)
-    if getattr(args, "prefill_shapes", None) is not None:
+    if args.prefill_shapes is not None:
         shape = dataclasses.replace(shape, prefill_shapes=args.prefill_shapes)
     return shape
 

@@ -344,15 +344,16 @@ def _cublas_linear(x, wq, ws, bias, scale_fmt: str, lead: list[int], n: int, k: 
     # cuBLAS takes M % 4 == 0 only: otherwise the quantization runs over x padded with zero rows (the
     # pad is a masked load inside the quantization kernel) and the product's first M rows are kept
     mp = cublas.padded_rows(m)
-    if mp == m:
-        make = functools.partial(quant_ir.quantize_1x128, x, m, k, scale_fmt, col_major_scales=True)
-        xq, xs = _shared_quantization("ir-col-major", scale_fmt, make)
-        return _scaled_mm(xq, xs, wq, ws, bias, x.get_dtype(), lead, n)
-    x_rows = L.lowerings[aten.constant_pad_nd.default](
-        L.lowerings[aten.view.default](x, [m, k]), [0, 0, 0, mp - m], 0.0
-    )
+    x_rows, form = x, "ir-col-major"
+    if mp != m:
+        x_rows = L.lowerings[aten.constant_pad_nd.default](
+            L.lowerings[aten.view.default](x, [m, k]), [0, 0, 0, mp - m], 0.0
+        )
+        form = f"ir-col-major-rows{mp}"
     make = functools.partial(quant_ir.quantize_1x128, x_rows, mp, k, scale_fmt, col_major_scales=True)
-    xq, xs = _shared_quantization(f"ir-col-major-rows{mp}", scale_fmt, make)
+    xq, xs = _shared_quantization(form, scale_fmt, make)
+    if mp == m:
+        return _scaled_mm(xq, xs, wq, ws, bias, x.get_dtype(), lead, n)
     y = _scaled_mm(xq, xs, wq, ws, bias, x.get_dtype(), [mp], n)  # [Mp, N]
     y = L.lowerings[aten.slice.Tensor](y, 0, 0, m)
     return L.lowerings[aten.view.default](y, [*lead, n])
