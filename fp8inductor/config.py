@@ -52,6 +52,11 @@ class FP8BlockConfig:
             every layer) is computed into a buffer once per forward, where Inductor would evaluate
             sin/cos again for every element of every reader (``fp8inductor.trig_tables``). Same
             values; it is no FP8 matter, and plain ``torch.compile`` does not do it.
+        fold_gqa_heads: at decode (one query position), a grouped-query attention whose keys and values
+            transformers expanded to the query heads (``repeat_kv``, taken where a mask is passed)
+            reads the KV heads as they are, the query heads of a group folded into query rows
+            (``fp8inductor.gqa_heads``): the same attention without copying the KV cache ``n_rep``
+            times per layer and step. Also no FP8 matter; plain ``torch.compile`` does not do it.
         convert_routers: also convert Mixture-of-Experts routers (``eligibility.is_moe_router``).
             Off by default: transformers' FP8 loader and the FP8 checkpoints keep routers in high
             precision, and an FP8 router changes which experts a token gets (a quarter of the
@@ -70,6 +75,7 @@ class FP8BlockConfig:
     fuse_siblings: bool = True
     fuse_norms: bool = True
     trig_tables_once: bool = True
+    fold_gqa_heads: bool = True
     convert_routers: bool = False
 
     def __post_init__(self) -> None:
@@ -98,7 +104,7 @@ class FP8BlockConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
-        for name in ("fuse_siblings", "fuse_norms", "trig_tables_once", "convert_routers"):
+        for name in ("fuse_siblings", "fuse_norms", "trig_tables_once", "fold_gqa_heads", "convert_routers"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.gemm_lowering not in GEMM_LOWERINGS:

@@ -175,6 +175,10 @@ class FP8BlockPass(CustomGraphPass):
             from .trig_tables import realize_trig_tables
 
             realize_trig_tables(graph)
+        if self.config.fold_gqa_heads:
+            from .gqa_heads import fold_gqa_heads
+
+            fold_gqa_heads(graph)
 
     def uuid(self) -> bytes:
         # FP8INDUCTOR_CUBLAS(_PAD_ROWS), FP8INDUCTOR_QUANT_IR and FP8INDUCTOR_PDL change the

@@ -357,6 +357,7 @@ def main(argv=None) -> int:
     p.add_argument("--compile-only", action="store_true")
     p.add_argument("--out", default="gluon_lab.json")
     p.add_argument("--budget-s", type=float, default=240.0)
+    p.add_argument("--ws-only", action="store_true", help="skip the non-warp-specialized Gluon configs")
     args = p.parse_args(argv)
     if args.compile_only:
         sys.path.insert(0, str(HERE))
@@ -405,7 +406,7 @@ def main(argv=None) -> int:
             "cublas_bw": lambda w, s: cublas.block_gemm(xq, xs_cm, w, s, None, torch.bfloat16),
             "triton_shipped": lambda w, s: fp8_block_gemm(xq, xs, w, s, out_dtype=torch.bfloat16),
         }
-        for cfg in CONFIGS:
+        for cfg in [] if args.ws_only else CONFIGS:
             cands["gluon_" + "x".join(map(str, cfg))] = lambda w, s, cfg=cfg: gluon_fp8_gemm(xq, xs, w, s, *cfg)
         for cfg in WS_CONFIGS:
             cands["gluon_ws_" + "x".join(map(str, cfg))] = lambda w, s, cfg=cfg: gluon_fp8_gemm_ws(xq, xs, w, s, *cfg)

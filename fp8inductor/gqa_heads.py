@@ -1,0 +1,200 @@
+"""Grouped-query attention at decode without copying the KV cache once per query head.
+
+transformers' SDPA attention with an attention mask (every decode step against a static cache)
+expands the keys and values of its ``H_kv`` KV heads to the ``H_q`` query heads first (``repeat_kv``):
+
+    k_rep = k[:, :, None].expand(B, H_kv, n_rep, S, D).reshape(B, H_q, S, D)   # a copy, n_rep times k
+    out = sdpa(q, k_rep, v_rep, attn_mask)                                      # q [B, H_q, 1, D]
+
+(without a mask it passes ``enable_gqa=True`` instead, whose kernels read the KV heads as they are;
+with one, only the copy gets it to a fused kernel). Query head ``h`` reads KV head ``h // n_rep``, so
+the ``n_rep`` query heads of a group can as well be ``n_rep`` query *rows* of one head:
+
+    out = sdpa(q.view(B, H_kv, n_rep, D), k, v, mask_g).view(B, H_q, 1, D)
+
+where ``mask_g`` [B, 1 or H_kv, n_rep, S] gives each row its head's mask row. Every (head, query) row
+attends over the same keys with the same mask as before: the same attention, without writing
+``n_rep`` copies of the cache (at Llama-3-8B, a 1024-position cache: 2 x 8 MB written and read again
+per layer and decode step, where the attention itself needs 2 x 2 MB).
+
+This pass does that on the Inductor graph, for the fused SDPA ops (cuDNN, memory-efficient, flash,
+CPU flash) when the query has one position (decode), there is no dropout and no causal flag (a causal
+mask depends on the row index, which the fold changes), only the attention output is used (inference:
+no log-sum-exp for a backward), and keys and values are ``repeat_kv`` expansions of the same factor.
+Left alone: prefill (more than one query position: the fold would copy the query and the mask instead).
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+
+import torch
+from torch import fx
+
+aten = torch.ops.aten
+log = logging.getLogger("fp8inductor")
+
+# The fused SDPA ops as the AOT graph holds them; the mask argument's name where the op takes one.
+_SDPA_MASK_ARG = {
+    aten._scaled_dot_product_cudnn_attention.default: "attn_bias",
+    aten._scaled_dot_product_efficient_attention.default: "attn_bias",
+    aten._scaled_dot_product_flash_attention_for_cpu.default: "attn_mask",
+    aten._scaled_dot_product_flash_attention.default: None,
+}
+_VIEWS = (aten.view.default, aten._unsafe_view.default, aten.reshape.default)
+
+
+def _val(node):
+    return node.meta.get("val") if isinstance(node, fx.Node) else None
+
+
+def _arg(node: fx.Node, name: str):
+    """``node``'s argument ``name`` (positional or keyword, else the schema's default) and its position
+    among the positional arguments (None where it is keyword-only or not given positionally)."""
+    for i, a in enumerate(node.target._schema.arguments):
+        if a.name == name:
+            if i < len(node.args) and not a.kwarg_only:
+                return node.args[i], i
+            if name in node.kwargs:
+                return node.kwargs[name], None
+            return (a.default_value if a.has_default_value() else None), None
+    raise KeyError(name)
+
+
+def _repeat_kv_source(node) -> tuple[fx.Node, int] | None:
+    """(kv [B, H_kv, S, D], n_rep) when ``node`` is ``view(clone?(expand(unsqueeze(kv, 2), [B, H_kv,
+    n_rep, S, D])), [B, H_kv * n_rep, S, D])``, transformers' ``repeat_kv``; else None."""
+    if not isinstance(node, fx.Node) or node.op != "call_function" or node.target not in _VIEWS:
+        return None
+    inner = node.args[0]
+    if isinstance(inner, fx.Node) and inner.target == aten.clone.default:
+        inner = inner.args[0]
+    if not isinstance(inner, fx.Node) or inner.target != aten.expand.default:
+        return None
+    unsq = inner.args[0]
+    if not isinstance(unsq, fx.Node) or unsq.target != aten.unsqueeze.default or unsq.args[1] != 2:
+        return None
+    kv, expanded, out = _val(unsq.args[0]), _val(inner), _val(node)
+    if not all(isinstance(t, torch.Tensor) for t in (kv, expanded, out)) or kv.dim() != 4 or expanded.dim() != 5:
+        return None
+    b, h_kv, n_rep, s, d = expanded.shape
+    if not isinstance(n_rep, int) or n_rep < 2:
+        return None
+    if not _same_shape(out.shape, (b, h_kv * n_rep, s, d)) or not _same_shape(kv.shape, (b, h_kv, s, d)):
+        return None
+    return unsq.args[0], n_rep
+
+
+def _same_shape(shape, want) -> bool:
+    """Sizes equal where they are known to be (symbolic sizes: provably, without adding a guard)."""
+    from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+    return len(shape) == len(want) and all(a is b or statically_known_true(a == b) for a, b in zip(shape, want))
+
+
+class _Emitter:
+    """Inserts nodes before ``anchor`` with their fake values (``meta["val"]``) set at once."""
+
+    def __init__(self, graph: fx.Graph, anchor: fx.Node, fake_mode) -> None:
+        self.graph, self.anchor, self.fake_mode = graph, anchor, fake_mode
+
+    def __call__(self, target, args: tuple, kwargs: dict | None = None) -> fx.Node:
+        kwargs = kwargs or {}
+        with self.graph.inserting_before(self.anchor):
+            node = self.graph.call_function(target, args, kwargs)
+
+        def val(a):
+            return a.meta["val"] if isinstance(a, fx.Node) else a
+
+        with self.fake_mode:
+            node.meta["val"] = target(*fx.node.map_aggregate(args, val), **fx.node.map_aggregate(kwargs, val))
+        return node
+
+
+def _folded_mask(emit: _Emitter, mask: fx.Node, h_q: int, h_kv: int, n_rep: int) -> fx.Node | None:
+    """The mask for the folded call: [B', 1, n_rep, S] rows from a [B', 1, 1, S] mask (each query row
+    of a head group reads the one row), or [B', H_kv, n_rep, S] from a per-head [B', H_q, 1, S] one
+    (static B' and S only); None where the mask has another form (the call is then left alone)."""
+    val = _val(mask)
+    if not isinstance(val, torch.Tensor) or val.dim() != 4 or val.shape[2] != 1:
+        return None
+    if val.shape[1] == 1:
+        return emit(aten.cat.default, ([mask] * n_rep, 2))
+    if val.shape[1] == h_q and isinstance(val.shape[0], int) and isinstance(val.shape[3], int):
+        contiguous = emit(aten.clone.default, (mask,), {"memory_format": torch.contiguous_format})
+        return emit(aten.view.default, (contiguous, [val.shape[0], h_kv, n_rep, val.shape[3]]))
+    return None
+
+
+def _erase_if_dead(graph: fx.Graph, node) -> None:
+    """Erase ``node`` and then its inputs, as long as nothing reads them (a ``repeat_kv`` chain)."""
+    todo = [node]
+    while todo:
+        n = todo.pop()
+        if isinstance(n, fx.Node) and n.op == "call_function" and not n.users and not n.is_impure():
+            inputs = n.all_input_nodes
+            graph.erase_node(n)
+            todo += inputs
+
+
+def fold_gqa_heads(graph: fx.Graph) -> int:
+    """Rewrite each decode-time ``sdpa(q, repeat_kv(k), repeat_kv(v), mask)`` as above; returns how many."""
+    from torch._guards import detect_fake_mode
+
+    done = 0
+    folded_masks: dict[tuple[fx.Node, int], fx.Node] = {}  # one folded mask per (mask, n_rep): layers share it
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target not in _SDPA_MASK_ARG:
+            continue
+        users = list(node.users)
+        if not users or any(u.target is not operator.getitem or (u.args[1] != 0 and u.users) for u in users):
+            continue  # another output (log-sum-exp: a backward) is read
+        (q, q_pos), (k, k_pos), (v, v_pos) = _arg(node, "query"), _arg(node, "key"), _arg(node, "value")
+        if _arg(node, "dropout_p")[0] or _arg(node, "is_causal")[0] or None in (q_pos, k_pos, v_pos):
+            continue
+        k_src, v_src, qv = _repeat_kv_source(k), _repeat_kv_source(v), _val(q)
+        if k_src is None or v_src is None or k_src[1] != v_src[1] or not isinstance(qv, torch.Tensor):
+            continue
+        n_rep = k_src[1]
+        if qv.dim() != 4 or qv.shape[2] != 1 or not isinstance(qv.shape[1], int) or not isinstance(qv.shape[3], int):
+            continue  # prefill (more than one query position) or a symbolic head count
+        b, h_q, _, d = qv.shape
+        h_kv = h_q // n_rep
+        b = b if isinstance(b, int) else -1  # a symbolic batch: the view infers it
+        mask_name = _SDPA_MASK_ARG[node.target]
+        mask, mask_pos = _arg(node, mask_name) if mask_name else (None, None)
+        emit = _Emitter(graph, node, detect_fake_mode([qv]))
+        mask_g = None
+        if mask is not None:
+            first = next(n for n in graph.nodes if n.op != "placeholder")
+            key = (mask, n_rep)
+            if key not in folded_masks:  # emitted right after the mask, before every attention that reads it
+                anchor = mask.next if mask.op != "placeholder" else first
+                folded = _folded_mask(_Emitter(graph, anchor, emit.fake_mode), mask, h_q, h_kv, n_rep)
+                if folded is None:
+                    continue
+                folded_masks[key] = folded
+            mask_g = folded_masks[key]
+        q_c = emit(aten.clone.default, (q,), {"memory_format": torch.contiguous_format})
+        q_g = emit(aten.view.default, (q_c, [b, h_kv, n_rep, d]))  # [B, H_kv, n_rep, D]: a head group's rows
+        args, kwargs = list(node.args), dict(node.kwargs)
+        args[q_pos], args[k_pos], args[v_pos] = q_g, k_src[0], v_src[0]  # k, v [B, H_kv, S, D]
+        if mask_g is not None:
+            if mask_pos is None:
+                kwargs[mask_name] = mask_g
+            else:
+                args[mask_pos] = mask_g
+        sdpa = emit(node.target, tuple(args), kwargs)
+        out = emit(aten.view.default, (emit(operator.getitem, (sdpa, 0)), [b, h_q, 1, d]))  # [B, H_q, 1, D]
+        for user in users:
+            user.replace_all_uses_with(out)
+            graph.erase_node(user)
+        graph.erase_node(node)
+        _erase_if_dead(graph, k)
+        _erase_if_dead(graph, v)
+        done += 1
+    if done:
+        torch._dynamo.utils.counters["fp8inductor"]["gqa_heads_folded"] += done
+        log.info("fp8block: %d grouped-query attention(s) read the KV heads as they are (no repeat_kv copy)", done)
+    return done

@@ -1,0 +1,183 @@
+"""``fp8inductor.gqa_heads``: decode-time grouped-query attention reads the KV heads as they are.
+
+Graph level: aten graphs of ``repeat_kv`` + SDPA (``make_fx``, the CPU flash op that Inductor's
+CPU graphs hold) before and after the pass, run on the same inputs. Model level: a Llama decode
+step against a static cache with a mask (the form whose ``repeat_kv`` transformers keeps).
+Tolerances: the folded call runs the same attention over the same keys, but with other row/head
+tiling, so the fp32 softmax sums may add in another order: 1e-5 relative in fp32; bf16 models
+compare within a few bf16 roundings of the logits (2e-2 relative, vs FP8's ~5e-2 from eager).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch._dynamo.utils import counters
+from torch.fx.experimental.proxy_tensor import make_fx
+
+import fp8inductor
+from fp8inductor.gqa_heads import fold_gqa_heads
+from fp8inductor.testing import rel_err
+
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
+aten = torch.ops.aten
+_SDPA_OPS = {
+    aten._scaled_dot_product_flash_attention_for_cpu.default,
+    aten._scaled_dot_product_cudnn_attention.default,
+    aten._scaled_dot_product_efficient_attention.default,
+    aten._scaled_dot_product_flash_attention.default,
+}
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """transformers' repeat_kv: [B, H_kv, S, D] -> [B, H_kv * n_rep, S, D] (a copy)."""
+    b, h, s, d = x.shape
+    return x[:, :, None, :, :].expand(b, h, n_rep, s, d).reshape(b, h * n_rep, s, d)
+
+
+def attention(q, k, v, mask, n_rep: int, is_causal: bool = False):
+    """q [B, H_q, S_q, D], k/v [B, H_kv, S, D], mask [B', 1 or H_q, S_q, S] additive or None."""
+    return F.scaled_dot_product_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), attn_mask=mask,
+                                          is_causal=is_causal)  # fmt: skip
+
+
+def _inputs(b=2, h_q=8, h_kv=2, s_q=1, s=40, d=32, mask_heads=1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, s_q, h_q, d, generator=g).transpose(1, 2)  # [B, H_q, S_q, D], as transformers makes it
+    k, v = (torch.randn(b, h_kv, s, d, generator=g) for _ in range(2))
+    mask = torch.zeros(b, mask_heads, s_q, s)
+    mask.masked_fill_(torch.rand(b, mask_heads, s_q, s, generator=g) < 0.3, float("-inf"))
+    mask[..., 0] = 0.0  # every row attends somewhere
+    return q, k, v, mask
+
+
+def _traced(fn, args, mode="fake"):
+    return make_fx(fn, tracing_mode=mode)(*args)
+
+
+def _ops(gm, target):
+    return [n for n in gm.graph.nodes if n.target == target]
+
+
+@pytest.mark.parametrize("mask_heads", [1, 8, None], ids=["mask_b1s", "mask_per_head", "no_mask"])
+def test_folds_decode_attention_and_keeps_its_values(mask_heads):
+    q, k, v, mask = _inputs(mask_heads=mask_heads or 1)
+    mask = None if mask_heads is None else mask
+    gm = _traced(lambda q, k, v, m: attention(q, k, v, m, 4), (q, k, v, mask))
+    assert len(_ops(gm, aten.expand.default)) == 2
+    assert fold_gqa_heads(gm.graph) == 1
+    gm.recompile()
+    assert not _ops(gm, aten.expand.default), "the repeat_kv copies are still in the graph"
+    (sdpa,) = [n for n in gm.graph.nodes if n.target in _SDPA_OPS]
+    assert tuple(sdpa.args[0].meta["val"].shape) == (2, 2, 4, 32)  # [B, H_kv, n_rep query rows, D]
+    assert tuple(sdpa.args[1].meta["val"].shape) == (2, 2, 40, 32)  # the KV heads as they are
+    want = attention(q, k, v, mask, 4)
+    got = gm(q, k, v, mask)
+    assert got.shape == want.shape
+    assert rel_err(got, want) < 1e-5
+
+
+@pytest.mark.parametrize("case", ["prefill", "causal", "no_gqa", "mask_rows"])
+def test_leaves_other_attention_alone(case):
+    n_rep, kw, causal = 4, {}, False
+    if case == "prefill":
+        kw = {"s_q": 3}  # more than one query position
+    elif case == "no_gqa":
+        n_rep, kw = 1, {"h_kv": 8}
+    q, k, v, mask = _inputs(**kw)
+    if case == "causal":
+        mask, causal = None, True
+    if case == "mask_rows":  # a mask of another form ([S_q, S], broadcast over batch and heads)
+        mask = mask[0, 0]
+    gm = _traced(lambda q, k, v, m: attention(q, k, v, m, n_rep, causal), (q, k, v, mask))
+    before = [n.target for n in gm.graph.nodes]
+    assert fold_gqa_heads(gm.graph) == 0
+    assert [n.target for n in gm.graph.nodes] == before
+
+
+def test_layers_share_one_folded_mask():
+    q, k, v, mask = _inputs()
+
+    def two_layers(q, k, v, m):
+        return attention(q, k, v, m, 4) + attention(q * 2, k, v, m, 4)
+
+    gm = _traced(two_layers, (q, k, v, mask))
+    assert fold_gqa_heads(gm.graph) == 2
+    gm.recompile()
+    assert len(_ops(gm, aten.cat.default)) == 1
+    assert rel_err(gm(q, k, v, mask), two_layers(q, k, v, mask)) < 1e-5
+
+
+def _llama_decode(model, cfg, batch=2, max_cache_len=48, pos=20, seed=1):
+    from transformers import StaticCache
+
+    cache = StaticCache(config=cfg, max_cache_len=max_cache_len)
+    cache.early_initialization(batch, cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads,
+                               torch.bfloat16, "cpu")  # fmt: skip
+    g = torch.Generator().manual_seed(seed)
+    for layer in cache.layers:
+        layer.keys.normal_(generator=g)
+        layer.values.normal_(generator=g)
+    ids = torch.randint(0, cfg.vocab_size, (batch, 1), generator=g)
+    mask = torch.zeros(batch, 1, 1, max_cache_len, dtype=torch.bool)  # [B, 1, 1, S], True = attend
+    mask[..., : pos + 1] = True
+    mask[0, ..., 3] = False  # the rows differ: a folded row must read its own batch's mask
+    with torch.inference_mode():
+        out = model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True,
+                    cache_position=torch.tensor([pos]))  # fmt: skip
+    return out.logits.float()
+
+
+@pytest.mark.slow
+def test_llama_decode_step_folds_every_layer():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=8,
+                      num_key_value_heads=2, vocab_size=512)  # fmt: skip
+    model = LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
+    eager = _llama_decode(model, cfg)
+    outs = {}
+    for fold in (False, True):
+        torch._dynamo.reset()
+        counters.clear()
+        compiled = torch.compile(model, backend="fp8block", options={"fold_gqa_heads": fold})
+        outs[fold] = _llama_decode(compiled, cfg)
+        assert counters["fp8inductor"]["gqa_heads_folded"] == (2 if fold else 0)
+    assert rel_err(outs[True], outs[False]) < 2e-2
+    assert rel_err(outs[True], eager) < 1e-1  # FP8 linears: ~5e-2 from eager bf16 on this model
+    assert fp8inductor.FP8BlockConfig(fold_gqa_heads=False) != fp8inductor.FP8BlockConfig()
+
+
+def test_symbolic_batch_folds_once_for_every_batch():
+    """One graph with a symbolic batch (``mark_dynamic``): the fold's views infer it, and each
+    batch's rows read their own mask rows."""
+    compiled = torch.compile(lambda q, k, v, m: attention(q, k, v, m, 4), backend="fp8block")
+    for b in (2, 3, 5):
+        q, k, v, mask = _inputs(b=b, seed=b)
+        for t in (q, k, v, mask):
+            torch._dynamo.mark_dynamic(t, 0)
+        with torch.inference_mode():
+            got = compiled(q, k, v, mask)
+        assert rel_err(got, attention(q, k, v, mask, 4)) < 1e-5, b
+    assert counters["stats"]["unique_graphs"] == 1
+    assert counters["fp8inductor"]["gqa_heads_folded"] == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mask_heads", [1, 32])
+@pytest.mark.parametrize("batch", [1, 8])
+def test_cuda_decode_attention_folds_into_the_fused_kernel(mask_heads, batch):
+    """On the GPU the graph holds cuDNN's or the memory-efficient kernel's op (whichever SDPA picks
+    for these inputs): folded, it runs 8 KV heads x 4 query rows over the 8 KV heads as stored.
+    bf16 output: within 2 bf16 roundings (2**-7 relative) of eager's."""
+    dev = torch.device("cuda")
+    q, k, v, mask = (t.to(dev, torch.bfloat16) for t in _inputs(b=batch, h_q=32, h_kv=8, s=520, d=128,
+                                                                mask_heads=mask_heads))  # fmt: skip
+    compiled = torch.compile(lambda q, k, v, m: attention(q, k, v, m, 4), backend="fp8block")
+    with torch.inference_mode():
+        got = compiled(q, k, v, mask)
+        want = attention(q, k, v, mask, 4)
+    assert counters["fp8inductor"]["gqa_heads_folded"] == 1
+    assert rel_err(got.float(), want.float()) < 2**-7
