@@ -75,7 +75,7 @@ class FP8BlockConfig:
     fuse_siblings: bool = True
     fuse_norms: bool = True
     trig_tables_once: bool = True
-    fold_gqa_heads: bool = True
+    fold_gqa_heads: bool = False
     convert_routers: bool = False
 
     def __post_init__(self) -> None:

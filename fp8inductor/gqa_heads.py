@@ -42,6 +42,8 @@ _SDPA_MASK_ARG = {
     aten._scaled_dot_product_flash_attention_for_cpu.default: "attn_mask",
     aten._scaled_dot_product_flash_attention.default: None,
 }
+# Ops whose kernels take fewer KV heads than query heads as they are (GQA), at any query length.
+_NATIVE_GQA = {aten._scaled_dot_product_cudnn_attention.default}
 _VIEWS = (aten.view.default, aten._unsafe_view.default, aten.reshape.default)
 
 
@@ -147,14 +149,24 @@ def fold_gqa_heads(graph: fx.Graph) -> int:
     for node in list(graph.nodes):
         if node.op != "call_function" or node.target not in _SDPA_MASK_ARG:
             continue
-        users = list(node.users)
-        if not users or any(u.target is not operator.getitem or (u.args[1] != 0 and u.users) for u in users):
-            continue  # another output (log-sum-exp: a backward) is read
         (q, q_pos), (k, k_pos), (v, v_pos) = _arg(node, "query"), _arg(node, "key"), _arg(node, "value")
-        if _arg(node, "dropout_p")[0] or _arg(node, "is_causal")[0] or None in (q_pos, k_pos, v_pos):
+        if None in (q_pos, k_pos, v_pos):
             continue
         k_src, v_src, qv = _repeat_kv_source(k), _repeat_kv_source(v), _val(q)
         if k_src is None or v_src is None or k_src[1] != v_src[1] or not isinstance(qv, torch.Tensor):
+            continue
+        if node.target in _NATIVE_GQA:  # the kernel reads query head h's KV head h // n_rep itself
+            args = list(node.args)
+            args[k_pos], args[v_pos] = k_src[0], v_src[0]  # [B, H_kv, S, D]; the outputs keep their shapes
+            node.args = tuple(args)
+            _erase_if_dead(graph, k)
+            _erase_if_dead(graph, v)
+            done += 1
+            continue
+        users = list(node.users)
+        if not users or any(u.target is not operator.getitem or (u.args[1] != 0 and u.users) for u in users):
+            continue  # another output (log-sum-exp: a backward) is read
+        if _arg(node, "dropout_p")[0] or _arg(node, "is_causal")[0]:
             continue
         n_rep = k_src[1]
         if qv.dim() != 4 or qv.shape[2] != 1 or not isinstance(qv.shape[1], int) or not isinstance(qv.shape[3], int):

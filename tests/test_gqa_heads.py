@@ -22,6 +22,7 @@ from fp8inductor.testing import rel_err
 
 pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 aten = torch.ops.aten
+_ON = {"fold_gqa_heads": True}
 _SDPA_OPS = {
     aten._scaled_dot_product_flash_attention_for_cpu.default,
     aten._scaled_dot_product_cudnn_attention.default,
@@ -147,13 +148,13 @@ def test_llama_decode_step_folds_every_layer():
         assert counters["fp8inductor"]["gqa_heads_folded"] == (2 if fold else 0)
     assert rel_err(outs[True], outs[False]) < 2e-2
     assert rel_err(outs[True], eager) < 1e-1  # FP8 linears: ~5e-2 from eager bf16 on this model
-    assert fp8inductor.FP8BlockConfig(fold_gqa_heads=False) != fp8inductor.FP8BlockConfig()
+    assert fp8inductor.FP8BlockConfig(**_ON) != fp8inductor.FP8BlockConfig(fold_gqa_heads=False)  # the cache key
 
 
 def test_symbolic_batch_folds_once_for_every_batch():
     """One graph with a symbolic batch (``mark_dynamic``): the fold's views infer it, and each
     batch's rows read their own mask rows."""
-    compiled = torch.compile(lambda q, k, v, m: attention(q, k, v, m, 4), backend="fp8block")
+    compiled = torch.compile(lambda q, k, v, m: attention(q, k, v, m, 4), backend="fp8block", options=_ON)
     for b in (2, 3, 5):
         q, k, v, mask = _inputs(b=b, seed=b)
         for t in (q, k, v, mask):
@@ -175,7 +176,7 @@ def test_cuda_decode_attention_folds_into_the_fused_kernel(mask_heads, batch):
     dev = torch.device("cuda")
     q, k, v, mask = (t.to(dev, torch.bfloat16) for t in _inputs(b=batch, h_q=32, h_kv=8, s=520, d=128,
                                                                 mask_heads=mask_heads))  # fmt: skip
-    compiled = torch.compile(lambda q, k, v, m: attention(q, k, v, m, 4), backend="fp8block")
+    compiled = torch.compile(lambda q, k, v, m: attention(q, k, v, m, 4), backend="fp8block", options=_ON)
     with torch.inference_mode():
         got = compiled(q, k, v, mask)
         want = attention(q, k, v, mask, 4)
