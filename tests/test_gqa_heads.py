@@ -167,18 +167,18 @@ def test_symbolic_batch_folds_once_for_every_batch():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("mask_heads", [1, 32])
-@pytest.mark.parametrize("batch", [1, 8])
-def test_cuda_decode_attention_folds_into_the_fused_kernel(mask_heads, batch):
-    """On the GPU the graph holds cuDNN's or the memory-efficient kernel's op (whichever SDPA picks
-    for these inputs): folded, it runs 8 KV heads x 4 query rows over the 8 KV heads as stored.
-    bf16 output: within 2 bf16 roundings (2**-7 relative) of eager's."""
+@pytest.mark.parametrize(("batch", "s_q", "mask_heads"), [(1, 1, 1), (8, 1, 1), (1, 1, 32), (2, 7, 1)])
+def test_cuda_attention_reads_the_kv_heads_as_stored(batch, s_q, mask_heads):
+    """On the GPU the graph holds cuDNN's op (given the KV heads as they are, any query length) or the
+    memory-efficient kernel's (folded, one query position), whichever SDPA picks for these inputs.
+    bf16 outputs: within 2 bf16 roundings (2**-7 relative) of eager's."""
     dev = torch.device("cuda")
-    q, k, v, mask = (t.to(dev, torch.bfloat16) for t in _inputs(b=batch, h_q=32, h_kv=8, s=520, d=128,
+    q, k, v, mask = (t.to(dev, torch.bfloat16) for t in _inputs(b=batch, h_q=32, h_kv=8, s_q=s_q, s=520, d=128,
                                                                 mask_heads=mask_heads))  # fmt: skip
     compiled = torch.compile(lambda q, k, v, m: attention(q, k, v, m, 4), backend="fp8block", options=_ON)
     with torch.inference_mode():
         got = compiled(q, k, v, mask)
         want = attention(q, k, v, mask, 4)
-    assert counters["fp8inductor"]["gqa_heads_folded"] == 1
     assert rel_err(got.float(), want.float()) < 2**-7
+    if s_q == 1:  # every fused op's form is rewritten at decode
+        assert counters["fp8inductor"]["gqa_heads_folded"] == 1
