@@ -79,11 +79,13 @@ def test_folds_decode_attention_and_keeps_its_values(mask_heads):
     assert rel_err(got, want) < 1e-5
 
 
-@pytest.mark.parametrize("case", ["prefill", "causal", "no_gqa", "mask_rows"])
+@pytest.mark.parametrize("case", ["prefill", "causal", "no_gqa", "mask_rows", "batch1"])
 def test_leaves_other_attention_alone(case):
     n_rep, kw, causal = 4, {}, False
     if case == "prefill":
         kw = {"s_q": 3}  # more than one query position
+    elif case == "batch1":
+        kw = {"b": 1}  # a static batch of 1: measured slower folded (gqa_heads docstring)
     elif case == "no_gqa":
         n_rep, kw = 1, {"h_kv": 8}
     q, k, v, mask = _inputs(**kw)
@@ -167,11 +169,12 @@ def test_symbolic_batch_folds_once_for_every_batch():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize(("batch", "s_q", "mask_heads"), [(1, 1, 1), (8, 1, 1), (1, 1, 32), (2, 7, 1)])
-def test_cuda_attention_reads_the_kv_heads_as_stored(batch, s_q, mask_heads):
-    """On the GPU the graph holds cuDNN's op (given the KV heads as they are, any query length) or the
-    memory-efficient kernel's (folded, one query position), whichever SDPA picks for these inputs.
-    bf16 outputs: within 2 bf16 roundings (2**-7 relative) of eager's."""
+@pytest.mark.parametrize(("batch", "s_q", "mask_heads"), [(8, 1, 1), (8, 1, 32), (2, 1, 1), (1, 1, 1), (2, 7, 1)])
+def test_cuda_decode_attention_folds_into_the_fused_kernel(batch, s_q, mask_heads):
+    """On the GPU the graph holds cuDNN's or the memory-efficient kernel's op (whichever SDPA picks
+    for these inputs): folded, it runs 8 KV heads x 4 query rows over the 8 KV heads as stored.
+    Batch 1 and prefill stay as they were. bf16 outputs: within 2 bf16 roundings (2**-7 relative)
+    of eager's."""
     dev = torch.device("cuda")
     q, k, v, mask = (t.to(dev, torch.bfloat16) for t in _inputs(b=batch, h_q=32, h_kv=8, s_q=s_q, s=520, d=128,
                                                                 mask_heads=mask_heads))  # fmt: skip
@@ -180,5 +183,4 @@ def test_cuda_attention_reads_the_kv_heads_as_stored(batch, s_q, mask_heads):
         got = compiled(q, k, v, mask)
         want = attention(q, k, v, mask, 4)
     assert rel_err(got.float(), want.float()) < 2**-7
-    if s_q == 1:  # every fused op's form is rewritten at decode
-        assert counters["fp8inductor"]["gqa_heads_folded"] == 1
+    assert counters["fp8inductor"]["gqa_heads_folded"] == (1 if s_q == 1 and batch > 1 else 0)
