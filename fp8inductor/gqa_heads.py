@@ -96,6 +96,11 @@ def _repeat_kv_source(node) -> tuple[fx.Node, int] | None:
     return unsq.args[0], n_rep
 
 
+def _is(size, n: int) -> bool:
+    """``size`` is the static int ``n`` (a symbolic size is not: comparing it would add a guard)."""
+    return isinstance(size, int) and size == n
+
+
 def _same_shape(shape, want) -> bool:
     """Sizes equal where they are known to be (symbolic sizes: provably, without adding a guard)."""
     from torch.fx.experimental.symbolic_shapes import statically_known_true
@@ -127,11 +132,11 @@ def _folded_mask(emit: _Emitter, mask: fx.Node, h_q: int, h_kv: int, n_rep: int)
     of a head group reads the one row), or [B', H_kv, n_rep, S] from a per-head [B', H_q, 1, S] one
     (static B' and S only); None where the mask has another form (the call is then left alone)."""
     val = _val(mask)
-    if not isinstance(val, torch.Tensor) or val.dim() != 4 or val.shape[2] != 1:
+    if not isinstance(val, torch.Tensor) or val.dim() != 4 or not _is(val.shape[2], 1):
         return None
-    if val.shape[1] == 1:
+    if _is(val.shape[1], 1):
         return emit(aten.cat.default, ([mask] * n_rep, 2))
-    if val.shape[1] == h_q and isinstance(val.shape[0], int) and isinstance(val.shape[3], int):
+    if _is(val.shape[1], h_q) and isinstance(val.shape[0], int) and isinstance(val.shape[3], int):
         contiguous = emit(aten.clone.default, (mask,), {"memory_format": torch.contiguous_format})
         return emit(aten.view.default, (contiguous, [val.shape[0], h_kv, n_rep, val.shape[3]]))
     return None
@@ -169,9 +174,14 @@ def fold_gqa_heads(graph: fx.Graph) -> int:
         if _arg(node, "dropout_p")[0] or _arg(node, "is_causal")[0]:
             continue
         n_rep = k_src[1]
-        if qv.dim() != 4 or qv.shape[2] != 1 or not isinstance(qv.shape[1], int) or not isinstance(qv.shape[3], int):
+        if (
+            qv.dim() != 4
+            or not _is(qv.shape[2], 1)
+            or not isinstance(qv.shape[1], int)
+            or not isinstance(qv.shape[3], int)
+        ):
             continue  # prefill (more than one query position) or a symbolic head count
-        if qv.shape[0] == 1:
+        if _is(qv.shape[0], 1):
             continue  # batch 1: the copies are small, and the folded kernel has too few programs (docstring)
         b, h_q, _, d = qv.shape
         h_kv = h_q // n_rep
