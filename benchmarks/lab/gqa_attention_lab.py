@@ -6,21 +6,26 @@ Variants, each timed alone in a CUDA graph (do_bench_cudagraph), against eager `
 * ``repeat_kv+cudnn``: transformers' form (the K/V copies + cuDNN's op), what Inductor runs today;
 * ``cudnn_gqa``: cuDNN's op given the 8 KV heads as they are (no copy; cuDNN reads GQA natively?);
 * ``fold+cudnn`` / ``fold+efficient``: query heads of a group folded into query rows ([B, 8, 4, D]);
+* ``triton_gqa_decode``: ``fp8inductor.kernels.gqa_decode`` (split-KV, the KV heads as stored);
 * ``flash_gqa_nomask``: flash attention with ``enable_gqa`` and no mask (a speed reference only).
 
 Usage: python benchmarks/lab/gqa_attention_lab.py [--out gqa_attention_lab.json]
+       python benchmarks/lab/gqa_attention_lab.py --compile-only   # no GPU: sm_90 compile + resources
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import torch
 import triton
 
 aten = torch.ops.aten
+HERE = Path(__file__).resolve().parent
 
 
 def main(argv=None) -> int:
@@ -28,7 +33,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="gqa_attention_lab.json")
     p.add_argument("--cache", type=int, default=1024)
     p.add_argument("--pos", type=int, default=512)
+    p.add_argument("--compile-only", action="store_true")
     args = p.parse_args(argv)
+    if args.compile_only:
+        return compile_only()
     dev = torch.device("cuda")
     h_q, h_kv, d, s = 32, 8, 128, args.cache
     rows = []
@@ -42,8 +50,27 @@ def main(argv=None) -> int:
     return 0
 
 
+def compile_only() -> int:
+    """Compile the Triton decode kernels for sm_90 behind compile_check's fake driver; print resources."""
+    sys.path.insert(0, str(HERE))
+    import compile_check as cc  # benchmarks/lab
+    from triton.runtime.jit import KernelInterface
+
+    from fp8inductor.kernels.gqa_decode import gqa_decode_attention
+
+    triton.runtime.driver.set_active(cc.FakeCudaDriver())
+    KernelInterface.__getitem__ = cc._warmup_getitem
+    q = torch.randn(1, 32, 1, 128, dtype=torch.bfloat16)
+    k, v = (torch.randn(1, 8, 1024, 128, dtype=torch.bfloat16) for _ in range(2))
+    gqa_decode_attention(q, k, v, torch.ones(1, 1, 1, 1024, dtype=torch.bool))
+    for name, kern, dt in cc.COMPILED:
+        print(name, f"{dt:.1f}s shared {kern.metadata.shared}", cc.resources(kern), flush=True)
+    return 0
+
+
 def measure(b: int, h_q: int, h_kv: int, d: int, s: int, pos: int, dev: torch.device) -> dict:
     """One batch size: every variant's time and error (or the error it raised)."""
+
     n_rep = h_q // h_kv
     g = torch.Generator(device=dev).manual_seed(b)
     q = torch.randn(b, 1, h_q, d, device=dev, generator=g, dtype=torch.bfloat16).transpose(1, 2)
