@@ -58,6 +58,10 @@ class FP8BlockConfig:
             query rows (``fp8inductor.gqa_heads``): the same attention without copying the KV cache
             ``n_rep`` times per layer and step (H100, Llama-3-8B shapes: batch 32 decode 2.4x faster).
             No FP8 matter; plain ``torch.compile`` does not do it.
+        gqa_decode_kernel: with ``fold_gqa_heads``, run such a decode attention (batch 1 included)
+            through ``fp8inductor::gqa_decode_attention`` (``kernels/gqa_decode.py``: split-KV over
+            the KV heads as stored) instead of folding it. Experimental, off: not yet measured on a
+            GPU (``benchmarks/lab/gqa_attention_lab.py`` times it against cuDNN's calls).
         convert_routers: also convert Mixture-of-Experts routers (``eligibility.is_moe_router``).
             Off by default: transformers' FP8 loader and the FP8 checkpoints keep routers in high
             precision, and an FP8 router changes which experts a token gets (a quarter of the
@@ -77,6 +81,7 @@ class FP8BlockConfig:
     fuse_norms: bool = True
     trig_tables_once: bool = True
     fold_gqa_heads: bool = True
+    gqa_decode_kernel: bool = False
     convert_routers: bool = False
 
     def __post_init__(self) -> None:
@@ -94,8 +99,10 @@ class FP8BlockConfig:
         if self.scale_fmt not in SCALE_FMTS:
             raise ValueError(f"scale_fmt must be one of {SCALE_FMTS}, got {self.scale_fmt!r}")
         mods = () if self.modules_to_not_convert is None else self.modules_to_not_convert  # None: convert all
-        if isinstance(mods, str) or not isinstance(mods, (list, tuple, set, frozenset)) or not all(
-            isinstance(m, str) and m for m in mods
+        if (
+            isinstance(mods, str)
+            or not isinstance(mods, (list, tuple, set, frozenset))
+            or not all(isinstance(m, str) and m for m in mods)
         ):
             raise TypeError(f"modules_to_not_convert must be a list of non-empty strings, got {mods!r}")
         # a set in sorted order: the tuple's repr is part of the compile cache key
@@ -105,7 +112,14 @@ class FP8BlockConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
-        for name in ("fuse_siblings", "fuse_norms", "trig_tables_once", "fold_gqa_heads", "convert_routers"):
+        for name in (
+            "fuse_siblings",
+            "fuse_norms",
+            "trig_tables_once",
+            "fold_gqa_heads",
+            "gqa_decode_kernel",
+            "convert_routers",
+        ):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.gemm_lowering not in GEMM_LOWERINGS:

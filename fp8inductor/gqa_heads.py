@@ -142,6 +142,31 @@ def _folded_mask(emit: _Emitter, mask: fx.Node, h_q: int, h_kv: int, n_rep: int)
     return None
 
 
+def _decode_kernel_call(graph: fx.Graph, node: fx.Node, q, k, v, qv, n_rep: int) -> bool:
+    """Replace ``node`` (and its output getitems) by ``gqa_decode_attention(q, k, v, mask, scale)``
+    where the kernel takes the inputs; False (graph untouched) where it does not."""
+    from torch._guards import detect_fake_mode
+
+    from . import ops
+
+    d = qv.shape[3]
+    if qv.dtype not in (torch.bfloat16, torch.float16) or d < 16 or d & (d - 1) or n_rep > 16:
+        return False
+    mask_name = _SDPA_MASK_ARG[node.target]
+    mask = _arg(node, mask_name)[0] if mask_name else None
+    if mask is not None:
+        mask = _kernel_mask(mask)
+        if mask is False:
+            return False
+    scale = node.kwargs.get("scale")
+    out = _Emitter(graph, node, detect_fake_mode([qv]))(ops.gqa_decode_attention, (q, k, v, mask, scale))
+    for user in list(node.users):
+        user.replace_all_uses_with(out)
+        graph.erase_node(user)
+    graph.erase_node(node)
+    return True
+
+
 def _erase_if_dead(graph: fx.Graph, node) -> None:
     """Erase ``node`` and then its inputs, as long as nothing reads them (a ``repeat_kv`` chain)."""
     todo = [node]
@@ -153,8 +178,23 @@ def _erase_if_dead(graph: fx.Graph, node) -> None:
             todo += inputs
 
 
-def fold_gqa_heads(graph: fx.Graph) -> int:
-    """Rewrite each decode-time ``sdpa(q, repeat_kv(k), repeat_kv(v), mask)`` as above; returns how many."""
+def _kernel_mask(mask):
+    """The mask as ``gqa_decode_attention`` takes it ([B or 1, 1, 1, S]), looking through an expand
+    over the heads; False where it has another form."""
+    val = _val(mask)
+    if isinstance(mask, fx.Node) and mask.target == aten.expand.default and not _is(val.shape[1], 1):
+        mask, val = mask.args[0], _val(mask.args[0])
+    if not isinstance(val, torch.Tensor) or val.dim() != 4 or not (_is(val.shape[1], 1) and _is(val.shape[2], 1)):
+        return False
+    return mask
+
+
+def fold_gqa_heads(graph: fx.Graph, decode_kernel: bool = False) -> int:
+    """Rewrite each decode-time ``sdpa(q, repeat_kv(k), repeat_kv(v), mask)`` as above; returns how many.
+
+    ``decode_kernel``: call ``fp8inductor::gqa_decode_attention`` (``kernels/gqa_decode.py``, split-KV
+    over the KV heads as stored) instead of folding, at every batch (1 included). Experimental, off by
+    default (``FP8BlockConfig.gqa_decode_kernel``): not yet measured on a GPU."""
     from torch._guards import detect_fake_mode
 
     done = 0
@@ -181,6 +221,11 @@ def fold_gqa_heads(graph: fx.Graph) -> int:
             or not isinstance(qv.shape[3], int)
         ):
             continue  # prefill (more than one query position) or a symbolic head count
+        if decode_kernel and _decode_kernel_call(graph, node, q, k_src[0], v_src[0], qv, n_rep):
+            _erase_if_dead(graph, k)
+            _erase_if_dead(graph, v)
+            done += 1
+            continue
         if _is(qv.shape[0], 1):
             continue  # batch 1: the copies are small, and the folded kernel has too few programs (docstring)
         b, h_q, _, d = qv.shape

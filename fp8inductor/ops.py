@@ -9,6 +9,7 @@
 | ``rms_norm_quant(x, residual, weight, eps, scale_fmt, tickets)`` | x [..., K] -> (x + residual, q [..., K] fp8, s [..., K/128], t [tickets] int32 zeros) |
 | ``quantized_block_linear(xq, xs, wq, ws, bias, out_dtype, tickets)`` | quantized xq [..., K], xs -> y [..., N] + bias |
 | ``realize(x)`` | x -> the same values, computed once into a buffer (``trig_tables``) |
+| ``gqa_decode_attention(q, k, v, mask, scale)`` | q [B, H_q, 1, D], k/v [B, H_kv, S, D] -> [B, H_q, 1, D] (``gqa_heads``) |
 
 Each op has a fake (meta) implementation, a CPU implementation (``fp8inductor.reference``) and a
 CUDA implementation (the Triton kernels in ``fp8inductor.kernels``; on GPUs without FP8 support,
@@ -288,7 +289,9 @@ def _check_block_gemm_args(
     xq: torch.Tensor, xs: torch.Tensor, wq: torch.Tensor, ws: torch.Tensor, out_dtype: torch.dtype
 ) -> None:
     if xq.dtype != ref.FP8_DTYPE or xq.dim() < 1:
-        raise TypeError(f"fp8inductor.block_gemm: xq must be [..., K] {ref.FP8_DTYPE}, got {xq.dtype} {tuple(xq.shape)}")
+        raise TypeError(
+            f"fp8inductor.block_gemm: xq must be [..., K] {ref.FP8_DTYPE}, got {xq.dtype} {tuple(xq.shape)}"
+        )
     ref.check_weight_scale(wq, ws, (128, 128), name="block_gemm weight")
     *lead, k = xq.shape
     if wq.shape[1] != k:
@@ -508,6 +511,36 @@ def _(x: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(x)
 
 
+# ---------------------------------------------------------------------------------------------
+# gqa_decode_attention: one query position over grouped KV heads (kernels/gqa_decode.py)
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op(f"{_NS}::gqa_decode_attention", mutates_args=())
+def gqa_decode_attention_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float | None
+) -> torch.Tensor:
+    """q [B, H_q, 1, D] bf16/fp16, k/v [B, H_kv, S, D] (H_q % H_kv == 0), mask [B or 1, 1, 1, S] bool
+    (True = attend) or additive, or None -> [B, H_q, 1, D] contiguous in q's dtype: SDPA of query head
+    h over KV head h // (H_q / H_kv), without copying the KV heads. CPU: the fp32 reference."""
+    from .kernels.gqa_decode import _check, gqa_decode_attention_ref
+
+    _check(q, k, v, mask)
+    return gqa_decode_attention_ref(q, k, v, mask, scale).to(q.dtype)
+
+
+@_cuda_kernel("gqa_decode_attention")
+def _(q, k, v, mask, scale):
+    from .kernels.gqa_decode import gqa_decode_attention
+
+    return gqa_decode_attention(q, k, v, mask, scale)
+
+
+@gqa_decode_attention_op.register_fake
+def _(q, k, v, mask, scale):
+    return q.new_empty(q.shape)
+
+
 quantize_activation = torch.ops.fp8inductor.quantize_activation.default
 quantize_weight = torch.ops.fp8inductor.quantize_weight.default
 block_linear = torch.ops.fp8inductor.block_linear.default
@@ -515,3 +548,4 @@ block_gemm = torch.ops.fp8inductor.block_gemm.default
 rms_norm_quant = torch.ops.fp8inductor.rms_norm_quant.default
 quantized_block_linear = torch.ops.fp8inductor.quantized_block_linear.default
 realize = torch.ops.fp8inductor.realize.default
+gqa_decode_attention = torch.ops.fp8inductor.gqa_decode_attention.default

@@ -178,7 +178,7 @@ class FP8BlockPass(CustomGraphPass):
         if self.config.fold_gqa_heads:
             from .gqa_heads import fold_gqa_heads
 
-            fold_gqa_heads(graph)
+            fold_gqa_heads(graph, decode_kernel=self.config.gqa_decode_kernel)
 
     def uuid(self) -> bytes:
         # FP8INDUCTOR_CUBLAS(_PAD_ROWS), FP8INDUCTOR_QUANT_IR and FP8INDUCTOR_PDL change the

@@ -99,6 +99,23 @@ def test_leaves_other_attention_alone(case):
     assert [n.target for n in gm.graph.nodes] == before
 
 
+@pytest.mark.parametrize("b", [1, 3])
+@pytest.mark.parametrize("mask_kind", ["additive", "none"])
+def test_decode_kernel_replaces_the_attention(b, mask_kind):
+    """``decode_kernel``: one ``gqa_decode_attention`` call on the KV heads as stored, batch 1 too."""
+    from fp8inductor import ops
+
+    q, k, v, mask = (t.bfloat16() for t in _inputs(b=b))
+    mask = None if mask_kind == "none" else mask
+    gm = _traced(lambda q, k, v, m: attention(q, k, v, m, 4), (q, k, v, mask))
+    assert fold_gqa_heads(gm.graph, decode_kernel=True) == 1
+    gm.recompile()
+    (call,) = _ops(gm, ops.gqa_decode_attention)
+    assert not _ops(gm, aten.expand.default) and not [n for n in gm.graph.nodes if n.target in _SDPA_OPS]
+    assert tuple(call.args[1].meta["val"].shape) == (b, 2, 40, 32)
+    assert rel_err(gm(q, k, v, mask).float(), attention(q, k, v, mask, 4).float()) < 2**-7
+
+
 def test_layers_share_one_folded_mask():
     q, k, v, mask = _inputs()
 
@@ -149,6 +166,14 @@ def test_llama_decode_step_folds_every_layer():
         outs[fold] = _llama_decode(compiled, cfg)
         assert counters["fp8inductor"]["gqa_heads_folded"] == (2 if fold else 0)
     assert rel_err(outs[True], outs[False]) < 2e-2
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(model, backend="fp8block", options={"gqa_decode_kernel": True})
+    # the op's CPU path rounds the attention once from fp32 (SDPA's CPU kernel differs by a bf16
+    # rounding), and the FP8 quantization of o_proj's input turns such differences into code flips:
+    # 2.7e-2 measured, against ~1 for a wrong attention
+    assert rel_err(_llama_decode(compiled, cfg), outs[False]) < 5e-2
+    assert counters["fp8inductor"]["gqa_heads_folded"] == 2
     assert rel_err(outs[True], eager) < 1e-1  # FP8 linears: ~5e-2 from eager bf16 on this model
     assert fp8inductor.FP8BlockConfig(**_ON) != fp8inductor.FP8BlockConfig(fold_gqa_heads=False)  # the cache key
 
@@ -184,3 +209,18 @@ def test_cuda_decode_attention_folds_into_the_fused_kernel(batch, s_q, mask_head
         want = attention(q, k, v, mask, 4)
     assert rel_err(got.float(), want.float()) < 2**-7
     assert counters["fp8inductor"]["gqa_heads_folded"] == (1 if s_q == 1 and batch > 1 else 0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("batch", [1, 8])
+def test_cuda_decode_kernel_matches_eager(batch):
+    """``gqa_decode_kernel``: the Triton split-KV kernel in the compiled graph, against eager SDPA."""
+    dev = torch.device("cuda")
+    q, k, v, mask = (t.to(dev, torch.bfloat16) for t in _inputs(b=batch, h_q=32, h_kv=8, s=520, d=128))
+    options = {"gqa_decode_kernel": True}
+    compiled = torch.compile(lambda q, k, v, m: attention(q, k, v, m, 4), backend="fp8block", options=options)
+    with torch.inference_mode():
+        got = compiled(q, k, v, mask)
+        want = attention(q, k, v, mask, 4)
+    assert counters["fp8inductor"]["gqa_heads_folded"] == 1
+    assert rel_err(got.float(), want.float()) < 2**-7
