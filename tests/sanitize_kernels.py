@@ -44,6 +44,7 @@ def main() -> int:
     worst = max(worst, _norm_quant(g))
     worst = max(worst, _cublas_linear(g))
     worst = max(worst, _compiled_templates())
+    worst = max(worst, _gqa_decode(g))
     print(f"worst {worst:.2e}")
     return 0 if worst < 1e-2 else 1
 
@@ -105,6 +106,27 @@ def _cublas_linear(g: torch.Generator) -> float:
         err = ((y.cpu().float() - ref.float()).norm() / ref.float().norm()).item()
         print(f"cuBLAS M={m} N={n} K={k}: rel err {err:.2e}")
         worst = max(worst, err)
+    return worst
+
+
+def _gqa_decode(g: torch.Generator) -> float:
+    """The split-KV decode attention: a ragged cache length, a view of a longer cache, a bool mask
+    with a fully masked batch row (zeros), an additive mask broadcast over the batch."""
+    from fp8inductor.kernels.gqa_decode import gqa_decode_attention, gqa_decode_attention_ref
+
+    worst = 0.0
+    for b, h_q, h_kv, s, d in ((1, 32, 8, 1000, 128), (3, 8, 2, 67, 64)):
+        q = torch.randn(b, 1, h_q, d, generator=g).bfloat16().cuda().transpose(1, 2)
+        k, v = (torch.randn(b, h_kv, s + 5, d, generator=g).bfloat16().cuda()[:, :, :s] for _ in range(2))
+        keep = (torch.rand(b, 1, 1, s, generator=g) > 0.2).cuda()
+        if b > 1:
+            keep[-1] = False  # a batch row with every key masked
+        for mask in (keep, torch.zeros(1, 1, 1, s, device="cuda").masked_fill(~keep[:1], float("-inf"))):
+            y = gqa_decode_attention(q, k, v, mask)
+            ref = gqa_decode_attention_ref(q, k, v, mask)
+            err = ((y.float() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+            print(f"gqa_decode B={b} H={h_q}/{h_kv} S={s} D={d} {mask.dtype}: rel err {err:.2e}")
+            worst = max(worst, err)
     return worst
 
 
