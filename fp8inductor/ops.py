@@ -523,10 +523,10 @@ def gqa_decode_attention_op(
     """q [B, H_q, 1, D] bf16/fp16, k/v [B, H_kv, S, D] (H_q % H_kv == 0), mask [B or 1, 1, 1, S] bool
     (True = attend) or additive, or None -> [B, H_q, 1, D] contiguous in q's dtype: SDPA of query head
     h over KV head h // (H_q / H_kv), without copying the KV heads. CPU: the fp32 reference."""
-    from .kernels.gqa_decode import _check, gqa_decode_attention_ref
+    from .kernels.gqa_decode import check_gqa_decode_args
 
-    _check(q, k, v, mask)
-    return gqa_decode_attention_ref(q, k, v, mask, scale).to(q.dtype)
+    check_gqa_decode_args(q, k, v, mask)
+    return ref.gqa_decode_attention_ref(q, k, v, mask, scale).to(q.dtype)
 
 
 @_cuda_kernel("gqa_decode_attention")

@@ -40,6 +40,8 @@ E8M0_DTYPE = getattr(torch, "float8_e8m0fnu", None)  # how transformers 5 stores
 def widen_e8m0(scale: torch.Tensor) -> torch.Tensor:
     """float8_e8m0fnu scales (powers of two) as a new float32 tensor, exactly; any other tensor as it is."""
     return scale.float() if E8M0_DTYPE is not None and scale.dtype == E8M0_DTYPE else scale
+
+
 SCALE_EPS = 1e-4  # lower bound on the amax, so all-zero groups get a finite, non-zero scale
 SCALE_FMTS = ("float", "ue8m0")
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # high-precision dtypes the ops take
@@ -355,12 +357,21 @@ def check_rms_norm_args(x: torch.Tensor, residual: torch.Tensor | None, weight: 
         raise ValueError("rms_norm_quant: x must have at least one dimension [..., K]")
     k = x.shape[-1]
     if weight.dtype != x.dtype or tuple(weight.shape) != (k,):
-        raise ValueError(
-            f"rms_norm_quant: weight must be [{k}] {x.dtype}, got {tuple(weight.shape)} {weight.dtype}"
-        )
+        raise ValueError(f"rms_norm_quant: weight must be [{k}] {x.dtype}, got {tuple(weight.shape)} {weight.dtype}")
     if residual is not None and (residual.dtype != x.dtype or residual.shape != x.shape):
         raise ValueError(
-            f"rms_norm_quant: residual must be {tuple(x.shape)} {x.dtype}, "
-            f"got {tuple(residual.shape)} {residual.dtype}"
+            f"rms_norm_quant: residual must be {tuple(x.shape)} {x.dtype}, got {tuple(residual.shape)} {residual.dtype}"
         )
     check_one_device("rms_norm_quant", x, residual, weight)
+
+
+def gqa_decode_attention_ref(q, k, v, mask=None, scale=None) -> torch.Tensor:
+    """The same attention in fp32 through ``repeat_kv`` + SDPA's math; [B, H_q, 1, D] fp32. A row with
+    every key masked gives zeros (PyTorch's SDPA does; plain softmax would give NaN)."""
+    n_rep = q.shape[1] // k.shape[1]
+    k32, v32 = (t.float().repeat_interleave(n_rep, dim=1) for t in (k, v))
+    scores = (q.float() @ k32.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]) if scale is None else scale)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
+    p = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+    return p @ v32

@@ -112,7 +112,8 @@ def _cublas_linear(g: torch.Generator) -> float:
 def _gqa_decode(g: torch.Generator) -> float:
     """The split-KV decode attention: a ragged cache length, a view of a longer cache, a bool mask
     with a fully masked batch row (zeros), an additive mask broadcast over the batch."""
-    from fp8inductor.kernels.gqa_decode import gqa_decode_attention, gqa_decode_attention_ref
+    from fp8inductor.kernels.gqa_decode import gqa_decode_attention
+    from fp8inductor.reference import gqa_decode_attention_ref
 
     worst = 0.0
     for b, h_q, h_kv, s, d in ((1, 32, 8, 1000, 128), (3, 8, 2, 67, 64)):

@@ -11,7 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fp8inductor.kernels.gqa_decode import gqa_decode_attention, gqa_decode_attention_ref
+from fp8inductor.kernels.gqa_decode import gqa_decode_attention
+from fp8inductor.reference import gqa_decode_attention_ref
 from fp8inductor.testing import rel_err
 
 TOL = {torch.bfloat16: 2**-6, torch.float16: 2**-8}

@@ -123,7 +123,7 @@ def _gqa_decode_combine_kernel(
     tl.store(out_ptr + row.to(tl.int64) * D + offs_d, out.to(out_ptr.dtype.element_ty))
 
 
-def _check(q, k, v, mask) -> None:
+def check_gqa_decode_args(q, k, v, mask) -> None:
     if q.dim() != 4 or q.shape[2] != 1:
         raise ValueError(f"gqa_decode_attention: q must be [B, H_q, 1, D], got {tuple(q.shape)}")
     if k.dim() != 4 or k.shape != v.shape or k.shape[0] != q.shape[0] or k.shape[3] != q.shape[3]:
@@ -159,8 +159,9 @@ def gqa_decode_attention(
     block_s: int = 64,
     splits: int | None = None,
 ) -> torch.Tensor:
-    """[B, H_q, 1, D] in q's dtype: the attention of the module docstring (Triton; the interpreter on CPU)."""
-    _check(q, k, v, mask)
+    """[B, H_q, 1, D] in q's dtype: the attention of the module docstring (Triton; the interpreter on
+    CPU). Reference: ``fp8inductor.reference.gqa_decode_attention_ref``."""
+    check_gqa_decode_args(q, k, v, mask)
     b, h_q, _, d = q.shape
     h_kv, s = k.shape[1], k.shape[2]
     out = torch.empty(b, h_q, d, device=q.device, dtype=q.dtype)
@@ -190,15 +191,3 @@ def gqa_decode_attention(
         part_o, part_m, part_l, out, SPLITS=splits, SPLITS_P2=triton.next_power_of_2(splits), D=d, num_warps=4
     )
     return out.unsqueeze(2)
-
-
-def gqa_decode_attention_ref(q, k, v, mask=None, scale=None) -> torch.Tensor:
-    """The same attention in fp32 through ``repeat_kv`` + SDPA's math; [B, H_q, 1, D] fp32. A row with
-    every key masked gives zeros (PyTorch's SDPA does; plain softmax would give NaN)."""
-    n_rep = q.shape[1] // k.shape[1]
-    k32, v32 = (t.float().repeat_interleave(n_rep, dim=1) for t in (k, v))
-    scores = (q.float() @ k32.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]) if scale is None else scale)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
-    p = torch.softmax(scores, dim=-1).nan_to_num(0.0)
-    return p @ v32
