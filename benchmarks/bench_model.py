@@ -520,6 +520,16 @@ class RowRunner:
             out.append(d)
         return out
 
+    def fp8_counters(self) -> dict:
+        """fp8inductor's pass counters so far in this process (linears converted, norms fused,
+        attentions folded, ...): a phase records its own by difference."""
+        from torch._dynamo.utils import counters
+
+        return dict(counters["fp8inductor"])
+
+    def counters_since(self, before: dict) -> dict:
+        return {k: v - before.get(k, 0) for k, v in self.fp8_counters().items() if v != before.get(k, 0)}
+
     def n_fp8_reports(self) -> int:
         if self.spec.backend != "fp8block":
             return 0
@@ -759,7 +769,7 @@ class RowRunner:
     def run_prefill(self, refs) -> None:
         torch = self.torch
         res = self.result
-        n_rep = self.n_fp8_reports()
+        n_rep, counted = self.n_fp8_reports(), self.fp8_counters()
         fn = self.compile(self.model, self.spec.prefill_mode)
         res["prefill"] = {}
         compile_s = 0.0
@@ -786,6 +796,7 @@ class RowRunner:
         res["prefill_compile_s"] = compile_s
         res["prefill_compile_peak_bytes"] = self.peak()
         res["prefill_fp8_graphs"] = self.fp8_reports(n_rep)
+        res["prefill_fp8_counters"] = self.counters_since(counted)
         self.save()
         for b, s in self.shape.prefill_shapes:
             key = prefill_key(b, s)
@@ -813,7 +824,7 @@ class RowRunner:
     def run_decode(self, refs) -> None:
         torch = self.torch
         res, spec = self.result, self.spec
-        n_rep = self.n_fp8_reports()
+        n_rep, counted = self.n_fp8_reports(), self.fp8_counters()
         mode = spec.decode_mode if self.cuda else None
         fn = self.compile(self.model, mode)
         inductor_graphs = spec.backend is not None and mode is not None  # reduce-overhead / max-autotune
@@ -889,6 +900,9 @@ class RowRunner:
         res["decode_compile_s"] = compile_s
         res["decode_compile_peak_bytes"] = self.peak()
         res["decode_fp8_graphs"] = self.fp8_reports(n_rep)
+        res["decode_fp8_counters"] = self.counters_since(counted)
+        if res["decode_fp8_counters"]:
+            self.log(f"decode: fp8inductor passes {res['decode_fp8_counters']}")
         res["kv_cache_bytes"] = kv_total
         res["steady_decode_bytes"] = self.mem()  # model + graphs + CUDA graph pools + all KV caches
         self.save()
