@@ -39,7 +39,7 @@ def _gqa_decode_split_kernel(
     part_o_ptr,  # [B, H_q, SPLITS, D] fp32, contiguous
     part_m_ptr,  # [B, H_q, SPLITS] fp32 (running max, log2 units), contiguous
     part_l_ptr,  # [B, H_q, SPLITS] fp32 (running sum), contiguous
-    H_KV, S, s_per_split, scale_log2,
+    H_KV, S, blocks_per_split, scale_log2,
     stride_qb, stride_qh, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs, stride_bb, stride_bs,
     N_REP: tl.constexpr,
     D: tl.constexpr,
@@ -65,11 +65,11 @@ def _gqa_decode_split_kernel(
     m = tl.full([16], float("-inf"), tl.float32)
     l = tl.zeros([16], tl.float32)
     acc = tl.zeros([16, D], tl.float32)
-    lo = split * s_per_split
-    hi = tl.minimum(lo + s_per_split, S)
-    for start in range(lo, hi, BLOCK_S):
-        offs_s = start + tl.arange(0, BLOCK_S)
-        ok = offs_s < hi
+    blk_lo = split * blocks_per_split  # this split's key blocks (whole BLOCK_S blocks; the last may be ragged)
+    blk_hi = tl.minimum(blk_lo + blocks_per_split, tl.cdiv(S, BLOCK_S))
+    for blk in range(blk_lo, blk_hi):
+        offs_s = blk * BLOCK_S + tl.arange(0, BLOCK_S)
+        ok = offs_s < S
         k = tl.load(k_base + offs_s[:, None] * stride_ks + offs_d[None, :], mask=ok[:, None], other=0.0)
         if FP32_DOTS:
             k = _upcast_fp32(k)
@@ -170,8 +170,8 @@ def gqa_decode_attention(
     blocks = triton.cdiv(s, block_s)
     if splits is None:  # about two programs per SM, whole blocks per split
         splits = max(1, min(blocks, triton.cdiv(2 * _num_sms(q.device), b * h_kv)))
-    s_per_split = triton.cdiv(blocks, splits) * block_s
-    splits = triton.cdiv(s, s_per_split)
+    blocks_per_split = triton.cdiv(blocks, splits)
+    splits = triton.cdiv(blocks, blocks_per_split)  # none empty
     part_o = torch.empty(b, h_q, splits, d, device=q.device, dtype=torch.float32)
     part_m = torch.empty(b, h_q, splits, device=q.device, dtype=torch.float32)
     part_l = torch.empty_like(part_m)
@@ -181,7 +181,7 @@ def gqa_decode_attention(
     stride_bb = (bias.stride(0) if bias.shape[0] > 1 else 0) if has_bias else 0
     _gqa_decode_split_kernel[(b * h_kv, splits)](
         q, k, v, bias, part_o, part_m, part_l,
-        h_kv, s, s_per_split, scale * LOG2E,
+        h_kv, s, blocks_per_split, scale * LOG2E,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         stride_bb, bias.stride(-1) if has_bias else 0,
         N_REP=h_q // h_kv, D=d, BLOCK_S=block_s, HAS_BIAS=has_bias,
