@@ -160,11 +160,16 @@ def _decode_kernel_call(graph: fx.Graph, node: fx.Node, q, k, v, qv, n_rep: int)
             return False
     scale = node.kwargs.get("scale")
     out = _Emitter(graph, node, detect_fake_mode([qv]))(ops.gqa_decode_attention, (q, k, v, mask, scale))
+    _replace_attention(graph, node, out)
+    return True
+
+
+def _replace_attention(graph: fx.Graph, node: fx.Node, out: fx.Node) -> None:
+    """Erase the SDPA ``node`` and its output getitems; readers of its output read ``out`` instead."""
     for user in list(node.users):
         user.replace_all_uses_with(out)
         graph.erase_node(user)
     graph.erase_node(node)
-    return True
 
 
 def _erase_if_dead(graph: fx.Graph, node) -> None:
@@ -236,10 +241,11 @@ def fold_gqa_heads(graph: fx.Graph, decode_kernel: bool = False) -> int:
         emit = _Emitter(graph, node, detect_fake_mode([qv]))
         mask_g = None
         if mask is not None:
-            first = next(n for n in graph.nodes if n.op != "placeholder")
             key = (mask, n_rep)
             if key not in folded_masks:  # emitted right after the mask, before every attention that reads it
-                anchor = mask.next if mask.op != "placeholder" else first
+                anchor = (
+                    mask.next if mask.op != "placeholder" else next(n for n in graph.nodes if n.op != "placeholder")
+                )
                 folded = _folded_mask(_Emitter(graph, anchor, emit.fake_mode), mask, h_q, h_kv, n_rep)
                 if folded is None:
                     continue
@@ -256,10 +262,7 @@ def fold_gqa_heads(graph: fx.Graph, decode_kernel: bool = False) -> int:
                 args[mask_pos] = mask_g
         sdpa = emit(node.target, tuple(args), kwargs)
         out = emit(aten.view.default, (emit(operator.getitem, (sdpa, 0)), [b, h_q, 1, d]))  # [B, H_q, 1, D]
-        for user in users:
-            user.replace_all_uses_with(out)
-            graph.erase_node(user)
-        graph.erase_node(node)
+        _replace_attention(graph, node, out)
         _erase_if_dead(graph, k)
         _erase_if_dead(graph, v)
         done += 1
