@@ -80,3 +80,7 @@ def test_bad_inputs_raise():
         gqa_decode_attention(q.float(), k.float(), v.float())
     with pytest.raises(ValueError, match="keys"):
         gqa_decode_attention(q, k, v, torch.ones(1, 1, 1, 17, dtype=torch.bool, device=q.device))
+    with pytest.raises(TypeError, match="bool or floating"):
+        gqa_decode_attention(q, k, v, torch.ones(1, 1, 1, 16, dtype=torch.int64, device=q.device))
+    with pytest.raises(ValueError, match="one device"):
+        gqa_decode_attention(q, k, v, torch.ones(1, 1, 1, 16, dtype=torch.bool, device="meta"))

@@ -145,6 +145,11 @@ def check_gqa_decode_args(q, k, v, mask) -> None:
             raise ValueError(f"gqa_decode_attention: mask must be [B or 1, 1, 1, S], got {tuple(mask.shape)}")
         if mask.shape[3] != k.shape[2]:
             raise ValueError(f"gqa_decode_attention: mask covers {mask.shape[3]} keys, the cache {k.shape[2]}")
+        if mask.dtype != torch.bool and not mask.is_floating_point():
+            raise TypeError(f"gqa_decode_attention: mask must be bool or floating, got {mask.dtype}")
+    devices = {t.device for t in (q, k, v, mask) if t is not None}
+    if len(devices) != 1:
+        raise ValueError(f"gqa_decode_attention: q, k, v and the mask must be on one device, got {devices}")
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.stride(3) != 1:
             raise ValueError(f"gqa_decode_attention: {name} needs a contiguous last dim, got strides {t.stride()}")
