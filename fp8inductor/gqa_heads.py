@@ -28,8 +28,8 @@ Measured (H100, torch 2.11 + cuDNN's SDPA, 2026-12-07, Llama-3-8B shapes with 8 
 ``bench_model.py`` decode, the fold at every batch; docs/benchmarks.md "Decode: grouped-query
 attention without the repeat_kv copies"): a step took 1575 instead of 2243 us at batch 8 and 1925
 instead of 4697 us at batch 32 (the copies grow with the batch: 0.5 GB a layer at 32), but 1462
-instead of 1421 us at batch 1. There cuDNN runs the folded call (8 heads x 4 rows) in a kernel of one
-program per head, 24 us a layer, where the unfolded one (32 heads x 1 row) got its split-KV kernel
+instead of 1421 us at batch 1. There cuDNN runs the folded call (8 heads x 4 rows) in a kernel
+without a split over the keys (no reduction kernel; presumably one program per head), 24 us a layer, where the unfolded one (32 heads x 1 row) got its split-KV kernel
 (7.8 + 2.0 us) beside the two copy kernels (8.3 us). Hence the batch-1 exception; batches 2-7 were
 not measured (by the per-layer costs above, break-even is at about 2).
 """
@@ -232,7 +232,7 @@ def fold_gqa_heads(graph: fx.Graph, decode_kernel: bool = False) -> int:
             done += 1
             continue
         if _is(qv.shape[0], 1):
-            continue  # batch 1: the copies are small, and the folded kernel has too few programs (docstring)
+            continue  # batch 1: the copies are small, and cuDNN's folded kernel is slower (docstring)
         b, h_q, _, d = qv.shape
         h_kv = h_q // n_rep
         b = b if isinstance(b, int) else -1  # a symbolic batch: the view infers it
