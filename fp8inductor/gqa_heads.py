@@ -21,17 +21,20 @@ This pass does that on the Inductor graph, for the fused SDPA ops (cuDNN, memory
 CPU flash) when the query has one position (decode), there is no dropout and no causal flag (a causal
 mask depends on the row index, which the fold changes), only the attention output is used (inference:
 no log-sum-exp for a backward), and keys and values are ``repeat_kv`` expansions of the same factor.
-Left alone: prefill (more than one query position: the fold would copy the query and the mask
-instead), and a batch that is statically 1.
+By default (``gqa_decode_kernel``) such an attention becomes one call of our split-KV kernel
+(``fp8inductor::gqa_decode_attention``, ``kernels/gqa_decode.py``) that reads the KV heads as stored;
+where the kernel does not take the inputs (another head dim, a per-head mask), the fold above runs
+on SDPA's own op instead. Left alone: prefill (more than one query position: the fold would copy the
+query and the mask instead), and, for the fold, a batch that is statically 1.
 
-Measured (H100, torch 2.11 + cuDNN's SDPA, 2026-12-07, Llama-3-8B shapes with 8 layers,
-``bench_model.py`` decode, the fold at every batch; docs/benchmarks.md "Decode: grouped-query
-attention without the repeat_kv copies"): a step took 1575 instead of 2243 us at batch 8 and 1925
-instead of 4697 us at batch 32 (the copies grow with the batch: 0.5 GB a layer at 32), but 1462
-instead of 1421 us at batch 1. There cuDNN runs the folded call (8 heads x 4 rows) in a kernel
-without a split over the keys (no reduction kernel; presumably one program per head), 24 us a layer, where the unfolded one (32 heads x 1 row) got its split-KV kernel
-(7.8 + 2.0 us) beside the two copy kernels (8.3 us). Hence the batch-1 exception; batches 2-7 were
-not measured (by the per-layer costs above, break-even is at about 2).
+Measured (H100, torch 2.11 + cuDNN's SDPA, 2026-12-07, Llama-3-8B shapes, ``bench_model.py`` decode;
+docs/benchmarks.md "Decode: grouped-query attention without the repeat_kv copies"). 8 layers, µs a
+step at batch 1 / 8 / 32: unchanged graph 1421 / 2243 / 4697; folded (cuDNN) 1462 / 1575 / 1925;
+the kernel 1288 / 1465 / 1831. The copies grow with the batch (0.5 GB a layer at 32). At batch 1
+cuDNN runs the folded call (8 heads x 4 rows) in a kernel without a split over the keys, 24 us a
+layer, slower than its split-KV kernel on the copies (7.8 + 2.0 us, beside 8.3 us of copies): hence
+the fold's batch-1 exception. 32 layers, batch 1: 3998 us a step with the kernel against 4740 without
+(bf16 ``torch.compile``: 7214).
 """
 
 from __future__ import annotations
@@ -53,6 +56,10 @@ _SDPA_MASK_ARG = {
     aten._scaled_dot_product_flash_attention.default: None,
 }
 _VIEWS = (aten.view.default, aten._unsafe_view.default, aten.reshape.default)
+# Head dims given to the split-KV kernel: 128 is measured (Llama-3-8B), 16-64 have the same tiles with
+# less data; 256 compiles for sm_90 (141 KB shared, one program per SM) but is not measured, so such
+# models keep the fold.
+_KERNEL_HEAD_DIMS = (16, 32, 64, 128)
 
 
 def _val(node):
@@ -108,6 +115,16 @@ def _same_shape(shape, want) -> bool:
     return len(shape) == len(want) and all(a is b or statically_known_true(a == b) for a, b in zip(shape, want))
 
 
+def _viewable(val: torch.Tensor, fake_mode, shape: list) -> bool:
+    """``val`` (a fake tensor) can be viewed as ``shape`` without a copy."""
+    with fake_mode:
+        try:
+            val.view(shape)
+        except (RuntimeError, ValueError):  # fake tensors raise ValueError
+            return False
+    return True
+
+
 class _Emitter:
     """Inserts nodes before ``anchor`` with their fake values (``meta["val"]``) set at once."""
 
@@ -150,7 +167,7 @@ def _decode_kernel_call(graph: fx.Graph, node: fx.Node, q, k, v, qv, n_rep: int)
     from . import ops
 
     d = qv.shape[3]
-    if qv.dtype not in (torch.bfloat16, torch.float16) or d < 16 or d & (d - 1) or n_rep > 16:
+    if qv.dtype not in (torch.bfloat16, torch.float16) or d not in _KERNEL_HEAD_DIMS or n_rep > 16:
         return False
     mask_name = _SDPA_MASK_ARG[node.target]
     mask = _arg(node, mask_name)[0] if mask_name else None
@@ -197,12 +214,14 @@ def _kernel_mask(mask):
 def fold_gqa_heads(graph: fx.Graph, decode_kernel: bool = False) -> int:
     """Rewrite each decode-time ``sdpa(q, repeat_kv(k), repeat_kv(v), mask)`` as above; returns how many.
 
-    ``decode_kernel``: call ``fp8inductor::gqa_decode_attention`` (``kernels/gqa_decode.py``, split-KV
-    over the KV heads as stored) instead of folding, at every batch (1 included). Experimental, off by
-    default (``FP8BlockConfig.gqa_decode_kernel``): not yet measured on a GPU."""
+    ``decode_kernel`` (the backend passes ``FP8BlockConfig.gqa_decode_kernel``, on by default): call
+    ``fp8inductor::gqa_decode_attention`` (``kernels/gqa_decode.py``, split-KV over the KV heads as
+    stored) at every batch, 1 included, where it takes the inputs (bf16/fp16, head dim in
+    ``_KERNEL_HEAD_DIMS``, at most 16 query heads per KV head, a mask [B or 1, 1, 1, S]); fold the
+    others (batch > 1). Off: fold only."""
     from torch._guards import detect_fake_mode
 
-    done = 0
+    done = kernels = 0
     folded_masks: dict[tuple[fx.Node, int], fx.Node] = {}  # one folded mask per (mask, n_rep): layers share it
     for node in list(graph.nodes):
         if node.op != "call_function" or node.target not in _SDPA_MASK_ARG:
@@ -230,9 +249,10 @@ def fold_gqa_heads(graph: fx.Graph, decode_kernel: bool = False) -> int:
             _erase_if_dead(graph, k)
             _erase_if_dead(graph, v)
             done += 1
+            kernels += 1
             continue
         if _is(qv.shape[0], 1):
-            continue  # batch 1: the copies are small, and cuDNN's folded kernel is slower (docstring)
+            continue  # batch 1, no kernel: the copies are small, and cuDNN's folded kernel is slower (docstring)
         b, h_q, _, d = qv.shape
         h_kv = h_q // n_rep
         b = b if isinstance(b, int) else -1  # a symbolic batch: the view infers it
@@ -261,12 +281,22 @@ def fold_gqa_heads(graph: fx.Graph, decode_kernel: bool = False) -> int:
             else:
                 args[mask_pos] = mask_g
         sdpa = emit(node.target, tuple(args), kwargs)
-        out = emit(aten.view.default, (emit(operator.getitem, (sdpa, 0)), [b, h_q, 1, d]))  # [B, H_q, 1, D]
+        attn = emit(operator.getitem, (sdpa, 0))  # [B, H_kv, n_rep, D]
+        if not _viewable(attn.meta["val"], emit.fake_mode, [b, h_q, 1, d]):  # e.g. the memory-efficient op's
+            attn = emit(aten.clone.default, (attn,), {"memory_format": torch.contiguous_format})  # [B, S, H, D] strides
+        out = emit(aten.view.default, (attn, [b, h_q, 1, d]))  # [B, H_q, 1, D]
         _replace_attention(graph, node, out)
         _erase_if_dead(graph, k)
         _erase_if_dead(graph, v)
         done += 1
     if done:
         torch._dynamo.utils.counters["fp8inductor"]["gqa_heads_folded"] += done
-        log.info("fp8block: %d grouped-query attention(s) read the KV heads as they are (no repeat_kv copy)", done)
+        if kernels:
+            torch._dynamo.utils.counters["fp8inductor"]["gqa_decode_kernels"] += kernels
+        log.info(
+            "fp8block: %d grouped-query attention(s) read the KV heads as they are (no repeat_kv copy), %d of them"
+            " through the split-KV decode kernel",
+            done,
+            kernels,
+        )
     return done

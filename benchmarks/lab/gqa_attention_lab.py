@@ -71,6 +71,8 @@ def compile_only() -> int:
 def measure(b: int, h_q: int, h_kv: int, d: int, s: int, pos: int, dev: torch.device) -> dict:
     """One batch size: every variant's time and error (or the error it raised)."""
 
+    from fp8inductor.kernels.gqa_decode import gqa_decode_attention
+
     n_rep = h_q // h_kv
     g = torch.Generator(device=dev).manual_seed(b)
     q = torch.randn(b, 1, h_q, d, device=dev, generator=g, dtype=torch.bfloat16).transpose(1, 2)
@@ -95,7 +97,8 @@ def measure(b: int, h_q: int, h_kv: int, d: int, s: int, pos: int, dev: torch.de
         "repeat_kv+efficient": lambda: aten._scaled_dot_product_efficient_attention(
             q, rep(k), rep(v), bias.expand(b, h_q, 1, s), False)[0],
         "fold+efficient": lambda: aten._scaled_dot_product_efficient_attention(
-            q_f, k, v, bias_f.expand(b, h_kv, n_rep, s), False)[0].view(b, h_q, 1, d),
+            q_f, k, v, bias_f.expand(b, h_kv, n_rep, s), False)[0].reshape(b, h_q, 1, d),  # [B,S,H,D] strides: a copy
+        "triton_gqa_decode": lambda: gqa_decode_attention(q, k, v, bias),
         "flash_gqa_nomask": lambda: torch.nn.functional.scaled_dot_product_attention(
             q, k[:, :, : pos + 1], v[:, :, : pos + 1], enable_gqa=True),
     }  # fmt: skip
