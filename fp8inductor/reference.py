@@ -366,12 +366,15 @@ def check_rms_norm_args(x: torch.Tensor, residual: torch.Tensor | None, weight: 
 
 
 def gqa_decode_attention_ref(q, k, v, mask=None, scale=None) -> torch.Tensor:
-    """The same attention in fp32 through ``repeat_kv`` + SDPA's math; [B, H_q, 1, D] fp32. A row with
-    every key masked gives zeros (PyTorch's SDPA does; plain softmax would give NaN)."""
-    n_rep = q.shape[1] // k.shape[1]
-    k32, v32 = (t.float().repeat_interleave(n_rep, dim=1) for t in (k, v))
-    scores = (q.float() @ k32.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]) if scale is None else scale)
-    if mask is not None:
+    """The same attention in fp32, SDPA's math on each KV head's group of query heads (no ``repeat_kv``
+    copy); [B, H_q, 1, D] fp32. A row with every key masked gives zeros (PyTorch's SDPA does; plain
+    softmax would give NaN); a NaN or inf in q, k or v stays NaN in the rows that read it."""
+    b, h_q, _, d = q.shape
+    h_kv = k.shape[1]
+    q_g = q.float().reshape(b, h_kv, h_q // h_kv, d)  # [B, H_kv, n_rep, D]: a group's query heads as rows
+    scores = (q_g @ k.float().transpose(-1, -2)) * (1.0 / math.sqrt(d) if scale is None else scale)  # [B, H_kv, n_rep, S]
+    if mask is not None:  # [B or 1, 1, 1, S] broadcasts over the groups' rows
         scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
-    p = torch.softmax(scores, dim=-1).nan_to_num(0.0)
-    return p @ v32
+    every_key_masked = (scores == float("-inf")).all(dim=-1, keepdim=True)
+    p = torch.softmax(scores, dim=-1).masked_fill(every_key_masked, 0.0)
+    return (p @ v.float()).reshape(b, h_q, 1, d)

@@ -51,6 +51,26 @@ def test_matches_reference(b, h_q, h_kv, s, d, mask_kind):
     assert rel_err(got.float(), want) < TOL[torch.bfloat16]
 
 
+def test_nonfinite_input_stays_nan_in_the_rows_that_read_it():
+    """A NaN key (or an inf query) makes the output of its head group NaN, in the kernel and the
+    reference alike, as SDPA does; the other groups are untouched. A fully masked row stays zeros."""
+    q, k, v, mask = _inputs(2, 8, 2, 100, 64, torch.bfloat16, "bool", seed=7)
+    k[0, 1, 5, 3] = float("nan")  # batch 0, KV head 1: query heads 4-7
+    q[1, 2, 0, 0] = float("inf")  # batch 1, query head 2
+    mask[1, ..., :] = True
+    for out in (gqa_decode_attention(q, k, v, mask).float(), gqa_decode_attention_ref(q, k, v, mask)):
+        nan_heads = out.isnan().any(dim=-1)[..., 0]  # [B, H_q]
+        want = torch.zeros(2, 8, dtype=torch.bool, device=out.device)
+        want[0, 4:] = True
+        want[1, 2] = True
+        assert torch.equal(nan_heads, want), nan_heads
+        finite = ~want[..., None, None].expand_as(out)
+        sdpa = torch.nn.functional.scaled_dot_product_attention(
+            q.float(), k.float().repeat_interleave(4, 1), v.float().repeat_interleave(4, 1), attn_mask=mask
+        )
+        assert rel_err(out[finite], sdpa[finite]) < TOL[torch.bfloat16]
+
+
 @pytest.mark.parametrize("splits", [1, 3, 7])
 def test_split_count_does_not_change_the_result(splits):
     """Any split of the sequence (a split with every key masked included) combines to the same output."""
