@@ -372,7 +372,8 @@ def gqa_decode_attention_ref(q, k, v, mask=None, scale=None) -> torch.Tensor:
     b, h_q, _, d = q.shape
     h_kv = k.shape[1]
     q_g = q.float().reshape(b, h_kv, h_q // h_kv, d)  # [B, H_kv, n_rep, D]: a group's query heads as rows
-    scores = (q_g @ k.float().transpose(-1, -2)) * (1.0 / math.sqrt(d) if scale is None else scale)  # [B, H_kv, n_rep, S]
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    scores = (q_g @ k.float().transpose(-1, -2)) * scale  # [B, H_kv, n_rep, S]
     if mask is not None:  # [B or 1, 1, 1, S] broadcasts over the groups' rows
         scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
     every_key_masked = (scores == float("-inf")).all(dim=-1, keepdim=True)

@@ -253,7 +253,9 @@ def test_cuda_fold_on_the_memory_efficient_op(batch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize(("batch", "mask_heads", "d"), [(1, 1, 128), (8, 1, 128), (3, 1, 64), (8, 32, 128), (2, 1, 256)])
+@pytest.mark.parametrize(
+    ("batch", "mask_heads", "d"), [(1, 1, 128), (8, 1, 128), (3, 1, 64), (8, 32, 128), (2, 1, 256)]
+)
 def test_cuda_decode_kernel_matches_eager(batch, mask_heads, d):
     """The default (``gqa_decode_kernel``): the Triton split-KV kernel in the compiled graph, against
     eager SDPA; a per-head mask or a head dim of 256 falls back to the fold (batch > 1)."""
