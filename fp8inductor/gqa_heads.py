@@ -169,10 +169,13 @@ def _decode_kernel_call(graph: fx.Graph, node: fx.Node, q, k, v, qv, n_rep: int)
     d = qv.shape[3]
     if qv.dtype not in (torch.bfloat16, torch.float16) or d not in _KERNEL_HEAD_DIMS or n_rep > 16:
         return False
+    if not _is(qv.stride(3), 1):  # the kernel reads rows of D contiguous elements (k, v: checked by the caller)
+        return False
     mask_name = _SDPA_MASK_ARG[node.target]
     mask = _arg(node, mask_name)[0] if mask_name else None
     if mask is not None:
-        mask = _kernel_mask(mask)
+        kv = _val(k)
+        mask = _kernel_mask(mask, kv.shape[0], kv.shape[2])
         if mask is False:
             return False
     scale = node.kwargs.get("scale")
@@ -200,13 +203,19 @@ def _erase_if_dead(graph: fx.Graph, node) -> None:
             todo += inputs
 
 
-def _kernel_mask(mask):
-    """The mask as ``gqa_decode_attention`` takes it ([B or 1, 1, 1, S]), looking through an expand
-    over the heads; False where it has another form."""
+def _kernel_mask(mask, b, s):
+    """The mask as ``gqa_decode_attention`` takes it ([b or 1, 1, 1, s], bool or floating), looking
+    through an expand over the heads; False where it has another form (a mask that broadcasts over
+    the keys, say)."""
     val = _val(mask)
-    if isinstance(mask, fx.Node) and mask.target == aten.expand.default and not _is(val.shape[1], 1):
+    expand_over_heads = isinstance(val, torch.Tensor) and val.dim() == 4 and not _is(val.shape[1], 1)
+    if isinstance(mask, fx.Node) and mask.target == aten.expand.default and expand_over_heads:
         mask, val = mask.args[0], _val(mask.args[0])
     if not isinstance(val, torch.Tensor) or val.dim() != 4 or not (_is(val.shape[1], 1) and _is(val.shape[2], 1)):
+        return False
+    if not _same_shape(val.shape[3:], (s,)) or not (_is(val.shape[0], 1) or _same_shape(val.shape[:1], (b,))):
+        return False
+    if val.dtype != torch.bool and not val.is_floating_point():
         return False
     return mask
 
@@ -245,6 +254,11 @@ def fold_gqa_heads(graph: fx.Graph, decode_kernel: bool = False) -> int:
             or not isinstance(qv.shape[3], int)
         ):
             continue  # prefill (more than one query position) or a symbolic head count
+        kv, vv = _val(k_src[0]), _val(v_src[0])
+        if not (_same_shape(kv.shape, vv.shape) and _same_shape(kv.shape[3:], qv.shape[3:])):
+            continue  # a value head dim other than the query's (the fused ops allow it): left alone
+        if not (_is(kv.stride(3), 1) and _is(vv.stride(3), 1)):
+            continue  # the copies made D contiguous; the KV heads as stored must be so too
         if decode_kernel and _decode_kernel_call(graph, node, q, k_src[0], v_src[0], qv, n_rep):
             _erase_if_dead(graph, k)
             _erase_if_dead(graph, v)

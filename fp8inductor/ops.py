@@ -531,8 +531,11 @@ def gqa_decode_attention_op(
 
 @_cuda_kernel("gqa_decode_attention")
 def _(q, k, v, mask, scale):
-    from .kernels.gqa_decode import gqa_decode_attention
+    from .kernels.gqa_decode import check_gqa_decode_args, gqa_decode_attention
 
+    if torch.cuda.get_device_capability(q.device) < (8, 0):  # no bf16 tl.dot before Ampere: the reference
+        check_gqa_decode_args(q, k, v, mask)
+        return ref.gqa_decode_attention_ref(q, k, v, mask, scale).to(q.dtype)
     return gqa_decode_attention(q, k, v, mask, scale)
 
 

@@ -90,6 +90,21 @@ def test_fully_masked_row_gives_zeros_and_mask_broadcasts():
     assert rel_err(gqa_decode_attention(q, k, v, one).float(), gqa_decode_attention_ref(q, k, v, one)) < 2**-6
 
 
+def test_finfo_min_additive_mask_keeps_sdpas_value_of_a_fully_masked_row():
+    """An additive mask of ``finfo.min`` (what some models build) is finite: a row masked that way
+    everywhere gets softmax over equally shifted scores, as SDPA computes, not zeros."""
+    q, k, v, _ = _inputs(2, 8, 2, 90, 32, torch.bfloat16, None, seed=3)
+    mask = torch.zeros(2, 1, 1, 90, dtype=torch.bfloat16, device=q.device)
+    mask[0] = torch.finfo(torch.bfloat16).min  # batch 0: every key "masked" by a finite bias
+    mask[1, ..., 50:] = torch.finfo(torch.bfloat16).min
+    want = torch.nn.functional.scaled_dot_product_attention(
+        q.float(), k.float().repeat_interleave(4, 1), v.float().repeat_interleave(4, 1), attn_mask=mask.float()
+    )
+    for got in (gqa_decode_attention(q, k, v, mask).float(), gqa_decode_attention_ref(q, k, v, mask)):
+        assert got[0].abs().max() > 0.05  # the mean of V's rows, not zeros
+        assert rel_err(got, want) < TOL[torch.bfloat16]
+
+
 def test_bad_inputs_raise():
     q, k, v, _ = _inputs(1, 8, 2, 16, 32, torch.bfloat16, None)
     with pytest.raises(ValueError, match="multiple"):
@@ -98,6 +113,10 @@ def test_bad_inputs_raise():
         gqa_decode_attention(q.expand(1, 8, 2, 32), k, v)
     with pytest.raises(TypeError, match="bf16 or fp16"):
         gqa_decode_attention(q.float(), k.float(), v.float())
+    with pytest.raises(ValueError, match="block_s"):
+        gqa_decode_attention(q, k, v, block_s=24)
+    with pytest.raises(ValueError, match="splits"):
+        gqa_decode_attention(q, k, v, splits=0)
     with pytest.raises(ValueError, match="keys"):
         gqa_decode_attention(q, k, v, torch.ones(1, 1, 1, 17, dtype=torch.bool, device=q.device))
     with pytest.raises(TypeError, match="bool or floating"):

@@ -136,6 +136,38 @@ def test_fold_copies_an_output_it_cannot_view():
     assert tuple(out.meta["val"].shape) == (2, 8, 1, 32)
 
 
+@pytest.mark.parametrize("case", ["mask_over_keys", "value_dim", "strided_q"])
+def test_decode_kernel_takes_only_what_it_can(case):
+    """Forms the split-KV kernel does not take stay with SDPA: a mask that broadcasts over the keys
+    ([B, 1, 1, 1]; folded instead), a value head dim other than the query's (left alone: the fold's
+    view would not fit either) and a query whose head dim is strided (folded: the fold copies q)."""
+    from fp8inductor import ops
+
+    q, k, v, mask = (t.bfloat16() for t in _inputs())
+    op = aten._scaled_dot_product_flash_attention_for_cpu.default
+    if case == "mask_over_keys":
+        mask = mask[..., :1]
+    elif case == "value_dim":
+        v = torch.randn(2, 2, 40, 64).bfloat16()
+        mask, op = mask.expand(2, 8, 1, 40), aten._scaled_dot_product_efficient_attention.default
+        q, k, v, mask = (t.to("meta") for t in (q, k, v, mask))  # no CPU kernel: traced only
+    elif case == "strided_q":
+        q = torch.randn(2, 32, 8, 1).bfloat16().permute(0, 2, 3, 1)  # [B, H_q, 1, D], D strided
+
+    def call(q, k, v, m):
+        if op == aten._scaled_dot_product_efficient_attention.default:
+            return op(q, repeat_kv(k, 4), repeat_kv(v, 4), m, False)[0]
+        return op(q, repeat_kv(k, 4), repeat_kv(v, 4), attn_mask=m)[0]
+
+    gm = _traced(call, (q, k, v, mask))
+    assert fold_gqa_heads(gm.graph, decode_kernel=True) == (0 if case == "value_dim" else 1)
+    gm.recompile()
+    assert not _ops(gm, ops.gqa_decode_attention)
+    if case != "value_dim":  # against fp32 SDPA (called directly, the CPU op returns garbage for the strided q)
+        want = attention(q.float(), k.float(), v.float(), mask.float(), 4)
+        assert rel_err(gm(q, k, v, mask).float(), want) < 2**-7
+
+
 def test_layers_share_one_folded_mask():
     q, k, v, mask = _inputs()
 

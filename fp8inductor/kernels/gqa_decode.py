@@ -28,8 +28,6 @@ from .act_quant import _upcast_fp32
 from .block_gemm import _num_sms
 from .pdl import triton_interpreting
 
-LOG2E = 1.4426950408889634
-
 
 @triton.jit
 def _gqa_decode_split_kernel(
@@ -38,9 +36,9 @@ def _gqa_decode_split_kernel(
     v_ptr,  # [B, H_kv, S, D] (strides stride_vb, stride_vh, stride_vs, 1)
     bias_ptr,  # [B, S] additive fp32, or bool (True = attend); strides (stride_bb, stride_bs); unused without HAS_BIAS
     part_o_ptr,  # [B, H_q, SPLITS, D] fp32, contiguous
-    part_m_ptr,  # [B, H_q, SPLITS] fp32 (running max, log2 units), contiguous
+    part_m_ptr,  # [B, H_q, SPLITS] fp32 (running max of the scores), contiguous
     part_l_ptr,  # [B, H_q, SPLITS] fp32 (running sum), contiguous
-    H_KV, S, blocks_per_split, scale_log2,
+    H_KV, S, blocks_per_split, scale,
     stride_qb, stride_qh, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs, stride_bb, stride_bs,
     N_REP: tl.constexpr,
     D: tl.constexpr,
@@ -61,8 +59,8 @@ def _gqa_decode_split_kernel(
     q = tl.load(q_ptr + b * stride_qb + heads[:, None] * stride_qh + offs_d[None, :], mask=row_ok[:, None], other=0.0)
     if FP32_DOTS:
         q = _upcast_fp32(q)
-    k_base = k_ptr + b.to(tl.int64) * stride_kb + kvh * stride_kh
-    v_base = v_ptr + b.to(tl.int64) * stride_vb + kvh * stride_vh
+    k_base = k_ptr + b.to(tl.int64) * stride_kb + kvh.to(tl.int64) * stride_kh
+    v_base = v_ptr + b.to(tl.int64) * stride_vb + kvh.to(tl.int64) * stride_vh
     m = tl.full([16], float("-inf"), tl.float32)
     l = tl.zeros([16], tl.float32)
     acc = tl.zeros([16, D], tl.float32)
@@ -71,23 +69,26 @@ def _gqa_decode_split_kernel(
     for blk in range(blk_lo, blk_hi):
         offs_s = blk * BLOCK_S + tl.arange(0, BLOCK_S)
         ok = offs_s < S
-        k = tl.load(k_base + offs_s[:, None] * stride_ks + offs_d[None, :], mask=ok[:, None], other=0.0)
+        offs_s64 = offs_s.to(tl.int64)  # offs_s * stride may pass 2**31 in a long cache
+        k = tl.load(k_base + offs_s64[:, None] * stride_ks + offs_d[None, :], mask=ok[:, None], other=0.0)
         if FP32_DOTS:
             k = _upcast_fp32(k)
-        s = tl.dot(q, tl.trans(k)) * scale_log2  # [16, BLOCK_S] fp32, log2 units
+        # [16, BLOCK_S] fp32 scores in natural units: an additive mask's finfo.min stays finite (scaled
+        # to log2 units first it would overflow to -inf, and a row masked that way would lose SDPA's value)
+        s = tl.dot(q, tl.trans(k)) * scale
         if HAS_BIAS:
             bias = tl.load(bias_ptr + b * stride_bb + offs_s * stride_bs, mask=ok, other=0)
             if BOOL_BIAS:
                 s = tl.where((bias != 0)[None, :], s, float("-inf"))
             else:
-                s += bias.to(tl.float32)[None, :] * 1.4426950408889634
+                s += bias.to(tl.float32)[None, :]
         s = tl.where(ok[None, :], s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # all masked so far: no NaN from -inf - -inf
-        alpha = tl.exp2(m - m_safe)
-        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2((m - m_safe) * 1.4426950408889634)
+        p = tl.exp2((s - m_safe[:, None]) * 1.4426950408889634)
         l = l * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + offs_s[:, None] * stride_vs + offs_d[None, :], mask=ok[:, None], other=0.0)
+        v = tl.load(v_base + offs_s64[:, None] * stride_vs + offs_d[None, :], mask=ok[:, None], other=0.0)
         if FP32_DOTS:
             v = _upcast_fp32(v)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
@@ -115,7 +116,7 @@ def _gqa_decode_combine_kernel(
     l = tl.load(part_l_ptr + row * SPLITS + sp, mask=sp_ok, other=0.0)
     m_all = tl.max(m, 0)
     m_safe = tl.where(m_all == float("-inf"), 0.0, m_all)
-    w = tl.exp2(m - m_safe)  # 0 for splits with every key masked
+    w = tl.exp2((m - m_safe) * 1.4426950408889634)  # 0 for splits with every key masked
     offs_d = tl.arange(0, D)
     o = tl.load(part_o_ptr + (row * SPLITS + sp)[:, None].to(tl.int64) * D + offs_d[None, :], mask=sp_ok[:, None],
                 other=0.0)  # fmt: skip
@@ -168,6 +169,10 @@ def gqa_decode_attention(
     """[B, H_q, 1, D] in q's dtype: the attention of the module docstring (Triton; the interpreter on
     CPU). Reference: ``fp8inductor.reference.gqa_decode_attention_ref``."""
     check_gqa_decode_args(q, k, v, mask)
+    if block_s < 16 or block_s & (block_s - 1):
+        raise ValueError(f"gqa_decode_attention: block_s must be a power of two >= 16, got {block_s}")
+    if splits is not None and splits < 1:
+        raise ValueError(f"gqa_decode_attention: splits must be >= 1, got {splits}")
     b, h_q, _, d = q.shape
     h_kv, s = k.shape[1], k.shape[2]
     out = torch.empty(b, h_q, d, device=q.device, dtype=q.dtype)
@@ -187,7 +192,7 @@ def gqa_decode_attention(
     stride_bb = (bias.stride(0) if bias.shape[0] > 1 else 0) if has_bias else 0
     _gqa_decode_split_kernel[(b * h_kv, splits)](
         q, k, v, bias, part_o, part_m, part_l,
-        h_kv, s, blocks_per_split, scale * LOG2E,
+        h_kv, s, blocks_per_split, scale,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         stride_bb, bias.stride(-1) if has_bias else 0,
         N_REP=h_q // h_kv, D=d, BLOCK_S=block_s, HAS_BIAS=has_bias,
