@@ -523,6 +523,10 @@ def gqa_decode_attention_op(
     """q [B, H_q, 1, D] bf16/fp16, k/v [B, H_kv, S, D] (H_q % H_kv == 0), mask [B or 1, 1, 1, S] bool
     (True = attend) or additive, or None -> [B, H_q, 1, D] contiguous in q's dtype: SDPA of query head
     h over KV head h // (H_q / H_kv), without copying the KV heads. CPU: the fp32 reference."""
+    return _gqa_decode_attention_by_reference(q, k, v, mask, scale)
+
+
+def _gqa_decode_attention_by_reference(q, k, v, mask, scale):
     from .kernels.gqa_decode import check_gqa_decode_args
 
     check_gqa_decode_args(q, k, v, mask)
@@ -531,11 +535,10 @@ def gqa_decode_attention_op(
 
 @_cuda_kernel("gqa_decode_attention")
 def _(q, k, v, mask, scale):
-    from .kernels.gqa_decode import check_gqa_decode_args, gqa_decode_attention
+    from .kernels.gqa_decode import gqa_decode_attention
 
-    if torch.cuda.get_device_capability(q.device) < (8, 0):  # no bf16 tl.dot before Ampere: the reference
-        check_gqa_decode_args(q, k, v, mask)
-        return ref.gqa_decode_attention_ref(q, k, v, mask, scale).to(q.dtype)
+    if torch.cuda.get_device_capability(q.device) < (8, 0):  # no bf16 tl.dot before Ampere
+        return _gqa_decode_attention_by_reference(q, k, v, mask, scale)
     return gqa_decode_attention(q, k, v, mask, scale)
 
 
