@@ -45,6 +45,8 @@ import operator
 import torch
 from torch import fx
 
+from .passes import _val
+
 aten = torch.ops.aten
 log = logging.getLogger("fp8inductor")
 
@@ -60,10 +62,6 @@ _VIEWS = (aten.view.default, aten._unsafe_view.default, aten.reshape.default)
 # less data; 256 compiles for sm_90 (141 KB shared, one program per SM) but is not measured, so such
 # models keep the fold.
 _KERNEL_HEAD_DIMS = (16, 32, 64, 128)
-
-
-def _val(node):
-    return node.meta.get("val") if isinstance(node, fx.Node) else None
 
 
 def _arg(node: fx.Node, name: str):
@@ -159,11 +157,9 @@ def _folded_mask(emit: _Emitter, mask: fx.Node, h_q: int, h_kv: int, n_rep: int)
     return None
 
 
-def _decode_kernel_call(graph: fx.Graph, node: fx.Node, q, k, v, qv, n_rep: int) -> bool:
+def _decode_kernel_call(emit: _Emitter, node: fx.Node, q, k, v, qv, n_rep: int) -> bool:
     """Replace ``node`` (and its output getitems) by ``gqa_decode_attention(q, k, v, mask, scale)``
     where the kernel takes the inputs; False (graph untouched) where it does not."""
-    from torch._guards import detect_fake_mode
-
     from . import ops
 
     d = qv.shape[3]
@@ -179,8 +175,8 @@ def _decode_kernel_call(graph: fx.Graph, node: fx.Node, q, k, v, qv, n_rep: int)
         if mask is False:
             return False
     scale = node.kwargs.get("scale")
-    out = _Emitter(graph, node, detect_fake_mode([qv]))(ops.gqa_decode_attention, (q, k, v, mask, scale))
-    _replace_attention(graph, node, out)
+    out = emit(ops.gqa_decode_attention, (q, k, v, mask, scale))
+    _replace_attention(emit.graph, node, out)
     return True
 
 
@@ -259,7 +255,8 @@ def fold_gqa_heads(graph: fx.Graph, decode_kernel: bool = False) -> int:
             continue  # a value head dim other than the query's (the fused ops allow it): left alone
         if not (_is(kv.stride(3), 1) and _is(vv.stride(3), 1)):
             continue  # the copies made D contiguous; the KV heads as stored must be so too
-        if decode_kernel and _decode_kernel_call(graph, node, q, k_src[0], v_src[0], qv, n_rep):
+        emit = _Emitter(graph, node, detect_fake_mode([qv]))
+        if decode_kernel and _decode_kernel_call(emit, node, q, k_src[0], v_src[0], qv, n_rep):
             _erase_if_dead(graph, k)
             _erase_if_dead(graph, v)
             done += 1
@@ -272,7 +269,6 @@ def fold_gqa_heads(graph: fx.Graph, decode_kernel: bool = False) -> int:
         b = b if isinstance(b, int) else -1  # a symbolic batch: the view infers it
         mask_name = _SDPA_MASK_ARG[node.target]
         mask, mask_pos = _arg(node, mask_name) if mask_name else (None, None)
-        emit = _Emitter(graph, node, detect_fake_mode([qv]))
         mask_g = None
         if mask is not None:
             key = (mask, n_rep)
