@@ -28,6 +28,9 @@ from .act_quant import _upcast_fp32
 from .block_gemm import _num_sms
 from .pdl import triton_interpreting
 
+# exp(x) = exp2(x * log2(e)): the softmax works in natural units and exponentiates with exp2 (ex2.approx)
+_LOG2E: tl.constexpr = tl.constexpr(math.log2(math.e))
+
 
 @triton.jit
 def _gqa_decode_split_kernel(
@@ -85,8 +88,8 @@ def _gqa_decode_split_kernel(
         s = tl.where(ok[None, :], s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # all masked so far: no NaN from -inf - -inf
-        alpha = tl.exp2((m - m_safe) * 1.4426950408889634)
-        p = tl.exp2((s - m_safe[:, None]) * 1.4426950408889634)
+        alpha = tl.exp2((m - m_safe) * _LOG2E)
+        p = tl.exp2((s - m_safe[:, None]) * _LOG2E)
         l = l * alpha + tl.sum(p, 1)
         v = tl.load(v_base + offs_s64[:, None] * stride_vs + offs_d[None, :], mask=ok[:, None], other=0.0)
         if FP32_DOTS:
@@ -116,7 +119,7 @@ def _gqa_decode_combine_kernel(
     l = tl.load(part_l_ptr + row * SPLITS + sp, mask=sp_ok, other=0.0)
     m_all = tl.max(m, 0)
     m_safe = tl.where(m_all == float("-inf"), 0.0, m_all)
-    w = tl.exp2((m - m_safe) * 1.4426950408889634)  # 0 for splits with every key masked
+    w = tl.exp2((m - m_safe) * _LOG2E)  # 0 for splits with every key masked
     offs_d = tl.arange(0, D)
     o = tl.load(part_o_ptr + (row * SPLITS + sp)[:, None].to(tl.int64) * D + offs_d[None, :], mask=sp_ok[:, None],
                 other=0.0)  # fmt: skip
