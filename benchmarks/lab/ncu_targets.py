@@ -16,6 +16,8 @@ benchmarks see them.
 4. the split-K GEMM at M = 16, N = K = 4096;
 5. the persistent TMA GEMM (``tma_128x128``), M = N = K = 4096;
 6. cuBLAS blockwise ``torch._scaled_mm``, M = N = K = 4096.
+
+Written 2026-12-08 and not run on a GPU yet (no device was lent after the small-M lab's run).
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ def main() -> None:
     n = k = 4096
     w = torch.randn(n, k, device=dev, dtype=torch.bfloat16, generator=g) * k**-0.5
     wq, ws = weight_quant_128x128(w)
-    wt = w.t().contiguous().t()  # [N, K] row-major, as a Linear's weight
     x1 = torch.randn(1, k, device=dev, dtype=torch.bfloat16, generator=g)
     x16 = torch.randn(16, k, device=dev, dtype=torch.bfloat16, generator=g)
     xl = torch.randn(4096, k, device=dev, dtype=torch.bfloat16, generator=g)
@@ -48,7 +49,7 @@ def main() -> None:
     steps = [
         ("act_quant_1x128 M=1 K=4096", lambda: act_quant_1x128(x1)),
         (f"split-K GEMM M=1 {cfg1}", lambda: fp8_block_gemm(q1, s1, wq, ws, config=cfg1, tickets=tickets)),
-        ("bf16 torch.mm M=1", lambda: torch.mm(x1, wt.t())),
+        ("bf16 torch.mm M=1", lambda: torch.mm(x1, w.t())  # w: [N, K] row-major, as F.linear),
         (f"split-K GEMM M=16 {cfg16}", lambda: fp8_block_gemm(q16, s16, wq, ws, config=cfg16, tickets=tickets)),
         ("TMA GEMM 4096^3 tma_128x128", lambda: fp8_block_gemm(ql, sl, wq, ws, config=CONFIGS["tma_128x128"])),
         ("cuBLAS blockwise 4096^3", lambda: cublas.block_gemm(qlc, slc, wq, ws, None, torch.bfloat16)),
