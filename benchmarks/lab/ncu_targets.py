@@ -49,7 +49,7 @@ def main() -> None:
     steps = [
         ("act_quant_1x128 M=1 K=4096", lambda: act_quant_1x128(x1)),
         (f"split-K GEMM M=1 {cfg1}", lambda: fp8_block_gemm(q1, s1, wq, ws, config=cfg1, tickets=tickets)),
-        ("bf16 torch.mm M=1", lambda: torch.mm(x1, w.t())  # w: [N, K] row-major, as F.linear),
+        ("bf16 torch.mm M=1", lambda: torch.mm(x1, w.t())),  # w: [N, K] row-major, as F.linear
         (f"split-K GEMM M=16 {cfg16}", lambda: fp8_block_gemm(q16, s16, wq, ws, config=cfg16, tickets=tickets)),
         ("TMA GEMM 4096^3 tma_128x128", lambda: fp8_block_gemm(ql, sl, wq, ws, config=CONFIGS["tma_128x128"])),
         ("cuBLAS blockwise 4096^3", lambda: cublas.block_gemm(qlc, slc, wq, ws, None, torch.bfloat16)),
