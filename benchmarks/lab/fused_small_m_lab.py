@@ -55,6 +55,7 @@ from fp8inductor.kernels.block_gemm import (
     GemmConfig,
     _default_config,
     _pdl_start,
+    _scale_ptrs,
     _split_plan,
     _store_tile,
     _tile_ptrs,
@@ -110,11 +111,9 @@ def _fused_linear_splitk_kernel(
     offs_k = tl.arange(0, BLOCK_K)
     mask_m = offs_m < M
     x_ptrs = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm + offs_k[None, :] * stride_xk
-    if BLOCK_N <= QBLOCK:
-        ws_ptrs = ws_ptr + ((pid_n * BLOCK_N) // QBLOCK) * stride_wsn
-    else:
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        ws_ptrs = ws_ptr + (tl.where(offs_n < N, offs_n, 0) // QBLOCK) * stride_wsn
+    _, ws_ptrs = _scale_ptrs(
+        x_ptr, ws_ptr, pid_m, pid_n, M, N, 0, stride_wsn, BLOCK_M, BLOCK_N, QBLOCK
+    )  # x scales: unused
     kb_lo = split * kb_per_split
     kb_hi = tl.minimum(kb_lo + kb_per_split, tl.cdiv(K, BLOCK_K))
     if PDL:
