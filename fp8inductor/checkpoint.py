@@ -180,9 +180,12 @@ class _Checkpoint:
 
 
 def _safetensors_files(path: Path) -> list[Path]:
-    """The checkpoint's files, as transformers picks them in a directory: those the shard index
-    (``model.safetensors.index.json``) names, else ``model.safetensors``, else every ``*.safetensors``
-    (other files beside a checkpoint, a stale unsharded copy or an adapter, are not read)."""
+    """The checkpoint's files, in transformers' order (4.57 and 5.x ``from_pretrained``) in a directory:
+    ``model.safetensors``, else the files the shard index (``model.safetensors.index.json``) names,
+    else every ``*.safetensors`` (other files beside a checkpoint, stale shards or an adapter, are not
+    read). A directory with both a ``model.safetensors`` and an index gets a warning: transformers reads
+    the single file too, and one of the two is stale (transformers' ``save_pretrained`` leaves an old
+    index beside a new single file, and an old single file beside new shards)."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint file or directory")
     files = _indexed_files(path) if path.is_dir() else [path]
@@ -194,7 +197,17 @@ def _safetensors_files(path: Path) -> list[Path]:
 
 
 def _indexed_files(directory: Path) -> list[Path]:
+    single = directory / "model.safetensors"
     index = directory / "model.safetensors.index.json"
+    if single.is_file():
+        if index.is_file():
+            warnings.warn(
+                f"{directory} holds both model.safetensors and model.safetensors.index.json: reading "
+                "model.safetensors, as transformers does, and ignoring the index and its shards (one of the "
+                "two is left over from an earlier save; remove it)",
+                stacklevel=5,  # load_quantized_'s caller
+            )
+        return [single]
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
@@ -205,8 +218,7 @@ def _indexed_files(directory: Path) -> list[Path]:
         if missing:
             raise CheckpointError(f"{index}: names shard files that are not there: {missing[:4]}")
         return [directory / n for n in names]
-    single = directory / "model.safetensors"
-    return [single] if single.is_file() else sorted(directory.glob("*.safetensors"))
+    return sorted(directory.glob("*.safetensors"))
 
 
 def _read_file(file: Path) -> dict[str, torch.Tensor]:
@@ -391,7 +403,24 @@ def _plan_fp8_module(model: nn.Module, ckpt: _Checkpoint, prefix: str) -> FP8Blo
     module = _target_module(model, ckpt, prefix, weight)
     bias = _checked_bias(ckpt, prefix, module, weight.shape[0])
     replaces = module.replaces if isinstance(module, FP8BlockLinear) else type(module).__name__
-    return FP8BlockLinear(weight, scale, bias, ckpt.scale_fmt, replaces)
+    device = _target_device(model, module)  # the file's tensors are on the CPU; the model may be on a GPU
+    return FP8BlockLinear(
+        weight.to(device), scale.to(device), None if bias is None else bias.to(device), ckpt.scale_fmt, replaces
+    )
+
+
+def _target_device(model: nn.Module, module: nn.Module) -> torch.device:
+    """Where the FP8 module replacing ``module`` goes: ``module``'s own weight's device, or where the rest
+    of the model is when that weight is on the meta device (allowed for replaced modules), else the
+    CPU. (Until 2026-12-08 it stayed on the CPU: a model built on a GPU got CPU FP8 modules and its
+    first forward failed with a device mismatch.)"""
+    own = getattr(module, "weight", None)
+    if isinstance(own, torch.Tensor) and not own.is_meta:
+        return own.device
+    for t in (*model.parameters(), *model.buffers()):
+        if not t.is_meta:
+            return t.device
+    return torch.device("cpu")
 
 
 def _fp8_keys(prefix: str) -> tuple[str, str, str]:

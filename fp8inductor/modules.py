@@ -39,7 +39,8 @@ _TRANSFORMERS_FP8_LINEAR = "FP8Linear"
 _SCALE_ATTRS = ("weight_scale_inv", "weight_scales_inv")
 _BLOCK_ATTRS = ("block_size", "weight_block_size")
 _BLOCK = (128, 128)
-# FP8BlockLinear's buffers and the dtypes they may hold (e8m0 scales are widened on copy: exact).
+# FP8BlockLinear's buffers and the dtypes they may be given (e8m0 scales, as transformers 5 stores ue8m0
+# ones, are widened to float32 when loaded or assigned: exact; the module always holds float32).
 _FP8_BUFFERS = {
     "weight": (FP8_DTYPE,),
     "weight_scale_inv": tuple(d for d in (torch.float32, E8M0_DTYPE) if d is not None),
@@ -126,12 +127,16 @@ class FP8BlockLinear(nn.Module):
         ``tie_weights`` putting the embedding's bf16 weight on an FP8 ``lm_head``) left the old scales
         beside it and failed at the next forward, deep in the op."""
         want = _FP8_BUFFERS.get(name)
-        if want is not None and name in self.__dict__.get("_buffers", {}) and _dtype_of(value) not in want:
-            raise TypeError(
-                f"FP8BlockLinear.{name} must stay {' or '.join(map(str, want))}, got {_dtype_of(value)}: an FP8 "
-                "linear cannot take a high-precision weight (tied to an embedding? keep this module out of "
-                "the conversion with modules_to_not_convert, or untie)"
-            )
+        if want is not None and name in self.__dict__.get("_buffers", {}):
+            if _dtype_of(value) not in want:
+                raise TypeError(
+                    f"FP8BlockLinear.{name} must stay {' or '.join(map(str, want))}, got {_dtype_of(value)}: an "
+                    "FP8 linear cannot take a high-precision weight (tied to an embedding? keep this module out "
+                    "of the conversion with modules_to_not_convert, or untie)"
+                )
+            if name == "weight_scale_inv":
+                value = widen_e8m0(value)  # the op takes float32 scales (load_state_dict(assign=True) once
+                # stored e8m0 ones as they were, and the next forward failed)
         super().__setattr__(name, value)
 
     def _load_from_state_dict(
@@ -154,6 +159,9 @@ class FP8BlockLinear(nn.Module):
         if errors:
             error_msgs.extend(errors)  # load_state_dict raises on these, strict or not
             return
+        scale = state_dict.get(prefix + "weight_scale_inv")
+        if scale is not None:  # (load_state_dict passes its own shallow copy of the caller's dict)
+            state_dict[prefix + "weight_scale_inv"] = widen_e8m0(scale)  # for assign=True and swap too
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )

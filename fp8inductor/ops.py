@@ -255,8 +255,9 @@ def _(
 
 
 def _block_linear_setup_context(ctx, inputs, output) -> None:
-    x, wq, ws, bias, _group_size, _scale_fmt = inputs
+    _x, wq, ws, bias, group_size, _scale_fmt = inputs
     ctx.save_for_backward(wq, ws)
+    ctx.group_size = group_size  # the weight blocks are (128, group_size), as in the forward
     ctx.bias_dtype = None if bias is None else bias.dtype
 
 
@@ -269,7 +270,7 @@ def _block_linear_backward(ctx, grad_y: torch.Tensor):
     wq, ws = ctx.saved_tensors
     grad_x = grad_bias = None
     if ctx.needs_input_grad[0]:
-        w = ref.dequantize_weight_ref(wq, ws, (128, 128), grad_y.dtype)  # [N, K]
+        w = ref.dequantize_weight_ref(wq, ws, (128, ctx.group_size), grad_y.dtype)  # [N, K]
         grad_x = grad_y @ w
     if ctx.bias_dtype is not None and ctx.needs_input_grad[3]:
         grad_bias = grad_y.reshape(-1, grad_y.shape[-1]).float().sum(0).to(ctx.bias_dtype)

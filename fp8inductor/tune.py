@@ -34,7 +34,17 @@ from pathlib import Path
 import torch
 
 from .kernels.config import CUBLAS, GemmConfig
-from .tuned import CONFIG_DIR, M_BUCKETS, SCHEMA, describe_dropped, device_slug, parse_table, shape_key, table_versions
+from .tuned import (
+    CONFIG_DIR,
+    M_BUCKET_MAX,
+    M_BUCKETS,
+    SCHEMA,
+    describe_dropped,
+    device_slug,
+    parse_table,
+    shape_key,
+    table_versions,
+)
 
 try:
     import fcntl  # POSIX: concurrent runs on one table take turns writing it
@@ -201,7 +211,22 @@ def read_table(out: Path) -> tuple[dict, list[tuple[str, str | None, str]]]:
         raise ValueError(f"{out} is not a readable tuning table ({e})") from e
     dropped: list[tuple[str, str | None, str]] = []
     parse_table(data, str(out), dropped)
+    _check_header(data, out)
     return data, dropped
+
+
+def _check_header(data: dict, out: Path) -> None:
+    """Raises ValueError naming ``out`` when a header field a run extends is malformed: ``m_buckets``
+    (a list of M buckets) or ``retunes`` (a list of objects). The lookup ignores both, but ``--resume``,
+    ``--update`` and the merge of another run's file add to them (they once raised a TypeError there)."""
+    ms = data.get("m_buckets", [])
+    if not isinstance(ms, list) or not all(
+        isinstance(m, int) and not isinstance(m, bool) and 1 <= m <= M_BUCKET_MAX for m in ms
+    ):
+        raise ValueError(f"{out}: 'm_buckets' must be a list of M buckets (ints 1..{M_BUCKET_MAX}), got {ms!r:.60}")
+    retunes = data.get("retunes", [])
+    if not isinstance(retunes, list) or not all(isinstance(r, dict) for r in retunes):
+        raise ValueError(f"{out}: 'retunes' must be a list of objects, got {retunes!r:.60}")
 
 
 def load_for_run(
@@ -323,8 +348,8 @@ def _m_buckets(text: str) -> list[int]:
         ms = [int(v) for v in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"--m takes a comma list of row counts, got {text!r}") from None
-    if not ms or min(ms) < 1:
-        raise argparse.ArgumentTypeError(f"--m row counts must be >= 1, got {text!r}")
+    if not ms or min(ms) < 1 or max(ms) > M_BUCKET_MAX:  # a table may not hold a larger bucket
+        raise argparse.ArgumentTypeError(f"--m row counts must be in 1..{M_BUCKET_MAX}, got {text!r}")
     return sorted(set(ms))  # a repeated bucket would be timed twice
 
 

@@ -73,9 +73,12 @@ def _short(v: Any, most: int = 24) -> str:
     return r if len(r) <= most else r[: most - 3] + "..."
 
 
+M_BUCKET_MAX = (1 << 31) - 1  # the largest M bucket a table may hold (int32 row count)
+
+
 def _parse_record(m: Any, rec: Any) -> tuple[int, GemmConfig]:
     """(M bucket, config) of one table record; raises ValueError/TypeError/KeyError saying what is wrong."""
-    if not isinstance(m, str) or not re.fullmatch(r"[0-9]{1,10}", m) or not 1 <= int(m) < 1 << 31:
+    if not isinstance(m, str) or not re.fullmatch(r"[0-9]{1,10}", m) or not 1 <= int(m) <= M_BUCKET_MAX:
         raise ValueError(f"M bucket must be a positive int, got {_short(m)}")  # nearest_bucket takes log2 of it
     if not isinstance(rec, dict):
         raise TypeError(f"record must be an object, got {type(rec).__name__}")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import copy
 import gc
+import importlib.util
 import json
 import logging
+import warnings
 import weakref
 
 import pytest
@@ -288,6 +290,35 @@ def test_round_trip_on_cuda(tmp_path):
     # Triton kernels vs the CPU reference: same quantized weights; bf16 intermediates may round apart.
     # Measured 0.03-0.05 between Inductor and eager on the CPU for the same reason (test_models.py).
     assert fp8inductor.testing.rel_err(y_loaded.cpu(), y_cpu) < 0.1
+
+
+@pytest.mark.gpu
+def test_load_into_a_model_on_cuda_puts_the_fp8_modules_there(tmp_path):
+    """The file's tensors are read to the CPU; the FP8 modules go where the modules they replace are
+    (until 2026-12-08 they stayed on the CPU in a CUDA model: a device-mismatch error at the first forward)."""
+    model, inputs, _ = _saved(tmp_path)
+    loaded = _fresh("llama").cuda()
+    converted = load_quantized_(loaded, tmp_path)
+    for path in converted:
+        mod = loaded.get_submodule(path)
+        assert mod.weight.is_cuda and mod.weight_scale_inv.is_cuda and (mod.bias is None or mod.bias.is_cuda), path
+    model = model.cuda()
+    inputs = {k: v.cuda() for k, v in inputs.items()}
+    with torch.inference_mode():
+        assert torch.equal(zoo.main_output(loaded(**inputs)), zoo.main_output(model(**inputs)))
+
+
+def test_replaced_modules_on_the_meta_device_go_where_the_model_is(tmp_path):
+    """Only the modules that become FP8 may be on the meta device; their FP8 replacements are put on the
+    device of the rest of the model."""
+    model, inputs, _ = _saved(tmp_path)
+    loaded = _fresh("llama")
+    up = loaded.model.layers[0].mlp.up_proj
+    up.weight = torch.nn.Parameter(torch.empty_like(up.weight, device="meta"))
+    load_quantized_(loaded, tmp_path)
+    assert loaded.model.layers[0].mlp.up_proj.weight.device.type == "cpu"
+    with torch.inference_mode():
+        assert torch.equal(zoo.main_output(loaded(**inputs)), zoo.main_output(model(**inputs)))
 
 
 @pytest.mark.gpu
@@ -629,6 +660,29 @@ def test_state_dict_of_high_precision_weights_is_refused_by_fp8_modules():
     quantize_(fresh)
     fresh.load_state_dict(fp8_state)
     assert torch.equal(fresh(x), y)
+
+
+@pytest.mark.parametrize("assign", [False, True])
+def test_e8m0_scales_are_widened_however_they_are_loaded(assign):
+    """transformers 5 stores ue8m0 scales as float8_e8m0fnu. copy_ widened them, but
+    load_state_dict(assign=True) (loading into a model built on the meta device) and plain assignment
+    stored them as they were, and the next forward refused them. Every path now holds float32, exactly."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 384))
+    quantize_(model, fp8inductor.FP8BlockConfig(scale_fmt="ue8m0"))
+    x = torch.randn(3, 256, dtype=torch.bfloat16)
+    want = model(x)
+    e8m0 = {
+        k: v.to(torch.float8_e8m0fnu) if k.endswith("scale_inv") else v.clone() for k, v in model.state_dict().items()
+    }
+    fresh = torch.nn.Sequential(torch.nn.Linear(256, 384))
+    quantize_(fresh, fp8inductor.FP8BlockConfig(scale_fmt="ue8m0"))
+    fresh.load_state_dict(e8m0, assign=assign)
+    assert fresh[0].weight_scale_inv.dtype == torch.float32
+    assert e8m0["0.weight_scale_inv"].dtype == torch.float8_e8m0fnu  # the caller's dict is not changed
+    assert torch.equal(fresh(x), want)
+    fresh[0].weight_scale_inv = e8m0["0.weight_scale_inv"]
+    assert fresh[0].weight_scale_inv.dtype == torch.float32 and torch.equal(fresh(x), want)
 
 
 def test_fp8_weight_cannot_be_replaced_by_a_high_precision_one():
@@ -974,12 +1028,42 @@ def test_tied_embeddings_with_an_fp8_lm_head_are_saved_untied(tmp_path):
     assert json.loads((tmp_path / "bf16_head" / "config.json").read_text())["tie_word_embeddings"] is True
 
 
-def test_load_reads_the_files_the_shard_index_names(tmp_path):
-    """A directory holding a sharded checkpoint and a stale unsharded copy (transformers leaves it
-    when re-saving sharded): the index says which files are the checkpoint, as for transformers."""
-    model, inputs, _ = _saved(tmp_path)
+def test_load_picks_files_in_transformers_order(tmp_path):
+    """In a directory, ``model.safetensors`` wins over a shard index, then the index names the files,
+    as transformers' ``from_pretrained`` picks them (4.57 and 5.x). Until 2026-12-08 the index won: a
+    directory that had held a sharded save and then got a single-file one (transformers' save removes
+    the old shards but leaves their index) was an error here and loaded in transformers, and with
+    both current the two loaders read different weights. Both present is now a warning."""
+    model, inputs, _ = _saved(tmp_path)  # model.safetensors (FP8)
+    fp8_file = (tmp_path / "model.safetensors").read_bytes()
     model.save_pretrained(tmp_path, max_shard_size="300KB")  # shards + index beside model.safetensors
-    assert (tmp_path / "model.safetensors.index.json").is_file() and (tmp_path / "model.safetensors").is_file()
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    (tmp_path / "model.safetensors").write_bytes(fp8_file)  # (a non-sharded save rewrites it)
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    for shard in set(index["weight_map"].values()):
+        (tmp_path / shard).unlink()  # the stale index now names shards that are gone
+    loaded = _fresh("llama")
+    with pytest.warns(UserWarning, match="reading model.safetensors, as transformers does") as caught:
+        load_quantized_(loaded, tmp_path)
+    assert caught[0].filename == __file__  # points at the caller's line
+    with torch.inference_mode():
+        assert torch.equal(zoo.main_output(loaded(**inputs)), zoo.main_output(model(**inputs)))
+    if importlib.util.find_spec("accelerate") is not None:  # transformers' FP8 loader needs it
+        from transformers import AutoModelForCausalLM
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            hf = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16)  # the same file
+        up = model.model.layers[0].mlp.up_proj
+        theirs = hf.state_dict()["model.layers.0.mlp.up_proj.weight"].cpu()
+        if theirs.dtype == torch.float8_e4m3fn:
+            assert_fp8_equal(theirs, up.weight)
+        else:  # dequantized (no GPU)
+            assert torch.equal(theirs, fp8inductor.dequantize_weight(up.weight, up.weight_scale_inv))
+
+    # shards alone: the index says which files; one it names that is missing is an error
+    model.save_pretrained(tmp_path, max_shard_size="300KB")
+    (tmp_path / "model.safetensors").unlink()
     loaded = _fresh("llama")
     load_quantized_(loaded, tmp_path)
     with torch.inference_mode():

@@ -227,6 +227,17 @@ def test_block_linear_gradients_are_straight_through():
     torch.testing.assert_close(x.grad, dy @ w)
     torch.testing.assert_close(lin.bias.grad, dy.sum((0, 1)))
 
+    # the raw op with group_size 64: its weight blocks are (128, 64) in backward too (backward once
+    # dequantized with (128, 128) blocks and refused the [1, 4] scales the forward had taken)
+    q, s = fp8inductor.quantize_weight(torch.randn(128, 256), block=(128, 64))  # s: [1, 4]
+    x64 = torch.randn(2, 256, requires_grad=True)
+    y64 = torch.ops.fp8inductor.block_linear(x64, q, s, None, 64, "float")
+    dy64 = torch.randn_like(y64)
+    y64.backward(dy64)
+    torch.testing.assert_close(
+        x64.grad, dy64 @ fp8inductor.dequantize_weight(q, s, block=(128, 64), dtype=torch.float32)
+    )
+
     model = torch.nn.Sequential(torch.nn.LayerNorm(256), FP8BlockLinear.from_weight(torch.randn(384, 256)))
     xs = torch.randn(4, 256)
     model(xs).square().sum().backward()

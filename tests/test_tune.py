@@ -238,3 +238,31 @@ def test_a_merge_skips_a_file_that_is_no_longer_a_table(gpu, tmp_path, capsys):
     assert _run(out, "--m", "1") == 0
     assert "not merging" in capsys.readouterr().err
     assert len(_strict_json(out.read_text())["entries"]) == len(tune.SUITE_NK)
+
+
+@pytest.mark.parametrize(
+    ("header", "mode"),
+    [({"m_buckets": ["1", "16"]}, "--resume"), ({"m_buckets": 16}, "--resume"), ({"m_buckets": [0]}, "--update"),
+     ({"retunes": "x"}, "--update"), ({"retunes": [1]}, "--resume")],
+)  # fmt: skip
+def test_a_malformed_header_is_a_clear_error(gpu, tmp_path, capsys, header, mode):
+    """The header fields a run extends (``m_buckets``, ``retunes``) are checked with the table: a bad one
+    stops the run before timing, naming the field (it once raised a TypeError/AttributeError after the
+    first shape had been timed), and a merge of such a file is skipped."""
+    out = tmp_path / "t.json"
+    rec = {"config": CFG, "us": 1.0, "git_sha": "aaa", "triton": "3.6.0"}
+    out.write_text(json.dumps({"schema": tuned.SCHEMA, "device": DEV, "triton": "3.6.0", **header,
+                               "entries": {"N=4096,K=4096": {"1": rec}}}))  # fmt: skip
+    assert _run(out, "--m", "1", mode) == 2
+    field = next(iter(header))
+    assert f"'{field}' must be a list" in capsys.readouterr().err
+    assert gpu.calls == []
+
+
+def test_m_buckets_beyond_what_a_table_holds_are_refused(capsys):
+    """A bucket the table reader would drop (>= 2**31) is refused on the command line, not timed and
+    then left out on every --resume."""
+    with pytest.raises(SystemExit) as e:
+        tune.main(["--m", f"1,{1 << 31}"])
+    assert e.value.code == 2
+    assert "--m row counts must be in 1..2147483647" in capsys.readouterr().err
