@@ -18,6 +18,9 @@ _RESERVED_INDUCTOR_KEYS = ("freezing", "joint_custom_pre_pass")
 GEMM_LOWERINGS = ("template", "extern")
 
 
+_DEFAULT_NOT_CONVERTED = ("lm_head",)  # the output head stays high precision, as in transformers
+
+
 @dataclasses.dataclass(frozen=True)
 class FP8BlockConfig:
     """Options of the ``fp8block`` backend (``torch.compile(..., options={...})``).
@@ -31,7 +34,9 @@ class FP8BlockConfig:
             dot-separated path components anywhere in the path ("mlp.gate" matches
             "model.layers.0.mlp.gate" but not "model.layers.0.mlp.gate_proj"), and also where
             transformers' ``should_convert_module`` matches it (a regex from the start of the path,
-            "model.layers.*.self_attn"; a suffix of the path).
+            "model.layers.*.self_attn"; a suffix of the path). None means the default ("lm_head",),
+            as in transformers' ``FineGrainedFP8Config`` (whose quantizer then skips the output
+            head); ``[]`` converts every linear, ``lm_head`` included.
         min_in_features / min_out_features: smaller linears are skipped (too small to gain).
         gemm_lowering: "template" (default): on FP8 GPUs, static-M linears lower to Triton templates
             whose store carries the fused epilogue (bias, cast, residual add, activation); see
@@ -73,7 +78,7 @@ class FP8BlockConfig:
     weight_block_size: tuple[int, int] = (128, 128)
     group_size: int = 128
     scale_fmt: str = "float"
-    modules_to_not_convert: tuple[str, ...] = ("lm_head",)
+    modules_to_not_convert: tuple[str, ...] = _DEFAULT_NOT_CONVERTED
     min_in_features: int = 128
     min_out_features: int = 128
     gemm_lowering: str = "template"
@@ -98,7 +103,8 @@ class FP8BlockConfig:
             raise ValueError(f"group_size must equal the weight block's K size {bs[1]}, got {self.group_size}")
         if self.scale_fmt not in SCALE_FMTS:
             raise ValueError(f"scale_fmt must be one of {SCALE_FMTS}, got {self.scale_fmt!r}")
-        mods = () if self.modules_to_not_convert is None else self.modules_to_not_convert  # None: convert all
+        # None: the default, as transformers reads it (until 2026-12-08 None converted lm_head too)
+        mods = _DEFAULT_NOT_CONVERTED if self.modules_to_not_convert is None else self.modules_to_not_convert
         if (
             isinstance(mods, str)
             or not isinstance(mods, (list, tuple, set, frozenset))
@@ -189,8 +195,6 @@ def split_options(options: Mapping[str, Any] | None) -> tuple[FP8BlockConfig, di
             raise ValueError(
                 f"unknown fp8block option {key!r}: expected one of {sorted(_FIELDS)} or an Inductor config key"
             )
-    if "modules_to_not_convert" in ours and ours["modules_to_not_convert"] is None:
-        ours["modules_to_not_convert"] = ()
     return FP8BlockConfig(**ours), inductor
 
 

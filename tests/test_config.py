@@ -65,9 +65,12 @@ def test_split_options_routes_keys():
     )
     assert cfg.modules_to_not_convert == ("lm_head", "mlp.gate") and cfg.scale_fmt == "ue8m0"
     assert inductor == {"max_autotune": True, "triton.cudagraphs": False}
+    # None is the default, as transformers' FineGrainedFP8Config reads it (its quantizer then skips the
+    # output head); it converted lm_head too until 2026-12-08. [] converts every linear.
     cfg, _ = split_options({"modules_to_not_convert": None})
-    assert cfg.modules_to_not_convert == ()
-    assert FP8BlockConfig(modules_to_not_convert=None).modules_to_not_convert == ()  # as through options
+    assert cfg.modules_to_not_convert == ("lm_head",) == FP8BlockConfig().modules_to_not_convert
+    assert FP8BlockConfig(modules_to_not_convert=None).modules_to_not_convert == ("lm_head",)  # as through options
+    assert split_options({"modules_to_not_convert": []})[0].modules_to_not_convert == ()
     assert FP8BlockConfig(modules_to_not_convert={"b", "a"}).modules_to_not_convert == ("a", "b")
     # Inductor's own spelling with hyphens is accepted, as torch.compile(backend="inductor") does
     assert split_options({"max-autotune": True})[1] == {"max_autotune": True}
