@@ -203,7 +203,7 @@ def _gemm(quantized, wq, ws, lead: list[int], n: int, k: int, picked: GemmConfig
         return None  # split-K or cuBLAS: the FallbackKernel's launcher runs them, with no fp32 round trip
     from .kernels.block_gemm import _ensure_tma_allocator, _num_sms
 
-    _ensure_tma_allocator(device)  # device-side TMA descriptors need a workspace allocator
+    _ensure_tma_allocator()  # device-side TMA descriptors need a workspace allocator (autotuning here)
     xq, xs = quantized()
     # xs keeps a fixed layout it has (rms_norm_quant writes it column-major): the template reads it
     # through its strides; the codes and weights must be row-major (TMA rows, _tile_ptrs' K loop).

@@ -97,11 +97,30 @@ def _warn_no_fp8(index: int) -> None:
 _CUDA_LIB = torch.library.Library(_NS, "FRAGMENT")
 
 
+def _on_its_device(fn):
+    """``fn(first, ...)`` run with ``first``'s CUDA device current. Triton launches on the current device;
+    ATen's CUDA kernels get a device guard from their generated wrappers, but a Python kernel gets none,
+    so a layer on cuda:1 with cuda:0 current (``device_map="auto"``) launched its kernels on the wrong GPU
+    (pointer errors or wrong reads). The guard is entered only when the device differs: the common
+    call pays one device query, not a context manager (as PyTorch's own Python bmm override does)."""
+
+    @functools.wraps(fn)
+    def guarded(first: torch.Tensor, *args, **kwargs):
+        index = first.device.index
+        if index is None or index == torch.cuda.current_device():
+            return fn(first, *args, **kwargs)
+        with torch.cuda.device(index):
+            return fn(first, *args, **kwargs)
+
+    return guarded
+
+
 def _cuda_kernel(op_name: str):
-    """Decorator: register ``fn`` as the CUDA kernel of ``fp8inductor::op_name``."""
+    """Decorator: register ``fn`` (run on its first tensor's device) as the CUDA kernel of
+    ``fp8inductor::op_name``."""
 
     def register(fn):
-        _CUDA_LIB.impl(op_name, fn, "CUDA")
+        _CUDA_LIB.impl(op_name, _on_its_device(fn), "CUDA")
         return fn
 
     return register
@@ -174,6 +193,7 @@ def quantize_weight_op(
 
 
 @quantize_weight_op.register_kernel("cuda")
+@_on_its_device
 def _(
     w: torch.Tensor, block_n: int = 128, block_k: int = 128, scale_fmt: str = "float"
 ) -> tuple[torch.Tensor, torch.Tensor]:

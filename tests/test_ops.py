@@ -250,3 +250,100 @@ def test_block_linear_gradients_are_straight_through():
     out.square().sum().backward()
     for p, g in zip(model[0].parameters(), want):  # Inductor's fused LayerNorm backward sums in another order
         torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-4)
+
+
+def test_cuda_kernels_run_on_their_tensors_device(monkeypatch):
+    """Triton launches on the current CUDA device; a Python CUDA kernel gets no device guard from the
+    dispatcher. A layer on cuda:1 with cuda:0 current (device_map="auto") launched on the wrong GPU.
+    The ops' CUDA kernels now switch to their first tensor's device when it is not current (checked
+    here with the device calls recorded; ``test_ops_on_a_second_gpu`` runs the ops on two GPUs where present)."""
+    from fp8inductor.ops import _on_its_device
+
+    calls = []
+
+    class Switch:
+        def __init__(self, index):
+            self.index = index
+
+        def __enter__(self):
+            calls.append(("enter", self.index))
+
+        def __exit__(self, *exc):
+            calls.append(("exit", self.index))
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device", Switch)
+    kernel = _on_its_device(lambda t, *rest, **kw: calls.append(("run", t.device.index, rest, kw)) or "y")
+    assert kernel(torch.empty(0, device="meta"), 1, a=2) == "y"  # no device index: no guard
+    assert calls == [("run", None, (1,), {"a": 2})]
+    calls.clear()
+
+    class OnDevice:  # a stand-in for a CUDA tensor (none on this machine): only .device is read
+        def __init__(self, index):
+            self.device = torch.device("cuda", index)
+
+    assert kernel(OnDevice(0), 1) == "y"  # already current: no context manager
+    assert calls == [("run", 0, (1,), {})]
+    calls.clear()
+    assert kernel(OnDevice(1), 1, a=2) == "y"
+    assert calls == [("enter", 1), ("run", 1, (1,), {"a": 2}), ("exit", 1)]
+
+
+def test_tma_workspace_allocator_is_set_in_every_thread():
+    """Triton keeps its allocator per thread (a ContextVar). It was set once per process: a TMA GEMM in
+    another thread (transformers' streaming generate) found none and raised. Every TMA launch sets it."""
+    import threading
+
+    from triton.runtime import _allocation
+
+    from fp8inductor.kernels.block_gemm import _ensure_tma_allocator, _tma_workspace
+
+    _ensure_tma_allocator()
+    seen = []
+
+    def worker():
+        seen.append(_allocation._allocator.get() is _tma_workspace)  # a new thread: Triton's NullAllocator
+        _ensure_tma_allocator()
+        seen.append(_allocation._allocator.get() is _tma_workspace)
+        seen.append(tuple(_allocation._allocator.get()(512, 128, None).shape))
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert seen == [False, True, (512,)]
+
+
+def test_k_strided_operands_whose_offsets_pass_int32_are_made_contiguous():
+    """The GEMM kernels step along K in int32 (rows are int64): a K-strided operand of ~2**31 elements
+    wrapped (a crash under the interpreter, wrong reads on a GPU). Such operands are copied row-major;
+    row-major ones and small strided ones are passed as they are."""
+    from fp8inductor.kernels.block_gemm import _k_offsets_in_int32
+
+    def codes(shape, strides):
+        return torch.empty_strided(shape, strides, dtype=ref.FP8_DTYPE, device="meta")
+
+    big = codes((16, 257), (1, 1 << 23))  # a transposed view: K offsets up to 384 * 2**23 > 2**31
+    assert _k_offsets_in_int32(big).stride() == (257, 1)
+    small = codes((16, 257), (1, 1 << 22))  # 384 * 2**22 < 2**31: fine in int32
+    assert _k_offsets_in_int32(small) is small
+    rows = codes((1 << 20, 4096), (4096, 1))  # 2**32 elements row-major: rows are int64, K stride 1
+    assert _k_offsets_in_int32(rows) is rows
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+@pytest.mark.parametrize("m", [1, 300])  # split-K and a tile/TMA/cuBLAS GEMM
+def test_ops_on_a_second_gpu(m):
+    """A linear on cuda:1 with cuda:0 current (device_map="auto") gives what it gives on cuda:1 current."""
+    torch.manual_seed(0)
+    x = torch.randn(m, 512, device="cuda:1", dtype=torch.bfloat16)
+    q, s = fp8inductor.quantize_weight(torch.randn(384, 512, device="cuda:1"))
+    bias = torch.randn(384, device="cuda:1", dtype=torch.bfloat16)
+    with torch.cuda.device(1):
+        want = torch.ops.fp8inductor.block_linear(x, q, s, bias, 128, "float")
+    with torch.cuda.device(0):
+        got = torch.ops.fp8inductor.block_linear(x, q, s, bias, 128, "float")
+        q0, s0 = fp8inductor.quantize_weight(torch.randn(384, 512, device="cuda:1"))
+    torch.cuda.synchronize(1)
+    assert got.device == want.device and torch.equal(got, want)
+    assert q0.device.index == 1 and s0.device.index == 1

@@ -402,15 +402,18 @@ def _check_gemm_inputs(xq, xs, wq, ws, bias, out_dtype) -> None:
         raise ValueError(f"fp8_block_gemm: all inputs must be on one device, got {devices}")
 
 
-_allocator_set = False
+def _tma_workspace(size: int, alignment: int, stream: int | None) -> torch.Tensor:
+    """Triton's allocator for device-side tensor descriptors: [size] int8 scratch on the current CUDA
+    device, where Triton launches (the ops set it to the tensors' device); the CPU under the interpreter."""
+    return torch.empty(size, dtype=torch.int8, device="cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _ensure_tma_allocator(device: torch.device) -> None:
-    """Device-side tensor descriptors need a workspace allocator (set once, process-wide)."""
-    global _allocator_set
-    if not _allocator_set:
-        triton.set_allocator(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device=device))
-        _allocator_set = True
+def _ensure_tma_allocator() -> None:
+    """Device-side tensor descriptors need a workspace allocator. Triton keeps it per thread (a
+    ContextVar), so it is set before every TMA launch (a ContextVar set): it was set once per process
+    until 2026-12-08, and a TMA GEMM in any other thread (transformers' streaming ``generate`` in a
+    ``Thread``) raised "no allocator was set"; the old allocator also kept the first call's device."""
+    triton.set_allocator(_tma_workspace)
 
 
 def _launch(xq, xs, wq, ws, bias, y, cfg: GemmConfig, tickets: torch.Tensor | None = None) -> None:
@@ -419,7 +422,7 @@ def _launch(xq, xs, wq, ws, bias, y, cfg: GemmConfig, tickets: torch.Tensor | No
     common = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=QBLOCK, QBLOCK=QBLOCK)
     launch = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if cfg.kind == "tma":
-        _ensure_tma_allocator(xq.device)
+        _ensure_tma_allocator()
         tiles = triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n)
         num_progs = min(tiles, _num_sms(xq.device) * cfg.ctas_per_sm)
         _fp8_gemm_tma_kernel[(num_progs,)](
@@ -504,6 +507,17 @@ def fp8_block_gemm(
     return _gemm(xq, xs, wq, ws, bias, out_dtype, config, tickets=tickets)
 
 
+def _k_offsets_in_int32(codes: torch.Tensor) -> torch.Tensor:
+    """codes [rows, K] fp8, any strides: itself, or a contiguous copy when its K offsets could pass
+    2**31. The pointer kernels step along K in int32 (``_tile_ptrs``' ``offs_k * stride_k``,
+    ``_load_kblock``'s ``k0 * stride_k``; rows are int64), which wraps for a K-strided operand of
+    about 2**31 elements or more (a transposed [46341, 46341] weight): a crash or wrong reads,
+    reproduced under the interpreter on 2026-12-08. Row-major operands (every operand the ops and
+    the lowering pass) never copy."""
+    k_span = triton.cdiv(codes.shape[1], QBLOCK) * QBLOCK * codes.stride(1)  # past the last K block's offset
+    return codes.contiguous() if codes.stride(1) != 1 and k_span >= 2**31 else codes
+
+
 def _gemm(
     xq, xs, wq, ws, bias, out_dtype, config: GemmConfig | None, tickets: torch.Tensor | None, forced: bool | None = None
 ) -> torch.Tensor:
@@ -524,6 +538,7 @@ def _gemm(
         return y.copy_(bias.float().expand(m, n)) if bias is not None else y.zero_()
     if bias is not None:
         bias = bias.contiguous()
+    xq, wq = _k_offsets_in_int32(xq), _k_offsets_in_int32(wq)
     tma_ok = _tma_ok(xq, wq, out_dtype)
     # cuBLAS admission is checked only where it decides something: a given Triton config (the
     # linear's split-K or tile pick at decode sizes) skips it on this per-call path.
