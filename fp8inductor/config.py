@@ -45,7 +45,8 @@ class FP8BlockConfig:
         fuse_siblings: linears that read the same activation with high-precision parameter weights
             (q/k/v, gate/up) run as one GEMM on the weights concatenated along N: one activation
             quant and one launch instead of one each, for a static M of at most 128 rows (decode,
-            whose cost is mostly per-launch cost; ``passes.SIBLING_FUSION_MAX_M``). Needs out_features that are multiples of 128 (a weight block
+            whose cost is mostly per-launch cost; ``passes.SIBLING_FUSION_MAX_M``), or any static M
+            where the fused GEMM runs on cuBLAS blockwise. Needs out_features that are multiples of 128 (a weight block
             never straddles two linears); the concatenated weight is quantized once per process and
             shared by every graph (``weight_memo``). Linears on already-FP8 modules (``quantize_``)
             are not fused: that would need a second FP8 copy.

@@ -456,6 +456,36 @@ def test_matmuls_on_parts_of_a_parameter_are_reported_unmatched():
         assert rel_err(got, want) < 1e-2
 
 
+def test_moe_experts_behind_another_librarys_matmul_op_are_reported():
+    """transformers 5 runs non-bf16 MoE experts under torch.compile through its own custom op
+    (``transformers::grouped_mm_fallback``), not ``aten._grouped_mm``: the experts of an fp16 MoE
+    (most of its bytes) were missing from the report. Another library's "mm" op taking a parameter is
+    now reported as unmatched; it is left as it is."""
+    lib = torch.library.Library("fp8inductor_test_foreign", "FRAGMENT")
+    lib.define("grouped_mm_fallback(Tensor x, Tensor w) -> Tensor")
+    lib.impl(
+        "grouped_mm_fallback", lambda x, w: (x.unsqueeze(0) @ w.transpose(-2, -1)).sum(0), "CompositeExplicitAutograd"
+    )
+    lib.impl("grouped_mm_fallback", lambda x, w: x.new_empty(x.shape[0], w.shape[1]), "Meta")
+
+    class Experts(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gate_up_proj = nn.Parameter(torch.randn(4, 256, 256, dtype=torch.float16) / 16)
+
+        def forward(self, x):
+            return torch.ops.fp8inductor_test_foreign.grouped_mm_fallback(x, self.gate_up_proj)
+
+    model, x = Experts(), torch.randn(8, 256, dtype=torch.float16)
+    with torch.inference_mode():
+        want = model(x)
+        out = compile_fp8(model)(x)
+    r = fp8inductor.last_report()
+    found = {d.weight: d.reason for d in r.skipped if d.pattern == "unmatched"}
+    assert found == {"gate_up_proj": "unsupported form: fp8inductor_test_foreign.grouped_mm_fallback.default(param)"}
+    torch.testing.assert_close(out, want)  # left in high precision
+
+
 def test_moe_experts_3d_weights_are_reported_unmatched():
     """transformers' MoE experts keep their weights as 3-D parameters [E, N, K] and run them with
     ``grouped_mm`` (the default experts implementation) or a ``bmm`` of ``W[expert_ids]``
@@ -1228,7 +1258,7 @@ def test_mixed_dtype_linear_is_a_clear_error(case):
 def test_a_weight_times_weight_product_is_not_quantized_as_an_activation():
     """``F.linear(x, W + B @ A)`` (a merged LoRA): ``B @ A`` is a matmul against a parameter whose
     "activation" B is a parameter too. Quantizing B as an activation put FP8 error into a constant
-    that freezing folds in high precision; it stays unconverted (and out of the report), and the
+    that freezing folds in high precision; it stays unconverted (the report lists B and A as unmatched), and the
     linear against W + B @ A, which the pass cannot trace to a parameter, stays high precision."""
 
     class MergedLora(nn.Module):
@@ -1248,4 +1278,5 @@ def test_a_weight_times_weight_product_is_not_quantized_as_an_activation():
         got = torch.compile(model, backend="fp8block")(x)
     report = fp8inductor.last_report()
     assert not any(d.converted for d in report.decisions), report.decisions
+    assert {d.weight for d in report.skipped if d.pattern == "unmatched"} == {"B", "A"}, report.decisions
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
