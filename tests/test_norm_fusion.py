@@ -81,7 +81,12 @@ def _tiny_llama(layers: int, vocab: int, seed: int):
         hidden_size=256, intermediate_size=512, num_hidden_layers=layers, num_attention_heads=2,
         num_key_value_heads=1, vocab_size=vocab,
     )  # fmt: skip
-    return LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
+    model = LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
+    with torch.no_grad():  # a fresh LlamaRMSNorm weight is all ones: a fused norm that dropped it would pass
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(torch.rand_like(p) + 0.5)
+    return model
 
 
 def _eager_logits(model, ids) -> torch.Tensor:

@@ -58,8 +58,10 @@ def test_block_gemm_op_matches_reference(device):
     want = ref.block_gemm_ref(xq.reshape(5, -1), xs.reshape(5, -1), q, s, None, torch.float32).reshape(1, 5, -1)
     tol = gemm_tolerance(torch.float32, gemm_abs_sum_max(xq.reshape(5, -1), xs.reshape(5, -1), q, s), True)
     torch.testing.assert_close(y, want, **tol)
-    with pytest.raises(ValueError, match="xs must be float32"):
+    with pytest.raises(ValueError, match=r"xs must be float32 \(1, 5, 3\), got torch.float32 \(1, 5, 2\)"):
         op(xq, xs[..., :-1], q, s, torch.float32)
+    with pytest.raises(ValueError, match=r"xs must be float32 \(1, 5, 3\), got torch.float64 \(1, 5, 3\)"):
+        op(xq, xs.double(), q, s, torch.float32)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -78,6 +80,12 @@ def test_public_api_matches_reference(device, dtype):
     # Same quantized inputs, fp32 accumulation in a different order: equal up to the output's rounding.
     tol = {torch.float32: 1e-5, torch.float16: 2**-10, torch.bfloat16: 2**-7}[dtype]
     torch.testing.assert_close(y.reshape(5, 200).cpu().float(), y_ref.float(), rtol=tol, atol=tol)
+    # Independent of the reference GEMM (on the CPU the op is it): the dequantized operands' float64
+    # product plus the bias, up to the output rounding (a dropped bias, an unapplied scale or a
+    # transposed weight is far outside).
+    xd = (xq.double() * xs.double().repeat_interleave(128, -1)[..., :328]).reshape(5, 328).cpu()
+    wd = fp8inductor.dequantize_weight(q, s, dtype=torch.float32).double().cpu()
+    torch.testing.assert_close(y.reshape(5, 200).cpu().double(), xd @ wd.T + b.cpu().double(), rtol=tol, atol=4 * tol)
     deq = fp8inductor.dequantize_weight(q, s, dtype=torch.float32)
     assert deq.shape == w.shape and ((deq - w.float()).abs() <= 2**-4 * w.float().abs() + 2**-10 * s.max()).all()
 

@@ -66,6 +66,19 @@ def test_weight_quant_properties(shape, dtype, scale, seed, kind, fmt):
     s_full = s.repeat_interleave(128, 0)[:n].repeat_interleave(128, 1)[:, :k]
     _check_round_trip(w, q, s_full)
     assert (q.float().abs() <= 448).all()
+    # The scale itself, per block: amax / 448 ("float", bit for bit), or the next power of two up
+    # ("ue8m0"); a "float" block's largest code is +-448 (a scale twice too large kept the round trip
+    # above within bounds but used half the e4m3 range).
+    pad_n, pad_k = -n % 128, -k % 128
+    blocks = torch.nn.functional.pad(w.float().abs(), (0, pad_k, 0, pad_n))
+    amax = blocks.reshape(s.shape[0], 128, s.shape[1], 128).amax((1, 3)).clamp(min=ref.SCALE_EPS)
+    if fmt == "float":
+        assert torch.equal(s, amax / 448)
+        qmax = torch.nn.functional.pad(q.float().abs(), (0, pad_k, 0, pad_n))
+        qmax = qmax.reshape(s.shape[0], 128, s.shape[1], 128).amax((1, 3))
+        assert torch.equal(qmax[amax > ref.SCALE_EPS], torch.full_like(qmax[amax > ref.SCALE_EPS], 448))
+    else:
+        assert (s >= amax / 448).all() and (s / 2 < amax / 448).all()
     deq = ref.dequantize_weight_ref(q, s, (128, 128), torch.float32)
     torch.testing.assert_close(deq, q.float() * s_full, rtol=0, atol=0)
 
