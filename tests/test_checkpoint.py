@@ -171,7 +171,9 @@ def test_loaded_model_compiles_without_requantizing(tmp_path):
         y = zoo.main_output(torch.compile(loaded, backend="fp8block")(**inputs))
         expect = zoo.main_output(model(**inputs))
     assert not fp8inductor.last_report().converted  # already FP8: nothing to quantize again
-    assert torch.allclose(y.float(), expect.float(), rtol=0.08, atol=0.08)
+    # Same FP8 ops; Inductor's fused bf16 norms/attention round apart from eager: measured relative
+    # (Frobenius) error 0.031-0.034 over three seeds on the CPU (2026-12-08), as test_models.py's 0.03-0.05.
+    assert fp8inductor.testing.rel_err(y, expect) < 0.06
     torch._dynamo.reset()
 
 

@@ -227,7 +227,7 @@ def test_quantized_block_linear_op_is_the_gemm_on_the_given_quantization():
         y = torch.ops.fp8inductor.quantized_block_linear(xq, xs, wq, ws, bias.to(DEVICE), torch.bfloat16, tickets)
         assert y.shape == (2, 5, 384) and y.dtype == torch.bfloat16
         torch.testing.assert_close(y.reshape(10, 384).cpu().float(), want.float(), rtol=2**-7, atol=1e-3)
-        assert not t.any()  # left zero
+        assert not t.any()  # left zero (checks the GPU split-K launch; the CPU op never touches tickets)
     with pytest.raises(ValueError, match="bias must be"):
         torch.ops.fp8inductor.quantized_block_linear(xq, xs, wq, ws, bias[:5].to(DEVICE), torch.bfloat16)
     with pytest.raises(ValueError, match="tickets must be a contiguous 1-D int32"):
