@@ -4,7 +4,8 @@ Inductor's Triton codegen also serves CPU tensors (``cpu_backend="triton"``), an
 decisions (which nodes fuse into one kernel, persistent or looped reductions, what each kernel
 reads and writes) are the same as for a GPU: they depend on sizes and layouts, not on the device.
 ``plan_triton_kernels`` compiles a function that way and records every kernel as its source is
-generated, then stops the compile before Triton would need a driver to build it. The tests use it
+generated, then stops each graph's compile before Triton would need a driver to build it and runs
+that graph eagerly, so that the graphs after a graph break are planned too. The tests use it
 to check kernel shapes without a GPU (``tests/test_quant_ir.py``); ``benchmarks/lab/plan_traffic.py``
 sums the bytes the kernels move.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 from unittest import mock
@@ -127,11 +129,35 @@ def plan_triton_kernels(
         patch(inductor_config.patch({"cpu_backend": "triton", "force_disable_caches": True}))
         patch(torch.inference_mode())
         torch._dynamo.reset()
-        try:
-            torch.compile(fn, backend=backend, options=options)(*args)
-        except Exception as exc:
-            if "_StopAfterCodegen" not in f"{type(exc).__name__}: {exc}" and not isinstance(exc, _StopAfterCodegen):
-                raise
-        else:
-            raise RuntimeError("plan_triton_kernels: the compile ran to the end (no Triton kernel codegen?)")
+        compiler = _backend_compiler(backend, options)  # before tracing: importing fp8block turns freezing on
+        graphs = []
+
+        def plan_one_graph(gm: torch.fx.GraphModule, example_inputs: list[Any]):
+            """Plan this graph, then run it eagerly, so that Dynamo goes on to the graphs after a
+            graph break (stopping the whole compile at the first graph's codegen planned only that
+            graph, silently, until 2026-12-08)."""
+            graphs.append(gm)
+            try:
+                compiler(gm, example_inputs)
+            except Exception as exc:
+                if "_StopAfterCodegen" not in f"{type(exc).__name__}: {exc}" and not isinstance(exc, _StopAfterCodegen):
+                    raise
+                return gm.forward
+            raise RuntimeError("plan_triton_kernels: a graph compiled to the end (no Triton kernel codegen?)")
+
+        torch.compile(fn, backend=plan_one_graph)(*args)
+    if len(codes) != len(graphs):
+        raise RuntimeError(f"plan_triton_kernels: {len(graphs)} graphs, {len(codes)} planned")
     return plans, "\n".join(codes)
+
+
+def _backend_compiler(backend: str, options: dict | None) -> Callable[[torch.fx.GraphModule, list[Any]], Any]:
+    """The named Dynamo backend with ``options`` bound, as ``torch.compile(backend=..., options=...)``
+    binds them (Inductor takes them as config patches, other backends as ``options``). Looking it up
+    imports it: fp8block's import turns Inductor freezing on, which Dynamo reads while tracing."""
+    if backend == "inductor":
+        from torch._inductor.compile_fx import compile_fx
+
+        return functools.partial(compile_fx, config_patches=dict(options or {}))
+    compiler = torch._dynamo.lookup_backend(backend)
+    return functools.partial(compiler, options=options) if options else compiler

@@ -379,3 +379,21 @@ def test_llama_prefill_plan_has_no_op_call_and_only_persistent_quantizations():
     quant_plans = _quant_plans(plans)
     assert len(quant_plans) == 2 * layers, plans
     assert all(plan.persistent for plan in quant_plans), quant_plans
+
+
+def test_the_plan_covers_every_graph_of_a_function_with_a_graph_break():
+    """The plan stopped the whole compile at the first graph's codegen: after a graph break the later
+    graphs were silently missing (a model's traffic summed too low). Each graph is now planned and then
+    run eagerly, so Dynamo goes on to the next."""
+    l1 = torch.nn.Linear(512, 512, bias=False).to(torch.bfloat16)
+    l2 = torch.nn.Linear(512, 512, bias=False).to(torch.bfloat16)
+    x = torch.randn(256, 512, dtype=torch.bfloat16)
+
+    def with_break(x):
+        y = torch.relu(l1(x))
+        torch._dynamo.graph_break()
+        return l2(y)
+
+    plans, code = _triton_kernel_plans(with_break, x)
+    assert code.count("aten._scaled_mm.default(") == 2, code  # one FP8 GEMM in each graph
+    assert len(_quant_plans(plans)) == 2, plans
