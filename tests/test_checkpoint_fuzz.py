@@ -64,8 +64,9 @@ def _checkpoint_tensors(model: Tiny, scale_fmt: str) -> dict[str, torch.Tensor]:
         tensors[f"{name}.weight"], tensors[f"{name}.weight_scale_inv"] = q, s
         if linear.bias is not None:
             tensors[f"{name}.bias"] = linear.bias.detach().to(torch.bfloat16)
-    tensors["norm.weight"] = model.norm.weight.detach().to(torch.bfloat16)
-    tensors["norm.bias"] = model.norm.bias.detach().clone()  # float32
+    # not LayerNorm's init (ones, zeros), which a fresh model holds too: a norm left unloaded would pass
+    tensors["norm.weight"] = (torch.rand_like(model.norm.weight) + 0.5).to(torch.bfloat16)
+    tensors["norm.bias"] = torch.randn_like(model.norm.bias)  # float32
     return tensors
 
 
@@ -159,6 +160,12 @@ def test_valid_checkpoints_load_bytes_as_stored(params):
             assert torch.equal(getattr(model, name).weight_scale_inv, case.tensors[f"{name}.weight_scale_inv"])
             assert getattr(model, name).scale_fmt == params["scale_fmt"]
         assert torch.equal(model.norm.weight, case.tensors["norm.weight"].float())
+        assert torch.equal(model.norm.bias, case.tensors["norm.bias"])
+        for name in ("up", "down"):
+            bias = getattr(model, name).bias
+            assert (bias is None) == (f"{name}.bias" not in case.tensors)
+            if bias is not None:
+                assert torch.equal(bias, case.tensors[f"{name}.bias"].to(bias.dtype)), name
         assert torch.isfinite(model(torch.randn(3, case.k))).all()
 
 

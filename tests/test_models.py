@@ -37,7 +37,8 @@ def test_model_converts_every_linear_and_matches_spec(name, dtype):
         plain = zoo.main_output(model(**inputs))
     assert len(report.converted) == n_linears, str(report)
     assert {d.module for d in report.skipped} <= {"lm_head"}, str(report)
-    assert report.weight_bytes_after < 0.55 * report.weight_bytes_before * (2 if dtype == torch.float32 else 1)
+    # FP8 codes are 1 byte against bf16's 2 and fp32's 4 (+ one fp32 scale per 128x128 block)
+    assert report.weight_bytes_after < 0.55 * report.weight_bytes_before * (0.5 if dtype == torch.float32 else 1)
     assert torch.isfinite(y).all()
     if dtype == torch.float32:
         assert rel_err(y, emulated) < 1e-5

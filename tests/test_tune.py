@@ -26,6 +26,7 @@ class FakeGpu:
         self.monkeypatch = monkeypatch
         self.calls: list[tuple[int, int, int]] = []
         self.times: dict[tuple[int, int, int], float | None] = {}
+        self.heuristic_times: dict[tuple[int, int, int], float] = {}  # default: us = M
         self.on_call = None  # called with the call count before each result (another run's write)
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: DEV)
@@ -43,7 +44,8 @@ class FakeGpu:
         if self.on_call is not None:
             self.on_call(len(self.calls))
         us = self.times.get((m, n, k), float(m))
-        return {"config": dict(CFG), "us": us, "heuristic_us": float(m), "candidates": {}}
+        heuristic_us = self.heuristic_times.get((m, n, k), float(m))
+        return {"config": dict(CFG), "us": us, "heuristic_us": heuristic_us, "candidates": {}}
 
 
 @pytest.fixture
@@ -158,6 +160,19 @@ def test_every_candidate_failed_writes_no_entry(gpu, tmp_path, capsys):
     gpu.calls.clear()
     assert _run(out, "--m", "1", "--resume") == 0
     assert sorted(gpu.calls) == sorted([(1, n, k), (1, *tune.SUITE_NK[2])])
+
+
+def test_a_failed_heuristic_config_is_recorded_as_null(gpu, tmp_path, capsys):
+    """When the heuristic's own config failed (an infinite time) the entry is still written, with
+    "heuristic_us": null (JSON has no Infinity) and "failed" in the progress line."""
+    out = tmp_path / "t.json"
+    n, k = tune.SUITE_NK[0]
+    gpu.heuristic_times[(1, n, k)] = math.inf
+    assert _run(out, "--m", "1") == 0
+    entries = _strict_json(out.read_text())["entries"]
+    assert entries[tuned.shape_key(n, k)]["1"]["heuristic_us"] is None
+    assert entries[tuned.shape_key(*tune.SUITE_NK[1])]["1"]["heuristic_us"] == 1.0
+    assert "failed" in capsys.readouterr().out
 
 
 def test_tables_are_strict_json_and_infinite_times_are_rejected(tmp_path, capsys):
