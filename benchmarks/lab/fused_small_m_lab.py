@@ -57,7 +57,7 @@ from fp8inductor.kernels.block_gemm import (
     _pdl_start,
     _scale_ptrs,
     _split_plan,
-    _store_tile,
+    _splitk_finish,
     _tile_ptrs,
     fp8_block_gemm,
     fp8_block_linear,
@@ -149,18 +149,8 @@ def _fused_linear_splitk_kernel(
         acc += d * (s[:, None] * sb)
         if XPREFETCH:
             xv = x_next
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask = mask_m[:, None] & (offs_n < N)[None, :]
-    p_ptrs = part_ptr + (offs_m.to(tl.int64))[:, None] * N + offs_n[None, :]
-    tl.store(p_ptrs + (split * M).to(tl.int64) * N, acc, mask=mask)
-    tl.debug_barrier()
-    ticket = tl.atomic_add(ticket_ptr + pid, 1, sem="acq_rel", scope="gpu")
-    if ticket == num_splits - 1:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for s_i in range(num_splits):
-            acc += tl.load(p_ptrs + (s_i * M).to(tl.int64) * N, mask=mask, other=0.0, cache_modifier=".cg")
-        _store_tile(acc, y_ptr, bias_ptr, pid_m, pid_n, M, N, N, 1, HAS_BIAS, BLOCK_M, BLOCK_N)
-        tl.atomic_xchg(ticket_ptr + pid, 0)
+    _splitk_finish(acc, part_ptr, ticket_ptr, y_ptr, bias_ptr, pid, pid_m, pid_n, split, num_splits, M, N,
+                   HAS_BIAS, BLOCK_M, BLOCK_N)  # fmt: skip (the shipped kernel's tail)
 
 
 def fused_linear(x, wq, ws, cfg: GemmConfig, tickets: torch.Tensor, xprefetch: bool = True, scale_fmt="float"):

@@ -308,6 +308,23 @@ def _fp8_gemm_splitk_kernel(
         _pdl_start(wq_ptr, pid_n, N, stride_wn, stride_wk, kb_lo, kb_hi, BLOCK_N, BLOCK_K, PREFETCH)
     acc = _mainloop_ptr(a_ptrs, b_ptrs, xs_ptrs, ws_ptrs, kb_lo, kb_hi, K, stride_xk, stride_wk, stride_xsk,
                         stride_wsk, BLOCK_M, BLOCK_N, BLOCK_K, QBLOCK, EVEN_K)
+    _splitk_finish(acc, part_ptr, ticket_ptr, y_ptr, bias_ptr, pid, pid_m, pid_n, split, num_splits, M, N,
+                   HAS_BIAS, BLOCK_M, BLOCK_N)  # fmt: skip
+
+
+@triton.jit
+def _splitk_finish(acc, part_ptr, ticket_ptr, y_ptr, bias_ptr, pid, pid_m, pid_n, split, num_splits, M, N,
+                   HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
+    """The end of a split-K program: store its partial tile acc [BLOCK_M, BLOCK_N] fp32 into
+    part [num_splits, M, N], take the tile's ticket; the last split sums the partials in split order
+    (deterministic), stores y [M, N] (+ bias) and puts the ticket back to zero.
+
+    The reset is a plain store. It was an acq_rel ``atomic_xchg`` until 2026-12-08, which compiles
+    (triton 3.9, sm_90) to BAR.SYNC + MEMBAR.ALL.GPU + ATOMG.EXCH + CCTL.IVALL + BAR.SYNC at the very
+    end of the kernel's last program: a wait for every y store to reach L2, on the critical path of
+    a decode linear. Nothing in this launch reads the ticket after the last split drew it, and the
+    next launch that does (a GEMM reusing the buffer) is ordered after this one by the stream (and
+    under PDL by its griddepcontrol.wait, which waits for this grid's memory)."""
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
@@ -316,11 +333,11 @@ def _fp8_gemm_splitk_kernel(
     tl.debug_barrier()  # every thread's partial is written before the (one-thread) release below
     ticket = tl.atomic_add(ticket_ptr + pid, 1, sem="acq_rel", scope="gpu")
     if ticket == num_splits - 1:  # last split of this tile: every other partial is visible
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for s in range(num_splits):  # fixed order: deterministic
-            acc += tl.load(p_ptrs + (s * M).to(tl.int64) * N, mask=mask, other=0.0, cache_modifier=".cg")
-        _store_tile(acc, y_ptr, bias_ptr, pid_m, pid_n, M, N, N, 1, HAS_BIAS, BLOCK_M, BLOCK_N)
-        tl.atomic_xchg(ticket_ptr + pid, 0)  # back to zero: a tickets buffer can serve the next launch
+            total += tl.load(p_ptrs + (s * M).to(tl.int64) * N, mask=mask, other=0.0, cache_modifier=".cg")
+        _store_tile(total, y_ptr, bias_ptr, pid_m, pid_n, M, N, N, 1, HAS_BIAS, BLOCK_M, BLOCK_N)
+        tl.store(ticket_ptr + pid, 0)  # back to zero: a tickets buffer can serve the next launch
 
 
 # ----------------------------------------------------------------------------------------------
