@@ -78,6 +78,7 @@ _PASS_THROUGH = {
 # aten._grouped_mm: transformers' MoE experts (``grouped_mm`` experts implementation, 3-D weights [E, N, K]).
 _MATMULS = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default, aten._grouped_mm.default}
 
+
 def _is_foreign_matmul(target: object) -> bool:
     """A matmul custom op of another library (an "mm" word in its name), reported as unmatched (never
     converted) where it takes a parameter: transformers 5 runs non-bf16 MoE experts under torch.compile

@@ -140,7 +140,8 @@ def plan_triton_kernels(
             try:
                 compiler(gm, example_inputs)
             except Exception as exc:
-                if "_StopAfterCodegen" not in f"{type(exc).__name__}: {exc}" and not isinstance(exc, _StopAfterCodegen):
+                stopped = isinstance(exc, _StopAfterCodegen) or "_StopAfterCodegen" in f"{type(exc).__name__}: {exc}"
+                if not stopped:
                     raise
                 return gm.forward
             raise RuntimeError("plan_triton_kernels: a graph compiled to the end (no Triton kernel codegen?)")
