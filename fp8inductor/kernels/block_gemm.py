@@ -531,8 +531,10 @@ def _k_offsets_in_int32(codes: torch.Tensor) -> torch.Tensor:
     about 2**31 elements or more (a transposed [46341, 46341] weight): a crash or wrong reads,
     reproduced under the interpreter on 2026-12-08. Row-major operands (every operand the ops and
     the lowering pass) never copy."""
+    if codes.stride(1) == 1:  # the common case, on every call: nothing to compute
+        return codes
     k_span = triton.cdiv(codes.shape[1], QBLOCK) * QBLOCK * codes.stride(1)  # past the last K block's offset
-    return codes.contiguous() if codes.stride(1) != 1 and k_span >= 2**31 else codes
+    return codes.contiguous() if k_span >= 2**31 else codes
 
 
 def _gemm(
